@@ -1,0 +1,89 @@
+"""The ``cdcsync`` command line.
+
+Thin: each command parses its options, builds typed objects and calls into
+the package. Errors derived from ``CdcsyncError`` are printed as one plain
+line and exit with status 2 (configuration) or 1 (anything else); they never
+print secrets.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cdc import __version__
+from cdc.errors import CdcsyncError, ConfigError
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="cdcsync")
+def cli() -> None:
+    """cdcsync: PostgreSQL changes to Kafka (Avro) to the systems you run."""
+
+
+@cli.group()
+def registry() -> None:
+    """The Confluent-compatible schema registry."""
+
+
+@registry.command("serve")
+@click.option(
+    "--storage",
+    default="sqlite:///registry.db",
+    show_default=True,
+    help="sqlite:///PATH or postgresql://... (shared by several instances).",
+)
+@click.option("--listen", default="127.0.0.1:8081", show_default=True, help="HOST:PORT")
+@click.option(
+    "--basic-auth-env",
+    default=None,
+    help="Name of an environment variable holding USER:PASSWORD; enables basic auth.",
+)
+def registry_serve(storage: str, listen: str, basic_auth_env: str | None) -> None:
+    """Serve the schema registry REST API."""
+    from schema_registry.server import serve  # noqa: PLC0415
+
+    host, port = _parse_listen(listen)
+    basic_auth = None
+    if basic_auth_env:
+        basic_auth = _env_secret(basic_auth_env)
+    serve(storage, host=host, port=port, basic_auth=basic_auth)
+
+
+def _env_secret(name: str) -> str:
+    import os  # noqa: PLC0415
+
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set")
+    return value
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"cdcsync: configuration error: {exc}", err=True)
+        sys.exit(2)
+    except CdcsyncError as exc:
+        click.echo(f"cdcsync: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

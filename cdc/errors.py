@@ -1,0 +1,94 @@
+"""The project's exceptions, split by what the caller can do about them.
+
+::
+
+    CdcsyncError                      base of everything cdcsync raises
+    +-- ConfigError                   the configuration is wrong; fix it and restart (fatal)
+    +-- RetryableError                transient; retrying the same operation may succeed
+    |   +-- SourceUnavailable         PostgreSQL unreachable / connection lost
+    |   +-- BrokerUnavailable         Kafka unreachable / delivery timed out
+    |   +-- RegistryUnavailable       schema registry unreachable or answered 5xx
+    |   +-- SinkUnavailable           a sink's target is down or throttling
+    +-- FatalError                    retrying will not help; stop and tell the operator
+        +-- SourceSetupError          wal_level, privileges, slot in use, unknown table...
+        +-- DecodeError               a replication message could not be decoded
+        +-- SchemaError               a derived schema is invalid or was rejected
+        |   +-- IncompatibleSchemaError   the registry rejected a schema change (names columns)
+        +-- RegistryError             the registry answered a 4xx (carries error_code)
+        +-- MappingError              a mapper failed on an event (dead-letterable)
+        +-- SinkRejected              a sink refused an entity for good (dead-letterable)
+
+Library exceptions (psycopg, confluent_kafka, httpx) are translated at the
+edges with ``raise ... from``; code in the middle only sees these classes.
+Messages never contain secrets: DSNs are shown without passwords.
+"""
+
+from __future__ import annotations
+
+
+class CdcsyncError(Exception):
+    """Base class of every error cdcsync raises."""
+
+
+class ConfigError(CdcsyncError):
+    """The configuration is invalid; the message names the key and the reason."""
+
+
+class RetryableError(CdcsyncError):
+    """A transient failure: the same operation may succeed if retried."""
+
+
+class SourceUnavailable(RetryableError):
+    """The source database is unreachable or the connection was lost."""
+
+
+class BrokerUnavailable(RetryableError):
+    """Kafka is unreachable or a delivery timed out."""
+
+
+class RegistryUnavailable(RetryableError):
+    """The schema registry is unreachable or answered with a server error."""
+
+
+class SinkUnavailable(RetryableError):
+    """A sink's target is down, timing out or throttling."""
+
+
+class FatalError(CdcsyncError):
+    """Retrying will not help; the operator must act."""
+
+
+class SourceSetupError(FatalError):
+    """The source database is not set up for capture (wal_level, privileges, slot...)."""
+
+
+class DecodeError(FatalError):
+    """A logical replication message could not be decoded."""
+
+
+class SchemaError(FatalError):
+    """A schema could not be derived, parsed or registered."""
+
+
+class IncompatibleSchemaError(SchemaError):
+    """The registry rejected a new schema version as incompatible."""
+
+
+class RegistryError(FatalError):
+    """The schema registry answered with a client error.
+
+    ``error_code`` is Confluent's code (40401, 42201, 409...), ``status`` the HTTP status.
+    """
+
+    def __init__(self, message: str, *, error_code: int, status: int) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.status = status
+
+
+class MappingError(FatalError):
+    """A mapper failed on an event; the event is dead-lettered, not lost."""
+
+
+class SinkRejected(FatalError):
+    """A sink's target refused an entity permanently (4xx other than conflicts)."""

@@ -1,0 +1,1 @@
+"""Mappers: table events to external entity models with last-writer-wins versions."""
