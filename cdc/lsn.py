@@ -32,7 +32,7 @@ class Lsn(int):
             high, low = int(hi, 16), int(lo, 16)
         except ValueError:
             raise ValueError(f"not an LSN: {text!r}") from None
-        if high > 0xFFFFFFFF or low > 0xFFFFFFFF:
+        if not 0 <= high <= 0xFFFFFFFF or not 0 <= low <= 0xFFFFFFFF:
             raise ValueError(f"not an LSN: {text!r}")
         return cls((high << 32) | low)
 

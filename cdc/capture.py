@@ -1,0 +1,478 @@
+"""The capture runtime: replication stream -> decoded changes -> Avro events -> Kafka.
+
+One loop, batch by batch: read the frames available on the replication
+connection, decode them, turn row changes into envelopes, serialise them and
+hand them to the producer; serve delivery reports; confirm the checkpoint's
+flush LSN to PostgreSQL.
+
+Invariants:
+- The LSN confirmed to PostgreSQL is the checkpoint's (never ahead of Kafka).
+- Streamed transactions go to the disk spool and are published only at their
+  Stream Commit; aborted ones never reach Kafka.
+- A new Relation message whose columns differ yields new schemas, registered
+  before any event that uses them; if the registry rejects them, capture
+  stops with an error naming the table and the column changes.
+- Transient failures (source, broker, registry unreachable; a failed
+  delivery) tear everything down and start again from the slot: committed
+  transactions not yet confirmed are re-sent with the same
+  (commit LSN, total_order) identity. Fatal errors stop capture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdc import source
+from cdc.checkpoint import Checkpoint, TxProgress
+from cdc.config import Config
+from cdc.envelope import OP_DELETE, OP_UPDATE, Change, RelationEncoder, TxContext
+from cdc.errors import BrokerUnavailable, DecodeError, IncompatibleSchemaError, RetryableError
+from cdc.lsn import Lsn
+from cdc.pgoutput import (
+    Begin,
+    Commit,
+    Decoder,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Relation,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    Update,
+)
+from cdc.publisher import Publisher, producer_config
+from cdc.replication import ReplicationStream
+from cdc.spool import TransactionSpool
+from cdc.types import DecimalHandling, PgType, TypeOptions, needs_catalog
+from schema_registry.client import RegistryClient
+from schema_registry.serde import AvroSerializer, PreparedSchema
+
+log = logging.getLogger("cdcsync.capture")
+
+HEARTBEAT_PREFIX = "cdcsync.heartbeat"
+
+
+@dataclass
+class CaptureStats:
+    """Counters exposed to status and metrics."""
+
+    events: int = 0
+    transactions: int = 0
+    tombstones: int = 0
+    restarts: int = 0
+    last_error: str | None = None
+    flushed_lsn: Lsn = Lsn(0)
+    received_lsn: Lsn = Lsn(0)
+    last_commit_ts_us: int = 0
+    started_at: float = field(default_factory=time.time)
+    connected: bool = False
+
+
+@dataclass
+class _Table:
+    encoder: RelationEncoder
+    key: PreparedSchema | None
+    value: PreparedSchema
+
+
+class Capture:
+    """Runs capture for one slot until stopped."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        on_batch: Callable[[Capture], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = CaptureStats()
+        self._on_batch = on_batch
+        src = config.source
+        self._type_options = TypeOptions(
+            decimal_handling=DecimalHandling(src.decimal_handling),
+            unavailable_value=src.unavailable_value,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Capture until ``stop`` is set; retry transient failures with backoff."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self._run_once(stop)
+                return
+            except RetryableError as exc:
+                self.stats.restarts += 1
+                self.stats.last_error = str(exc)
+                self.stats.connected = False
+                delay = backoff * (1 + random.random() / 2)
+                log.warning("capture interrupted (%s); restarting from the slot in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _run_once(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        src = cfg.source
+        dsn = src.dsn.get_secret_value()
+        report = await source.prepare(
+            dsn,
+            slot=src.slot,
+            publication=src.publication,
+            tables=list(src.tables),
+            create_slot=src.create_slot,
+            create_publication=src.create_publication,
+        )
+        for warning in report.warnings:
+            log.warning("%s", warning)
+        session = _Session(self, report.database)
+        try:
+            await session.open()
+            await session.loop(stop)
+        finally:
+            await session.close()
+
+
+class _Session:
+    """One connection's worth of capture: fresh decoder, producer and checkpoint."""
+
+    def __init__(self, capture: Capture, database: str) -> None:
+        self.capture = capture
+        self.cfg = capture.config
+        self.stats = capture.stats
+        self.database = database
+        self.decoder = Decoder(protocol_version=2)
+        self.checkpoint = Checkpoint()
+        self.spool = TransactionSpool()
+        self.tables: dict[int, _Table] = {}
+        self.types: dict[int, PgType] = {}
+        self.topics_ready: set[str] = set()
+        self.stream: ReplicationStream | None = None
+        self.publisher: Publisher | None = None
+        self.registry: RegistryClient | None = None
+        self.serializer: AvroSerializer | None = None
+        self.catalog: Any = None
+        # Transaction state.
+        self.tx: TxContext | None = None
+        self.progress: TxProgress | None = None
+        self.seq = 0
+        self.table_seq: dict[int, int] = {}
+        self.stream_xid: int | None = None
+        self.now_ms = 0
+
+    async def open(self) -> None:
+        cfg = self.cfg
+        kafka = cfg.kafka
+        self.publisher = Publisher(producer_config(kafka.bootstrap_servers, kafka.properties))
+        reg = cfg.registry
+        auth = None
+        if reg.username and reg.password:
+            auth = (reg.username, reg.password.get_secret_value())
+        self.registry = RegistryClient(reg.url, auth=auth)
+        self.serializer = AvroSerializer(self.registry)
+        dsn = cfg.source.dsn.get_secret_value()
+        self.catalog = await source.connect(dsn)
+        self.stream = await ReplicationStream.start(
+            dsn,
+            slot=cfg.source.slot,
+            publication=cfg.source.publication,
+            status_interval=cfg.source.status_interval_s,
+        )
+        self.checkpoint.flush_lsn = self.stream.flushed_lsn
+        self.stats.connected = True
+        log.info("capture streaming from slot %s", cfg.source.slot)
+
+    async def close(self) -> None:
+        self.spool.close()
+        if self.publisher is not None and self.stream is not None:
+            # Drain what is in flight so the final confirmation is as far as it can be.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.publisher.flush, 5.0)
+                self.publisher.poll(0)
+                if self.checkpoint.failure is None:
+                    self.stream.confirm(self.checkpoint.flush_lsn)
+        if self.stream is not None:
+            with contextlib.suppress(Exception):
+                await self.stream.close()
+        if self.catalog is not None:
+            with contextlib.suppress(Exception):
+                await self.catalog.close()
+        if self.registry is not None:
+            with contextlib.suppress(Exception):
+                await self.registry.close()
+        self.stats.connected = False
+
+    # ------------------------------------------------------------------ main loop
+
+    async def loop(self, stop: asyncio.Event) -> None:
+        stream = self.stream
+        publisher = self.publisher
+        assert stream is not None and publisher is not None
+        max_frames = self.cfg.source.max_batch_events
+        while not stop.is_set():
+            busy = self.checkpoint.in_flight > 0
+            frames = await stream.read(max_frames=max_frames, timeout=0.005 if busy else 0.5)
+            if frames:
+                self.now_ms = time.time_ns() // 1_000_000
+                decode = self.decoder.decode
+                for frame in frames:
+                    msg = decode(frame.data)
+                    kind = type(msg)
+                    if kind is Relation:
+                        if self.stream_xid is not None:
+                            self.spool.append(self.stream_xid, frame.wal_start, msg)
+                        else:
+                            await self.on_relation(msg)
+                    elif kind is StreamCommit:
+                        self.stream_xid = None
+                        await self.replay_streamed(msg)
+                    else:
+                        self.dispatch(msg, frame.wal_start)
+            publisher.poll(0)
+            publisher.check()
+            cp = self.checkpoint
+            if cp.failure is not None:
+                raise BrokerUnavailable(f"a Kafka delivery failed: {cp.failure}")
+            if self.tx is None and self.stream_xid is None and cp.in_flight == 0:
+                cp.idle_advance(stream.server_wal_end)
+            stream.confirm(cp.flush_lsn)
+            self.stats.flushed_lsn = cp.flush_lsn
+            self.stats.received_lsn = stream.received_lsn
+            if self.capture._on_batch is not None:
+                result = self.capture._on_batch(self.capture)
+                if result is not None:
+                    await result
+            await self.backpressure(stop)
+
+    async def backpressure(self, stop: asyncio.Event) -> None:
+        """Hold reading while the producer's queue is near its cap; keep the slot alive."""
+        publisher = self.publisher
+        stream = self.stream
+        assert publisher is not None and stream is not None
+        limit = 50_000
+        while len(publisher) > limit and not stop.is_set():
+            publisher.poll(0.05)
+            publisher.check()
+            stream.maybe_send_status()
+            await asyncio.sleep(0)
+
+    def dispatch(self, msg: Any, lsn: Lsn) -> None:
+        kind = type(msg)
+        if kind is Insert or kind is Update or kind is Delete:
+            if self.stream_xid is not None:
+                self.spool.append(self.stream_xid, lsn, msg)
+                return
+            self.on_change(msg, lsn)
+        elif kind is Begin:
+            self.begin(TxContext(msg.xid, msg.final_lsn, msg.commit_ts_us))
+        elif kind is Commit:
+            self.commit(msg.end_lsn)
+        elif kind is StreamStart:
+            self.stream_xid = msg.xid
+        elif kind is StreamStop:
+            self.stream_xid = None
+        elif kind is StreamAbort:
+            self.stream_xid = None
+            self.spool.abort(msg.xid, msg.subxid)
+        elif kind is Truncate:
+            if self.stream_xid is not None:
+                self.spool.append(self.stream_xid, lsn, msg)
+                return
+            self.on_truncate(msg, lsn)
+        elif kind is LogicalMessage:
+            if self.stream_xid is not None and msg.transactional:
+                self.spool.append(self.stream_xid, lsn, msg)
+        # Origin and Type messages need no action: types are read from the catalog.
+
+    def begin(self, tx: TxContext) -> None:
+        self.tx = tx
+        self.progress = None
+        self.seq = 0
+        self.table_seq = {}
+
+    def commit(self, end_lsn: Lsn) -> None:
+        if self.progress is not None:
+            self.checkpoint.seal(self.progress, end_lsn)
+            self.stats.transactions += 1
+        if self.tx is not None:
+            self.stats.last_commit_ts_us = self.tx.commit_ts_us
+        self.tx = None
+        self.progress = None
+
+    async def replay_streamed(self, msg: StreamCommit) -> None:
+        """Publish a committed streamed transaction from the spool."""
+        self.begin(TxContext(msg.xid, msg.commit_lsn, msg.commit_ts_us))
+        for n, (lsn, item) in enumerate(self.spool.replay(msg.xid)):
+            if type(item) is Relation:
+                await self.on_relation(item)
+            elif type(item) is Truncate:
+                self.on_truncate(item, lsn)
+            elif type(item) is LogicalMessage:
+                continue
+            else:
+                self.on_change(item, lsn)
+            if n % 1000 == 999:
+                # Serve delivery reports and keep the slot alive during a long replay.
+                await self.backpressure(_NEVER)
+                assert self.publisher is not None and self.stream is not None
+                self.publisher.poll(0)
+                self.stream.maybe_send_status()
+        self.commit(msg.end_lsn)
+
+    # ------------------------------------------------------------------ events
+
+    def _progress(self) -> TxProgress:
+        progress = self.progress
+        if progress is None:
+            tx = self.tx
+            if tx is None:
+                raise DecodeError("row change outside a transaction")
+            progress = self.progress = self.checkpoint.begin(
+                tx.commit_lsn, commit_ts_us=tx.commit_ts_us
+            )
+        return progress
+
+    def on_change(self, msg: Insert | Update | Delete, lsn: Lsn) -> None:
+        tx = self.tx
+        if tx is None:
+            raise DecodeError("row change outside a transaction")
+        table = self.tables.get(msg.relation_oid)
+        if table is None:
+            raise DecodeError(f"change for relation {msg.relation_oid} before its Relation message")
+        kind = type(msg)
+        if kind is Insert:
+            self.emit(table, Change.from_insert(msg, lsn=lsn, seq=self._next(msg.relation_oid), tx=tx))  # type: ignore[arg-type]
+            return
+        if kind is Delete:
+            self.emit(table, Change.from_delete(msg, lsn=lsn, seq=self._next(msg.relation_oid), tx=tx))  # type: ignore[arg-type]
+            return
+        assert isinstance(msg, Update)
+        enc = table.encoder
+        if msg.old is not None and enc.has_key:
+            old_key = enc.key_record(msg.old)
+            new_key = enc.key_record(msg.new)
+            if old_key != new_key:
+                # A primary-key change: delete (+ tombstone) the old key, create the new one.
+                oid = msg.relation_oid
+                delete = Change(OP_DELETE, oid, lsn, self._next(oid), tx, msg.old, None, msg.old_is_key)
+                self.emit(table, delete)
+                self.emit(table, Change.from_insert(
+                    Insert(relation_oid=oid, new=msg.new), lsn=lsn, seq=self._next(oid), tx=tx))
+                return
+        change = Change(OP_UPDATE, msg.relation_oid, lsn, self._next(msg.relation_oid), tx,
+                        None if msg.old_is_key else msg.old, msg.new, msg.old_is_key)
+        self.emit(table, change)
+
+    def _next(self, oid: int) -> int:
+        self.seq += 1
+        self.table_seq[oid] = self.table_seq.get(oid, 0) + 1
+        return self.seq
+
+    def emit(self, table: _Table, change: Change) -> None:
+        serializer = self.serializer
+        publisher = self.publisher
+        assert serializer is not None and publisher is not None
+        enc = table.encoder
+        value = enc.envelope(change, table_seq=self.table_seq[change.relation_oid], now_ms=self.now_ms)
+        key_bytes = None
+        if table.key is not None:
+            key = enc.key_for(change)
+            if key is not None:
+                key_bytes = serializer.serialize(table.key, key)
+        value_bytes = serializer.serialize(table.value, value)
+        progress = self._progress()
+        callback = self._callback(progress)
+        Checkpoint.sent(progress)
+        publisher.produce(enc.topic, key_bytes, value_bytes, callback)
+        self.stats.events += 1
+        if change.op == OP_DELETE and key_bytes is not None and self.cfg.source.tombstones_on_delete:
+            Checkpoint.sent(progress)
+            publisher.produce(enc.topic, key_bytes, None, callback)
+            self.stats.tombstones += 1
+
+    def on_truncate(self, msg: Truncate, lsn: Lsn) -> None:
+        tx = self.tx
+        if tx is None:
+            raise DecodeError("truncate outside a transaction")
+        for oid in msg.relation_oids:
+            table = self.tables.get(oid)
+            if table is None:
+                continue  # a table outside the publication's schema cache: nothing to say
+            self.emit(table, Change.truncate(oid, lsn=lsn, seq=self._next(oid), tx=tx))
+
+    def _callback(self, progress: TxProgress) -> Callable[[Any, Any], None]:
+        cached: Callable[[Any, Any], None] | None = progress.callback
+        if cached is None:
+            cached = progress.callback = functools.partial(_on_delivery, self.checkpoint, progress)
+        return cached
+
+    # ------------------------------------------------------------------ schemas
+
+    async def on_relation(self, rel: Relation) -> None:
+        old = self.tables.get(rel.oid)
+        if old is not None and old.encoder.relation == rel:
+            return
+        missing = [c.type_oid for c in rel.columns if needs_catalog(c.type_oid)
+                   and c.type_oid not in self.types]
+        if missing:
+            self.types.update(await source.load_types(self.catalog, missing))
+        src = self.cfg.source
+        enc = RelationEncoder(
+            rel,
+            prefix=self.cfg.kafka.topic_prefix,
+            database=self.database,
+            types=self.types,
+            options=self.capture._type_options,
+        )
+        if enc.topic not in self.topics_ready:
+            publisher = self.publisher
+            assert publisher is not None
+            await asyncio.to_thread(
+                publisher.ensure_topics,
+                [enc.topic],
+                partitions=self.cfg.kafka.topic_partitions,
+                replication_factor=self.cfg.kafka.topic_replication_factor,
+            )
+            self.topics_ready.add(enc.topic)
+        serializer = self.serializer
+        assert serializer is not None
+        try:
+            value = await serializer.prepare(enc.topic, enc.value_schema, is_key=False)
+            key = None
+            if enc.key_schema is not None:
+                key = await serializer.prepare(enc.topic, enc.key_schema, is_key=True)
+        except IncompatibleSchemaError as exc:
+            what = old.encoder.column_diff(rel) if old is not None else "new table"
+            message = (
+                f"schema change of {rel.namespace}.{rel.name} ({what}) rejected by the "
+                f"registry as incompatible: {exc}"
+            )
+            if src.on_incompatible_schema == "stop":
+                raise IncompatibleSchemaError(message) from exc
+            raise
+        self.tables[rel.oid] = _Table(enc, key, value)
+        if old is not None:
+            log.info("schema of %s.%s changed: %s", rel.namespace, rel.name,
+                     old.encoder.column_diff(rel))
+
+
+_NEVER = asyncio.Event()
+
+
+def _on_delivery(checkpoint: Checkpoint, progress: TxProgress, err: Any, _msg: Any) -> None:
+    if err is None:
+        checkpoint.acked(progress)
+    else:
+        checkpoint.failed(str(err))
