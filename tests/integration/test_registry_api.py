@@ -1,0 +1,245 @@
+"""The registry's REST API spoken raw over HTTP: shapes, status codes, error bodies, edge input."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from cdc.embedded import LocalRegistry
+
+MEDIA = "application/vnd.schemaregistry.v1+json"
+ROW = {"type": "record", "name": "Row", "fields": [{"name": "id", "type": "long"}]}
+ROW2 = {
+    "type": "record",
+    "name": "Row",
+    "fields": [{"name": "id", "type": "long"}, {"name": "n", "type": "int", "default": 0}],
+}
+
+
+@pytest.fixture
+def http(registry_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=registry_url, timeout=30) as client:
+        yield client
+
+
+def subject() -> str:
+    return f"api-{uuid.uuid4().hex[:10]}-value"
+
+
+def register(http: httpx.Client, name: str, schema: Any = ROW) -> int:
+    response = http.post(f"/subjects/{name}/versions", json={"schema": json.dumps(schema)})
+    assert response.status_code == 200, response.text
+    return int(response.json()["id"])
+
+
+def snapshot(http: httpx.Client, name: str) -> tuple[Any, Any]:
+    """What a user can see of the store: every subject, and this subject's versions."""
+    subjects = http.get("/subjects", params={"deleted": "true"}).json()
+    versions = http.get(f"/subjects/{name}/versions", params={"deleted": "true"})
+    return subjects, versions.json()
+
+
+def assert_error(response: httpx.Response, status: int, error_code: int) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(MEDIA)
+    body = response.json()
+    assert set(body) == {"error_code", "message"}
+    assert body["error_code"] == error_code
+    assert isinstance(body["message"], str)
+    assert body["message"]
+
+
+def test_the_root_types_and_contexts_endpoints_answer_like_confluent(http: httpx.Client) -> None:
+    assert http.get("/").json() == {}
+    assert http.get("/schemas/types").json() == ["AVRO"]
+    assert http.get("/contexts").json() == ["."]
+    assert_error(http.get("/associations/resources/x"), 404, 40401)
+
+
+def test_a_registration_answers_200_with_the_registry_media_type(http: httpx.Client) -> None:
+    name = subject()
+    response = http.post(f"/subjects/{name}/versions", json={"schema": json.dumps(ROW)})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(MEDIA)
+    schema_id = response.json()["id"]
+    version = http.get(f"/subjects/{name}/versions/latest").json()
+    assert version == {
+        "subject": name,
+        "version": 1,
+        "id": schema_id,
+        "schema": json.dumps(ROW, separators=(",", ":")),
+    }
+    assert http.get(f"/subjects/{name}/versions/-1/schema").json() == ROW
+    assert http.get(f"/schemas/ids/{schema_id}/schema").json() == ROW
+    assert http.get(f"/schemas/ids/{schema_id}").json() == {"schema": version["schema"]}
+    assert {"subject": name, "version": 1} in http.get(f"/schemas/ids/{schema_id}/versions").json()
+    assert name in http.get(f"/schemas/ids/{schema_id}/subjects").json()
+    assert http.get(f"/subjects/{name}/versions/1/referencedby").json() == []
+
+
+def test_a_malformed_json_body_is_refused_with_400_and_changes_nothing(http: httpx.Client) -> None:
+    name = subject()
+    register(http, name)
+    before = snapshot(http, name)
+    response = http.post(
+        f"/subjects/{name}/versions",
+        content=b'{"schema": "{\\"type\\": ',
+        headers={"Content-Type": MEDIA},
+    )
+    assert_error(response, 400, 400)
+    assert snapshot(http, name) == before
+
+
+def test_invalid_avro_is_refused_with_42201_naming_the_problem(http: httpx.Client) -> None:
+    name = subject()
+    register(http, name)
+    before = snapshot(http, name)
+    bad_type = {"type": "record", "name": "R", "fields": [{"name": "a", "type": "Nope"}]}
+    bad_default = {
+        "type": "record",
+        "name": "R",
+        "fields": [{"name": "a", "type": "int", "default": "x"}],
+    }
+    cases = [
+        ("not json", "JSON"),
+        (json.dumps(bad_type), "Nope"),
+        (json.dumps(bad_default), "default"),
+    ]
+    for text, named_problem in cases:
+        response = http.post(f"/subjects/{name}/versions", json={"schema": text})
+        assert_error(response, 422, 42201)
+        assert named_problem in response.json()["message"]
+    response = http.post(f"/subjects/{name}/versions", json={"schema": "{}", "schemaType": "JSON"})
+    assert_error(response, 422, 42201)
+    assert "AVRO" in response.json()["message"]
+    assert_error(http.post(f"/subjects/{name}/versions", json={"nothing": 1}), 422, 42201)
+    assert_error(http.post(f"/subjects/{name}/versions", json={"schema": ROW2}), 400, 400)
+    assert_error(http.post(f"/subjects/{name}/versions", json=[json.dumps(ROW2)]), 400, 400)
+    assert snapshot(http, name) == before
+
+
+def test_an_incompatible_schema_answers_409_and_changes_nothing(http: httpx.Client) -> None:
+    name = subject()
+    register(http, name)
+    before = snapshot(http, name)
+    breaking = {"type": "record", "name": "Row", "fields": [{"name": "id", "type": "string"}]}
+    response = http.post(f"/subjects/{name}/versions", json={"schema": json.dumps(breaking)})
+    assert_error(response, 409, 409)
+    assert snapshot(http, name) == before
+    check = http.post(
+        f"/compatibility/subjects/{name}/versions/latest",
+        params={"verbose": "True"},
+        json={"schema": json.dumps(breaking)},
+    )
+    assert check.status_code == 200
+    assert check.json()["is_compatible"] is False
+    assert any("TYPE_MISMATCH" in m for m in check.json()["messages"])
+    plain = http.post(f"/compatibility/subjects/{name}/versions", json={"schema": json.dumps(ROW2)})
+    assert plain.json() == {"is_compatible": True}
+
+
+def test_an_unknown_compatibility_level_is_refused_with_42203(fresh_registry_url: str) -> None:
+    with httpx.Client(base_url=fresh_registry_url) as http:
+        assert_error(http.put("/config", json={"compatibility": "SIDEWAYS"}), 422, 42203)
+        assert http.get("/config").json() == {"compatibilityLevel": "BACKWARD"}
+        assert http.put("/config", json={"compatibility": "full"}).json() == {
+            "compatibility": "FULL"
+        }
+        assert http.get("/config").json() == {"compatibilityLevel": "FULL"}
+        assert_error(http.get("/config/nobody"), 404, 40408)
+        fallback = http.get("/config/nobody", params={"defaultToGlobal": "TRUE"})
+        assert fallback.json() == {"compatibilityLevel": "FULL"}
+        assert_error(http.put("/mode", json={"mode": "SOMETIMES"}), 422, 42204)
+        assert http.get("/mode").json() == {"mode": "READWRITE"}
+
+
+def test_a_body_over_the_limit_is_refused_with_413_and_changes_nothing(http: httpx.Client) -> None:
+    name = subject()
+    register(http, name)
+    before = snapshot(http, name)
+    huge = {"schema": json.dumps({**ROW2, "doc": "x" * 2_500_000})}
+    response = http.post(f"/subjects/{name}/versions", json=huge)
+    assert_error(response, 413, 413)
+    assert snapshot(http, name) == before
+
+
+def test_unknown_subjects_versions_and_ids_have_confluent_codes(http: httpx.Client) -> None:
+    name = subject()
+    schema_id = register(http, name)
+    assert_error(http.get(f"/subjects/{subject()}/versions"), 404, 40401)
+    assert_error(http.get(f"/subjects/{subject()}/versions/1"), 404, 40401)
+    assert_error(http.get(f"/subjects/{name}/versions/7"), 404, 40402)
+    assert_error(http.get(f"/subjects/{name}/versions/0"), 422, 42202)
+    assert_error(http.get(f"/subjects/{name}/versions/one"), 422, 42202)
+    assert_error(http.get("/schemas/ids/987654321"), 404, 40403)
+    assert_error(http.get("/schemas/ids/abc"), 404, 40403)
+    assert_error(http.post(f"/subjects/{subject()}", json={"schema": json.dumps(ROW)}), 404, 40401)
+    assert_error(http.post(f"/subjects/{name}", json={"schema": json.dumps(ROW2)}), 404, 40403)
+    found = http.post(f"/subjects/{name}", json={"schema": json.dumps(ROW)}).json()
+    assert (found["id"], found["version"], found["subject"]) == (schema_id, 1, name)
+    assert_error(http.get("/no/such/route"), 404, 404)
+
+
+def test_subjects_with_a_slash_sent_as_percent_2f_are_one_subject(http: httpx.Client) -> None:
+    name = f"team/{uuid.uuid4().hex[:8]}/orders-value"
+    encoded = name.replace("/", "%2F")
+    schema_id = register(http, encoded)
+    assert name in http.get("/subjects").json()
+    info = http.get(f"/subjects/{encoded}/versions/1").json()
+    assert (info["subject"], info["id"]) == (name, schema_id)
+    assert http.delete(f"/subjects/{encoded}").json() == [1]
+    assert name not in http.get("/subjects").json()
+
+
+def test_any_accept_header_and_any_body_content_type_is_served(http: httpx.Client) -> None:
+    name = subject()
+    for content_type in (
+        "application/json",
+        "application/vnd.schemaregistry.v1+json",
+        "application/vnd.schemaregistry+json",
+        "application/octet-stream",
+        None,
+    ):
+        headers = {"Content-Type": content_type} if content_type else {}
+        response = http.post(
+            f"/subjects/{name}/versions",
+            content=json.dumps({"schema": json.dumps(ROW)}).encode(),
+            headers=headers,
+        )
+        assert response.status_code == 200, (content_type, response.text)
+    for accept in ("text/html", "application/xml", "*/*", "application/vnd.schemaregistry.v1+json"):
+        response = http.get(f"/subjects/{name}/versions", headers={"Accept": accept})
+        assert response.status_code == 200
+        assert response.json() == [1]
+
+
+def test_query_booleans_are_case_insensitive(http: httpx.Client) -> None:
+    name = subject()
+    register(http, name)
+    assert http.delete(f"/subjects/{name}/versions/1").json() == 1
+    assert_error(http.get(f"/subjects/{name}/versions"), 404, 40401)
+    for spelling in ("true", "TRUE", "True"):
+        assert http.get(f"/subjects/{name}/versions", params={"deleted": spelling}).json() == [1]
+    assert_error(http.get(f"/subjects/{name}/versions", params={"deleted": "False"}), 404, 40401)
+    assert http.delete(f"/subjects/{name}/versions/1", params={"permanent": "TRUE"}).json() == 1
+    assert name not in http.get("/subjects", params={"deleted": "True"}).json()
+
+
+def test_basic_auth_refuses_missing_or_wrong_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDCSYNC_TEST_REGISTRY_AUTH", "reg:s3cret")
+    server = LocalRegistry(extra_args=("--basic-auth-env", "CDCSYNC_TEST_REGISTRY_AUTH")).start()
+    try:
+        with httpx.Client(base_url=server.url) as http:
+            missing = http.get("/subjects")
+            assert_error(missing, 401, 401)
+            assert missing.headers["www-authenticate"].lower().startswith("basic")
+            assert_error(http.get("/subjects", auth=("reg", "wrong")), 401, 401)
+            assert "s3cret" not in missing.text
+            assert http.get("/subjects", auth=("reg", "s3cret")).json() == []
+    finally:
+        server.stop()
