@@ -77,6 +77,8 @@ class CaptureStats:
     last_commit_ts_us: int = 0
     started_at: float = field(default_factory=time.time)
     connected: bool = False
+    # Commit-to-acknowledged latencies in microseconds, when recording is on.
+    latencies_us: list[int] | None = None
 
 
 @dataclass
@@ -94,9 +96,10 @@ class Capture:
         config: Config,
         *,
         on_batch: Callable[[Capture], Awaitable[None] | None] | None = None,
+        record_latency: bool = False,
     ) -> None:
         self.config = config
-        self.stats = CaptureStats()
+        self.stats = CaptureStats(latencies_us=[] if record_latency else None)
         self._on_batch = on_batch
         src = config.source
         self._type_options = TypeOptions(
@@ -118,7 +121,9 @@ class Capture:
                 self.stats.last_error = str(exc)
                 self.stats.connected = False
                 delay = backoff * (1 + random.random() / 2)
-                log.warning("capture interrupted (%s); restarting from the slot in %.1fs", exc, delay)
+                log.warning(
+                    "capture interrupted (%s); restarting from the slot in %.1fs", exc, delay
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 backoff = min(backoff * 2, 30.0)
@@ -175,12 +180,15 @@ class _Session:
     async def open(self) -> None:
         cfg = self.cfg
         kafka = cfg.kafka
-        self.publisher = Publisher(producer_config(kafka.bootstrap_servers, kafka.properties))
+        props = kafka.client_properties()
+        props.pop("bootstrap.servers", None)
+        props.setdefault("delivery.timeout.ms", kafka.delivery_timeout_ms)
+        self.publisher = Publisher(producer_config(kafka.bootstrap_servers, props))
         reg = cfg.registry
         auth = None
         if reg.username and reg.password:
             auth = (reg.username, reg.password.get_secret_value())
-        self.registry = RegistryClient(reg.url, auth=auth)
+        self.registry = RegistryClient.from_url(reg.url, auth=auth)
         self.serializer = AvroSerializer(self.registry)
         dsn = cfg.source.dsn.get_secret_value()
         self.catalog = await source.connect(dsn)
@@ -211,7 +219,7 @@ class _Session:
                 await self.catalog.close()
         if self.registry is not None:
             with contextlib.suppress(Exception):
-                await self.registry.close()
+                await self.registry.aclose()
         self.stats.connected = False
 
     # ------------------------------------------------------------------ main loop
@@ -353,10 +361,14 @@ class _Session:
             raise DecodeError(f"change for relation {msg.relation_oid} before its Relation message")
         kind = type(msg)
         if kind is Insert:
-            self.emit(table, Change.from_insert(msg, lsn=lsn, seq=self._next(msg.relation_oid), tx=tx))  # type: ignore[arg-type]
+            self.emit(
+                table, Change.from_insert(msg, lsn=lsn, seq=self._next(msg.relation_oid), tx=tx)
+            )  # type: ignore[arg-type]
             return
         if kind is Delete:
-            self.emit(table, Change.from_delete(msg, lsn=lsn, seq=self._next(msg.relation_oid), tx=tx))  # type: ignore[arg-type]
+            self.emit(
+                table, Change.from_delete(msg, lsn=lsn, seq=self._next(msg.relation_oid), tx=tx)
+            )  # type: ignore[arg-type]
             return
         assert isinstance(msg, Update)
         enc = table.encoder
@@ -366,13 +378,27 @@ class _Session:
             if old_key != new_key:
                 # A primary-key change: delete (+ tombstone) the old key, create the new one.
                 oid = msg.relation_oid
-                delete = Change(OP_DELETE, oid, lsn, self._next(oid), tx, msg.old, None, msg.old_is_key)
+                delete = Change(
+                    OP_DELETE, oid, lsn, self._next(oid), tx, msg.old, None, msg.old_is_key
+                )
                 self.emit(table, delete)
-                self.emit(table, Change.from_insert(
-                    Insert(relation_oid=oid, new=msg.new), lsn=lsn, seq=self._next(oid), tx=tx))
+                self.emit(
+                    table,
+                    Change.from_insert(
+                        Insert(relation_oid=oid, new=msg.new), lsn=lsn, seq=self._next(oid), tx=tx
+                    ),
+                )
                 return
-        change = Change(OP_UPDATE, msg.relation_oid, lsn, self._next(msg.relation_oid), tx,
-                        None if msg.old_is_key else msg.old, msg.new, msg.old_is_key)
+        change = Change(
+            OP_UPDATE,
+            msg.relation_oid,
+            lsn,
+            self._next(msg.relation_oid),
+            tx,
+            None if msg.old_is_key else msg.old,
+            msg.new,
+            msg.old_is_key,
+        )
         self.emit(table, change)
 
     def _next(self, oid: int) -> int:
@@ -385,7 +411,9 @@ class _Session:
         publisher = self.publisher
         assert serializer is not None and publisher is not None
         enc = table.encoder
-        value = enc.envelope(change, table_seq=self.table_seq[change.relation_oid], now_ms=self.now_ms)
+        value = enc.envelope(
+            change, table_seq=self.table_seq[change.relation_oid], now_ms=self.now_ms
+        )
         key_bytes = None
         if table.key is not None:
             key = enc.key_for(change)
@@ -397,7 +425,11 @@ class _Session:
         Checkpoint.sent(progress)
         publisher.produce(enc.topic, key_bytes, value_bytes, callback)
         self.stats.events += 1
-        if change.op == OP_DELETE and key_bytes is not None and self.cfg.source.tombstones_on_delete:
+        if (
+            change.op == OP_DELETE
+            and key_bytes is not None
+            and self.cfg.source.tombstones_on_delete
+        ):
             Checkpoint.sent(progress)
             publisher.produce(enc.topic, key_bytes, None, callback)
             self.stats.tombstones += 1
@@ -415,7 +447,13 @@ class _Session:
     def _callback(self, progress: TxProgress) -> Callable[[Any, Any], None]:
         cached: Callable[[Any, Any], None] | None = progress.callback
         if cached is None:
-            cached = progress.callback = functools.partial(_on_delivery, self.checkpoint, progress)
+            if self.stats.latencies_us is not None:
+                cached = functools.partial(
+                    _on_delivery_timed, self.checkpoint, progress, self.stats.latencies_us
+                )
+            else:
+                cached = functools.partial(_on_delivery, self.checkpoint, progress)
+            progress.callback = cached
         return cached
 
     # ------------------------------------------------------------------ schemas
@@ -424,17 +462,24 @@ class _Session:
         old = self.tables.get(rel.oid)
         if old is not None and old.encoder.relation == rel:
             return
-        missing = [c.type_oid for c in rel.columns if needs_catalog(c.type_oid)
-                   and c.type_oid not in self.types]
+        missing = [
+            c.type_oid
+            for c in rel.columns
+            if needs_catalog(c.type_oid) and c.type_oid not in self.types
+        ]
         if missing:
             self.types.update(await source.load_types(self.catalog, missing))
         src = self.cfg.source
+        key_columns = None
+        if rel.replica_identity == "f":
+            key_columns = await source.primary_key(self.catalog, rel.namespace, rel.name)
         enc = RelationEncoder(
             rel,
             prefix=self.cfg.kafka.topic_prefix,
             database=self.database,
             types=self.types,
             options=self.capture._type_options,
+            key_columns=key_columns,
         )
         if enc.topic not in self.topics_ready:
             publisher = self.publisher
@@ -464,8 +509,9 @@ class _Session:
             raise
         self.tables[rel.oid] = _Table(enc, key, value)
         if old is not None:
-            log.info("schema of %s.%s changed: %s", rel.namespace, rel.name,
-                     old.encoder.column_diff(rel))
+            log.info(
+                "schema of %s.%s changed: %s", rel.namespace, rel.name, old.encoder.column_diff(rel)
+            )
 
 
 _NEVER = asyncio.Event()
@@ -473,6 +519,16 @@ _NEVER = asyncio.Event()
 
 def _on_delivery(checkpoint: Checkpoint, progress: TxProgress, err: Any, _msg: Any) -> None:
     if err is None:
+        checkpoint.acked(progress)
+    else:
+        checkpoint.failed(str(err))
+
+
+def _on_delivery_timed(
+    checkpoint: Checkpoint, progress: TxProgress, latencies: list[int], err: Any, _msg: Any
+) -> None:
+    if err is None:
+        latencies.append(time.time_ns() // 1000 - progress.commit_ts_us)
         checkpoint.acked(progress)
     else:
         checkpoint.failed(str(err))

@@ -8,7 +8,11 @@ print secrets.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import click
 
@@ -27,6 +31,47 @@ def _parse_listen(value: str) -> tuple[str, int]:
 @click.version_option(__version__, prog_name="cdcsync")
 def cli() -> None:
     """cdcsync: PostgreSQL changes to Kafka (Avro) to the systems you run."""
+
+
+def _config_option(func: Any) -> Any:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="YAML config file (every key can also come from CDCSYNC_SECTION__KEY).",
+    )(func)
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    from cdc.logs import configure  # noqa: PLC0415
+
+    configure(level=level, fmt=fmt)
+
+
+@cli.command()
+@_config_option
+def capture(config_path: str | None) -> None:
+    """Stream the source database's changes to Kafka (capture only)."""
+    from cdc.capture import Capture  # noqa: PLC0415
+    from cdc.config import load_config  # noqa: PLC0415
+
+    config = load_config(config_path)
+    _setup_logging(config.logging.level, config.logging.format)
+    _run_until_signalled(Capture(config).run)
+
+
+def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop``."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
 
 
 @cli.group()

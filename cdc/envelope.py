@@ -19,7 +19,7 @@ Invariants:
   the transaction) identify an event: a re-sent transaction re-produces the
   same pair, so duplicates are recognisable downstream.
 - Avro names are sanitised (invalid characters become ``_``); the original
-  column name is kept in the field's ``doc``-free ``__cdcsync_column`` attribute
+  column name is kept in the field's ``__cdcsync_column`` attribute
   only when it differs.
 """
 
@@ -119,8 +119,10 @@ def source_schema() -> dict[str, Any]:
                     {
                         "type": "string",
                         "connect.version": 1,
-                        "connect.parameters": {"allowed": "true,first,first_in_data_collection,"
-                                               "last_in_data_collection,last,false,incremental"},
+                        "connect.parameters": {
+                            "allowed": "true,first,first_in_data_collection,"
+                            "last_in_data_collection,last,false,incremental"
+                        },
                         "connect.default": "false",
                         "connect.name": "io.debezium.data.Enum",
                     },
@@ -176,7 +178,10 @@ class RelationEncoder:
         database: str,
         types: Mapping[int, PgType],
         options: TypeOptions,
+        key_columns: tuple[str, ...] | None = None,
     ) -> None:
+        """``key_columns`` overrides the Relation's key flags (REPLICA IDENTITY FULL flags
+        every column; the event key must still be the primary key)."""
         self.relation = relation
         self.prefix = prefix
         self.topic = topic_for(prefix, relation.namespace, relation.name)
@@ -202,7 +207,8 @@ class RelationEncoder:
             entry: dict[str, Any] = {"name": name}
             if name != col.name:
                 entry["__cdcsync_column"] = col.name
-            if col.is_key:
+            is_key = col.is_key if key_columns is None else col.name in key_columns
+            if is_key:
                 key_idx.append(field)
                 key_fields.append({**entry, "type": codec.avro_type})
                 value_fields.append({**entry, "type": codec.avro_type})
@@ -275,9 +281,7 @@ class RelationEncoder:
             out[f.name] = f.decode(v if isinstance(v, str) else bytes(v).decode())  # type: ignore[arg-type]
         return out
 
-    def row_record(
-        self, values: TupleValues, *, unavailable: list[str] | None
-    ) -> dict[str, Any]:
+    def row_record(self, values: TupleValues, *, unavailable: list[str] | None) -> dict[str, Any]:
         """A ``Value`` row; unchanged TOAST columns get a placeholder and are listed."""
         if len(values) != len(self._fields):
             raise DecodeError(
@@ -350,7 +354,7 @@ class RelationEncoder:
         parts += [
             f"changed type of {n!r}"
             for n in new
-            if n in old and (new[n].type_oid, new[n].type_modifier)
-            != (old[n].type_oid, old[n].type_modifier)
+            if n in old
+            and (new[n].type_oid, new[n].type_modifier) != (old[n].type_oid, old[n].type_modifier)
         ]
         return ", ".join(parts) or "no column changes"

@@ -146,7 +146,9 @@ async def _ensure_publication(
     create: bool,
     report: SourceReport,
 ) -> None:
-    exists = await _one(conn, "SELECT count(*) FROM pg_publication WHERE pubname = %s", (publication,))
+    exists = await _one(
+        conn, "SELECT count(*) FROM pg_publication WHERE pubname = %s", (publication,)
+    )
     if not exists:
         if not create:
             raise SourceSetupError(
@@ -209,7 +211,9 @@ async def _ensure_slot(
         report.slot_confirmed_flush = Lsn.parse(confirmed) if confirmed else None
         return
     if not create:
-        raise SourceSetupError(f"replication slot {slot!r} does not exist and source.create_slot is false")
+        raise SourceSetupError(
+            f"replication slot {slot!r} does not exist and source.create_slot is false"
+        )
     try:
         cur = await conn.execute(
             "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
@@ -226,9 +230,7 @@ async def _ensure_slot(
     report.slot_confirmed_flush = Lsn.parse(row[0]) if row else None
 
 
-async def load_types(
-    conn: psycopg.AsyncConnection[Any], oids: list[int]
-) -> dict[int, PgType]:
+async def load_types(conn: psycopg.AsyncConnection[Any], oids: list[int]) -> dict[int, PgType]:
     """Catalog facts for the given type OIDs (and their element/base types)."""
     cur = await conn.execute(TYPE_CATALOG_SQL, (oids,))
     return pg_types_from_rows(await cur.fetchall())
@@ -237,3 +239,18 @@ async def load_types(
 def _line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def primary_key(
+    conn: psycopg.AsyncConnection[Any], namespace: str, table: str
+) -> tuple[str, ...]:
+    """The primary key's column names of ``namespace.table``, in key order (empty if none)."""
+    cur = await conn.execute(
+        "SELECT a.attname FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum"
+        " WHERE i.indisprimary AND n.nspname = %s AND c.relname = %s ORDER BY k.ord",
+        (namespace, table),
+    )
+    return tuple(row[0] for row in await cur.fetchall())

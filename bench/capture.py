@@ -1,0 +1,245 @@
+"""Capture benchmark: cdcsync capture against pg_recvlogical on the same backlog.
+
+Run: ``.venv/bin/python bench/capture.py [--changes 200000] [--runs 3]``
+
+Per run, on throwaway local servers (PostgreSQL, tansu, the registry):
+1. two slots are created on one publication, then a backlog of ``--changes``
+   changes is written (80% inserts, 15% updates, 5% deletes, transactions of
+   1,000 rows; int/numeric/text/timestamptz/jsonb columns) with
+   synchronous_commit off, ended by a synchronously committed marker row at
+   ``pg_current_wal_insert_lsn()``;
+2. ``pg_recvlogical`` drains slot A to /dev/null (the ceiling);
+3. ``cdcsync capture`` (the real command, a child process) drains slot B
+   into the broker, Avro-encoded and acknowledged; done when the slot's
+   confirmed_flush_lsn reaches the end LSN. Its peak RSS (VmHWM), CPU time
+   and time to the first confirmed transaction are read from /proc.
+Then, live: a writer commits single-row transactions at ``--rate`` rows/s
+(synchronous_commit on) and capture records commit-to-Kafka-ack latency.
+Medians over runs are printed; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cdc.capture import Capture  # noqa: E402
+from cdc.config import load_config  # noqa: E402
+from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin  # noqa: E402
+
+DDL = """
+CREATE TABLE bench (id bigint PRIMARY KEY, n int NOT NULL, amount numeric(12,2),
+                    note text, at timestamptz NOT NULL DEFAULT now(), doc jsonb);
+CREATE TABLE marker (id int PRIMARY KEY);
+"""
+
+
+def write_backlog(dsn: str, changes: int) -> int:
+    """Write the backlog; return the end LSN (as an int) after a synchronous marker."""
+    per_tx = 1000
+    inserts_per_tx, updates_per_tx, deletes_per_tx = 800, 150, 50
+    next_id = 1
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = off")
+        done = 0
+        while done < changes:
+            with conn.transaction():
+                start = next_id
+                conn.execute(
+                    "INSERT INTO bench (id, n, amount, note, doc)"
+                    " SELECT g, g % 1000, (g % 100000) / 100.0, 'note ' || g,"
+                    " jsonb_build_object('k', g, 'tags', jsonb_build_array('a', 'b'))"
+                    " FROM generate_series(%s::bigint, %s::bigint) g",
+                    (start, start + inserts_per_tx - 1),
+                )
+                next_id += inserts_per_tx
+                conn.execute(
+                    "UPDATE bench SET n = n + 1, note = 'updated' WHERE id BETWEEN %s AND %s",
+                    (start, start + updates_per_tx - 1),
+                )
+                conn.execute(
+                    "DELETE FROM bench WHERE id BETWEEN %s AND %s",
+                    (start + inserts_per_tx - deletes_per_tx, start + inserts_per_tx - 1),
+                )
+            done += per_tx
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("INSERT INTO marker VALUES (1)")
+        row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def confirmed(dsn: str, slot: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT coalesce(confirmed_flush_lsn - '0/0'::pg_lsn, 0) FROM pg_replication_slots"
+            " WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def lsn_text(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def run_recvlogical(pg: LocalPostgres, dsn: str, end: int) -> float:
+    binary = str(find_pg_bin() / "pg_recvlogical")
+    t0 = time.perf_counter()
+    subprocess.run(
+        [binary, "-d", dsn, "--slot", "slot_a", "--start", "-o", "proto_version=2",
+         "-o", "publication_names=pub", "-f", "/dev/null", "-E", lsn_text(end), "--no-loop"],
+        check=True, capture_output=True,
+    )
+    return time.perf_counter() - t0
+
+
+def proc_stats(pid: int) -> tuple[int, float]:
+    """(peak RSS in bytes, CPU seconds) of a live process."""
+    hwm = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    return hwm, cpu
+
+
+def run_cdcsync(config_path: Path, dsn: str, end: int) -> dict[str, float]:
+    start_lsn = confirmed(dsn, "slot_b")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc.cli", "capture", "--config", str(config_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    first = None
+    rss, cpu = 0, 0.0
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "exited")
+            rss, cpu = proc_stats(proc.pid)
+            pos = confirmed(dsn, "slot_b")
+            now = time.perf_counter()
+            if first is None and pos > start_lsn:
+                first = now - t0
+            if pos >= end:
+                elapsed = now - t0
+                break
+            time.sleep(0.02)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"elapsed": elapsed, "first": first or elapsed, "rss": rss, "cpu": cpu}
+
+
+async def live_latency(config_path: Path, dsn: str, rate: int, seconds: float) -> list[int]:
+    config = load_config(config_path)
+    capture = Capture(config, record_latency=True)
+    stop = asyncio.Event()
+    task = asyncio.create_task(capture.run(stop))
+    await asyncio.sleep(2)
+
+    def writer() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            interval = 1.0 / rate
+            t_next = time.perf_counter()
+            base = 10_000_000
+            for i in range(int(rate * seconds)):
+                conn.execute("INSERT INTO bench (id, n, amount, note) VALUES (%s, 1, 1.5, 'live')",
+                             (base + i,))
+                t_next += interval
+                delay = t_next - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+
+    await asyncio.to_thread(writer)
+    await asyncio.sleep(1)
+    stop.set()
+    await task
+    assert capture.stats.latencies_us is not None
+    return capture.stats.latencies_us
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--changes", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--live-seconds", type=float, default=10)
+    args = parser.parse_args()
+
+    results: list[dict[str, float]] = []
+    latencies: list[int] = []
+    for run in range(args.runs):
+        pg = LocalPostgres().start()
+        broker = LocalBroker().start()
+        registry = LocalRegistry().start()
+        workdir = Path(tempfile.mkdtemp(prefix="cdcsync-bench-"))
+        try:
+            dsn = pg.dsn
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(DDL)
+                conn.execute("CREATE PUBLICATION pub FOR TABLE bench")
+                conn.execute("SELECT pg_create_logical_replication_slot('slot_a', 'pgoutput')")
+                conn.execute("SELECT pg_create_logical_replication_slot('slot_b', 'pgoutput')")
+            end = write_backlog(dsn, args.changes)
+            config: dict[str, Any] = {
+                "source": {"dsn": dsn, "slot": "slot_b", "publication": "pub",
+                           "tables": ["public.bench"], "snapshot": "never"},
+                "kafka": {"bootstrap_servers": broker.bootstrap, "topic_prefix": "bench"},
+                "registry": {"url": registry.url},
+                "logging": {"level": "WARNING"},
+            }
+            config_path = workdir / "cdcsync.yaml"
+            config_path.write_text(yaml.safe_dump(config))
+            ceiling = run_recvlogical(pg, dsn, end)
+            ours = run_cdcsync(config_path, dsn, end)
+            ours["ceiling"] = ceiling
+            results.append(ours)
+            print(f"run {run + 1}: pg_recvlogical {args.changes / ceiling:,.0f} changes/s, "
+                  f"cdcsync {args.changes / ours['elapsed']:,.0f} changes/s, "
+                  f"RSS {ours['rss'] / 2**20:.1f} MiB, first event {ours['first']:.2f}s",
+                  flush=True)
+            if run == 0:
+                latencies = asyncio.run(live_latency(config_path, dsn, args.rate, args.live_seconds))
+        finally:
+            registry.stop()
+            broker.stop()
+            pg.stop()
+
+    med = statistics.median
+    ceiling_rate = med(args.changes / r["ceiling"] for r in results)
+    our_rate = med(args.changes / r["elapsed"] for r in results)
+    print()
+    print(f"backlog                    {args.changes:,} changes, {args.runs} runs (medians)")
+    print(f"pg_recvlogical (ceiling)   {ceiling_rate:,.0f} changes/s")
+    print(f"cdcsync capture            {our_rate:,.0f} changes/s")
+    print(f"ratio                      {our_rate / ceiling_rate:.2f}  (target >= 0.5)")
+    print(f"peak RSS                   {med(r['rss'] for r in results) / 2**20:.1f} MiB (target < 80)")
+    print(f"CPU per event              {med(r['cpu'] / args.changes for r in results) * 1e6:.1f} us")
+    print(f"start-up to first event    {med(r['first'] for r in results):.2f} s (target < 0.5)")
+    if latencies:
+        lat = sorted(latencies)
+        p50 = lat[len(lat) // 2] / 1000
+        p99 = lat[int(len(lat) * 0.99)] / 1000
+        print(f"live {args.rate} rows/s         commit->ack p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+              f"(target p99 < 10), {len(lat)} events")
+
+
+if __name__ == "__main__":
+    main()
