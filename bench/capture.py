@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def write_backlog(dsn: str, changes: int) -> int:
                 start = next_id
                 conn.execute(
                     "INSERT INTO bench (id, n, amount, note, doc)"
-                    " SELECT g, g % 1000, (g % 100000) / 100.0, 'note ' || g,"
+                    " SELECT g, g %% 1000, (g %% 100000) / 100.0, 'note ' || g,"
                     " jsonb_build_object('k', g, 'tags', jsonb_build_array('a', 'b'))"
                     " FROM generate_series(%s::bigint, %s::bigint) g",
                     (start, start + inserts_per_tx - 1),
@@ -97,7 +98,7 @@ def lsn_text(value: int) -> str:
 
 
 def run_recvlogical(pg: LocalPostgres, dsn: str, end: int) -> float:
-    binary = str(find_pg_bin() / "pg_recvlogical")
+    binary = shutil.which("pg_recvlogical") or str(find_pg_bin() / "pg_recvlogical")
     t0 = time.perf_counter()
     subprocess.run(
         [binary, "-d", dsn, "--slot", "slot_a", "--start", "-o", "proto_version=2",

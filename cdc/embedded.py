@@ -41,7 +41,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+def wait_for_port(
+    port: int, *, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> bool:
     """Wait until something accepts TCP connections on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -115,9 +117,22 @@ class LocalPostgres:
             os.chown(self.datadir, pw.pw_uid, pw.pw_gid)
         self.port = self.port or free_port()
         init = subprocess.run(
-            self._cmd("initdb", "-D", str(self.datadir / "data"), "-U", "postgres",
-                      "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"),
-            capture_output=True, text=True, check=False,
+            self._cmd(
+                "initdb",
+                "-D",
+                str(self.datadir / "data"),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if init.returncode != 0:
             raise EmbeddedServerError(f"initdb failed: {init.stderr.strip()[-800:]}")
@@ -149,9 +164,20 @@ class LocalPostgres:
         assert self.datadir is not None
         log = self.datadir / "server.log"
         res = subprocess.run(
-            self._cmd("pg_ctl", "-D", str(self.datadir / "data"), "-l", str(log), "-w",
-                      "-t", "60", "start"),
-            capture_output=True, text=True, check=False,
+            self._cmd(
+                "pg_ctl",
+                "-D",
+                str(self.datadir / "data"),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if res.returncode != 0:
             raise EmbeddedServerError(f"pg_ctl start failed: {res.stderr.strip()}\n{_tail(log)}")
@@ -161,7 +187,9 @@ class LocalPostgres:
         assert self.datadir is not None
         subprocess.run(
             self._cmd("pg_ctl", "-D", str(self.datadir / "data"), "-m", mode, "-w", "stop"),
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
 
     def restart(self) -> None:
@@ -223,9 +251,19 @@ class LocalBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         with self._log.open("ab") as log:
             self._proc = subprocess.Popen(
-                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", self.storage],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    str(binary),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    self.storage,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
             )
@@ -276,9 +314,21 @@ class LocalRegistry:
         log = self._dir / "registry.log"
         with log.open("ab") as out:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "cdc.cli", "registry", "serve", "--storage", storage,
-                 "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "cdc.cli",
+                    "registry",
+                    "serve",
+                    "--storage",
+                    storage,
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    *self.extra_args,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         if not wait_for_port(self.port, timeout=30, proc=self._proc):

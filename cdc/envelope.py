@@ -34,7 +34,7 @@ from cdc import __version__
 from cdc.errors import DecodeError
 from cdc.lsn import Lsn
 from cdc.pgoutput import UNCHANGED, Delete, Insert, Relation, TupleValues, Update
-from cdc.types import ColumnCodec, PgType, TypeOptions, codec_for
+from cdc.types import ColumnCodec, PgType, TypeOptions, codec_for, share_named_types
 
 _INVALID: Final = re.compile(r"[^A-Za-z0-9_]")
 
@@ -192,12 +192,22 @@ class RelationEncoder:
             for col in relation.columns
         ]
         self.codecs = tuple(codecs)
+        is_key_flags = [
+            col.is_key if key_columns is None else col.name in key_columns
+            for col in relation.columns
+        ]
+        # A named type (e.g. VariableScaleDecimal) may be defined only once per schema.
+        value_types = share_named_types([c.avro_type for c in codecs])
+        key_types = iter(
+            share_named_types([c.avro_type for c, k in zip(codecs, is_key_flags, strict=True) if k])
+        )
         value_fields: list[dict[str, Any]] = []
         key_fields: list[dict[str, Any]] = []
         fields: list[_Field] = []
         key_idx: list[_Field] = []
         seen: set[str] = set()
         for i, (col, codec) in enumerate(zip(relation.columns, codecs, strict=True)):
+            value_type = value_types[i]
             name = avro_name(col.name)
             while name in seen:
                 name += "_"
@@ -207,13 +217,12 @@ class RelationEncoder:
             entry: dict[str, Any] = {"name": name}
             if name != col.name:
                 entry["__cdcsync_column"] = col.name
-            is_key = col.is_key if key_columns is None else col.name in key_columns
-            if is_key:
+            if is_key_flags[i]:
                 key_idx.append(field)
-                key_fields.append({**entry, "type": codec.avro_type})
-                value_fields.append({**entry, "type": codec.avro_type})
+                key_fields.append({**entry, "type": next(key_types)})
+                value_fields.append({**entry, "type": value_type})
             else:
-                value_fields.append({**entry, "type": ["null", codec.avro_type], "default": None})
+                value_fields.append({**entry, "type": ["null", value_type], "default": None})
         self._fields = tuple(fields)
         self._key_fields = tuple(key_idx)
         self.value_row_schema: dict[str, Any] = {

@@ -106,14 +106,20 @@ class Publisher:
         return len(self._producer)
 
     def ensure_topics(
-        self, topics: Iterable[str], *, partitions: int, replication_factor: int, timeout: float = 30
+        self,
+        topics: Iterable[str],
+        *,
+        partitions: int,
+        replication_factor: int,
+        timeout: float = 30,
     ) -> None:
         """Create the topics that do not exist yet (existing ones are left as they are)."""
         wanted = sorted(set(topics))
         if not wanted:
             return
-        admin = AdminClient({"bootstrap.servers": self._config["bootstrap.servers"],
-                             **_security(self._config)})
+        admin = AdminClient(
+            {"bootstrap.servers": self._config["bootstrap.servers"], **_security(self._config)}
+        )
         deadline = time.monotonic() + timeout
         try:
             meta = admin.list_topics(timeout=timeout)
@@ -123,8 +129,10 @@ class Publisher:
         if not missing:
             return
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
-             for t in missing],
+            [
+                NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
+                for t in missing
+            ],
             request_timeout=timeout,
         )
         for topic, fut in futures.items():

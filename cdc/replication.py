@@ -67,7 +67,9 @@ def parse_copy_data(buf: bytes | memoryview) -> XLogData | Keepalive:
         if len(view) < _XLOGDATA_HEADER.size:
             raise SourceUnavailable("truncated XLogData header")
         _, start, end, ts = _XLOGDATA_HEADER.unpack_from(view)
-        return XLogData(Lsn(start), Lsn(end), ts + PG_EPOCH_OFFSET_US, view[_XLOGDATA_HEADER.size :])
+        return XLogData(
+            Lsn(start), Lsn(end), ts + PG_EPOCH_OFFSET_US, view[_XLOGDATA_HEADER.size :]
+        )
     if kind == 0x6B:  # 'k'
         if len(view) < _KEEPALIVE.size:
             raise SourceUnavailable("truncated keepalive message")
