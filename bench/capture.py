@@ -37,9 +37,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdc.capture import Capture  # noqa: E402
-from cdc.config import load_config  # noqa: E402
-from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin  # noqa: E402
+from cdc.capture import Capture
+from cdc.config import load_config
+from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin
 
 DDL = """
 CREATE TABLE bench (id bigint PRIMARY KEY, n int NOT NULL, amount numeric(12,2),
@@ -101,9 +101,25 @@ def run_recvlogical(pg: LocalPostgres, dsn: str, end: int) -> float:
     binary = shutil.which("pg_recvlogical") or str(find_pg_bin() / "pg_recvlogical")
     t0 = time.perf_counter()
     subprocess.run(
-        [binary, "-d", dsn, "--slot", "slot_a", "--start", "-o", "proto_version=2",
-         "-o", "publication_names=pub", "-f", "/dev/null", "-E", lsn_text(end), "--no-loop"],
-        check=True, capture_output=True,
+        [
+            binary,
+            "-d",
+            dsn,
+            "--slot",
+            "slot_a",
+            "--start",
+            "-o",
+            "proto_version=2",
+            "-o",
+            "publication_names=pub",
+            "-f",
+            "/dev/null",
+            "-E",
+            lsn_text(end),
+            "--no-loop",
+        ],
+        check=True,
+        capture_output=True,
     )
     return time.perf_counter() - t0
 
@@ -125,7 +141,8 @@ def run_cdcsync(config_path: Path, dsn: str, end: int) -> dict[str, float]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "cdc.cli", "capture", "--config", str(config_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     first = None
     rss, cpu = 0, 0.0
@@ -161,8 +178,10 @@ async def live_latency(config_path: Path, dsn: str, rate: int, seconds: float) -
             t_next = time.perf_counter()
             base = 10_000_000
             for i in range(int(rate * seconds)):
-                conn.execute("INSERT INTO bench (id, n, amount, note) VALUES (%s, 1, 1.5, 'live')",
-                             (base + i,))
+                conn.execute(
+                    "INSERT INTO bench (id, n, amount, note) VALUES (%s, 1, 1.5, 'live')",
+                    (base + i,),
+                )
                 t_next += interval
                 delay = t_next - time.perf_counter()
                 if delay > 0:
@@ -177,7 +196,9 @@ async def live_latency(config_path: Path, dsn: str, rate: int, seconds: float) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--changes", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=int, default=2000)
@@ -200,8 +221,13 @@ def main() -> None:
                 conn.execute("SELECT pg_create_logical_replication_slot('slot_b', 'pgoutput')")
             end = write_backlog(dsn, args.changes)
             config: dict[str, Any] = {
-                "source": {"dsn": dsn, "slot": "slot_b", "publication": "pub",
-                           "tables": ["public.bench"], "snapshot": "never"},
+                "source": {
+                    "dsn": dsn,
+                    "slot": "slot_b",
+                    "publication": "pub",
+                    "tables": ["public.bench"],
+                    "snapshot": "never",
+                },
                 "kafka": {"bootstrap_servers": broker.bootstrap, "topic_prefix": "bench"},
                 "registry": {"url": registry.url},
                 "logging": {"level": "WARNING"},
@@ -212,12 +238,16 @@ def main() -> None:
             ours = run_cdcsync(config_path, dsn, end)
             ours["ceiling"] = ceiling
             results.append(ours)
-            print(f"run {run + 1}: pg_recvlogical {args.changes / ceiling:,.0f} changes/s, "
-                  f"cdcsync {args.changes / ours['elapsed']:,.0f} changes/s, "
-                  f"RSS {ours['rss'] / 2**20:.1f} MiB, first event {ours['first']:.2f}s",
-                  flush=True)
+            print(
+                f"run {run + 1}: pg_recvlogical {args.changes / ceiling:,.0f} changes/s, "
+                f"cdcsync {args.changes / ours['elapsed']:,.0f} changes/s, "
+                f"RSS {ours['rss'] / 2**20:.1f} MiB, first event {ours['first']:.2f}s",
+                flush=True,
+            )
             if run == 0:
-                latencies = asyncio.run(live_latency(config_path, dsn, args.rate, args.live_seconds))
+                latencies = asyncio.run(
+                    live_latency(config_path, dsn, args.rate, args.live_seconds)
+                )
         finally:
             registry.stop()
             broker.stop()
@@ -231,15 +261,21 @@ def main() -> None:
     print(f"pg_recvlogical (ceiling)   {ceiling_rate:,.0f} changes/s")
     print(f"cdcsync capture            {our_rate:,.0f} changes/s")
     print(f"ratio                      {our_rate / ceiling_rate:.2f}  (target >= 0.5)")
-    print(f"peak RSS                   {med(r['rss'] for r in results) / 2**20:.1f} MiB (target < 80)")
-    print(f"CPU per event              {med(r['cpu'] / args.changes for r in results) * 1e6:.1f} us")
+    print(
+        f"peak RSS                   {med(r['rss'] for r in results) / 2**20:.1f} MiB (target < 80)"
+    )
+    print(
+        f"CPU per event              {med(r['cpu'] / args.changes for r in results) * 1e6:.1f} us"
+    )
     print(f"start-up to first event    {med(r['first'] for r in results):.2f} s (target < 0.5)")
     if latencies:
         lat = sorted(latencies)
         p50 = lat[len(lat) // 2] / 1000
         p99 = lat[int(len(lat) * 0.99)] / 1000
-        print(f"live {args.rate} rows/s         commit->ack p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-              f"(target p99 < 10), {len(lat)} events")
+        print(
+            f"live {args.rate} rows/s         commit->ack p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+            f"(target p99 < 10), {len(lat)} events"
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from cdc.checkpoint import Checkpoint, TxProgress
 from cdc.config import Config
 from cdc.envelope import OP_DELETE, OP_UPDATE, Change, RelationEncoder, TxContext
 from cdc.errors import BrokerUnavailable, DecodeError, IncompatibleSchemaError, RetryableError
-from cdc.lsn import Lsn
+from cdc.lsn import ZERO, Lsn
 from cdc.pgoutput import (
     Begin,
     Commit,
@@ -72,8 +72,8 @@ class CaptureStats:
     tombstones: int = 0
     restarts: int = 0
     last_error: str | None = None
-    flushed_lsn: Lsn = Lsn(0)
-    received_lsn: Lsn = Lsn(0)
+    flushed_lsn: Lsn = ZERO
+    received_lsn: Lsn = ZERO
     last_commit_ts_us: int = 0
     started_at: float = field(default_factory=time.time)
     connected: bool = False
@@ -237,13 +237,12 @@ class _Session:
                 decode = self.decoder.decode
                 for frame in frames:
                     msg = decode(frame.data)
-                    kind = type(msg)
-                    if kind is Relation:
+                    if isinstance(msg, Relation):
                         if self.stream_xid is not None:
                             self.spool.append(self.stream_xid, frame.wal_start, msg)
                         else:
                             await self.on_relation(msg)
-                    elif kind is StreamCommit:
+                    elif isinstance(msg, StreamCommit):
                         self.stream_xid = None
                         await self.replay_streamed(msg)
                     else:
@@ -299,9 +298,8 @@ class _Session:
                 self.spool.append(self.stream_xid, lsn, msg)
                 return
             self.on_truncate(msg, lsn)
-        elif kind is LogicalMessage:
-            if self.stream_xid is not None and msg.transactional:
-                self.spool.append(self.stream_xid, lsn, msg)
+        elif kind is LogicalMessage and self.stream_xid is not None and msg.transactional:
+            self.spool.append(self.stream_xid, lsn, msg)
         # Origin and Type messages need no action: types are read from the catalog.
 
     def begin(self, tx: TxContext) -> None:
@@ -359,18 +357,13 @@ class _Session:
         table = self.tables.get(msg.relation_oid)
         if table is None:
             raise DecodeError(f"change for relation {msg.relation_oid} before its Relation message")
-        kind = type(msg)
-        if kind is Insert:
-            self.emit(
-                table, Change.from_insert(msg, lsn=lsn, seq=self._next(msg.relation_oid), tx=tx)
-            )  # type: ignore[arg-type]
+        seq = self._next(msg.relation_oid)
+        if isinstance(msg, Insert):
+            self.emit(table, Change.from_insert(msg, lsn=lsn, seq=seq, tx=tx))
             return
-        if kind is Delete:
-            self.emit(
-                table, Change.from_delete(msg, lsn=lsn, seq=self._next(msg.relation_oid), tx=tx)
-            )  # type: ignore[arg-type]
+        if isinstance(msg, Delete):
+            self.emit(table, Change.from_delete(msg, lsn=lsn, seq=seq, tx=tx))
             return
-        assert isinstance(msg, Update)
         enc = table.encoder
         if msg.old is not None and enc.has_key:
             old_key = enc.key_record(msg.old)
@@ -378,9 +371,7 @@ class _Session:
             if old_key != new_key:
                 # A primary-key change: delete (+ tombstone) the old key, create the new one.
                 oid = msg.relation_oid
-                delete = Change(
-                    OP_DELETE, oid, lsn, self._next(oid), tx, msg.old, None, msg.old_is_key
-                )
+                delete = Change(OP_DELETE, oid, lsn, seq, tx, msg.old, None, msg.old_is_key)
                 self.emit(table, delete)
                 self.emit(
                     table,
@@ -393,7 +384,7 @@ class _Session:
             OP_UPDATE,
             msg.relation_oid,
             lsn,
-            self._next(msg.relation_oid),
+            seq,
             tx,
             None if msg.old_is_key else msg.old,
             msg.new,

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdc.lsn import Lsn
+from cdc.lsn import ZERO, Lsn
 
 
 @dataclass(slots=True)
@@ -31,7 +31,7 @@ class TxProgress:
     """Delivery bookkeeping of one transaction."""
 
     commit_lsn: Lsn
-    end_lsn: Lsn = Lsn(0)
+    end_lsn: Lsn = ZERO
     pending: int = 0
     sealed: bool = False
     events: int = 0
@@ -43,7 +43,7 @@ class TxProgress:
 class Checkpoint:
     """Tracks in-flight transactions and derives the safe flush LSN."""
 
-    flush_lsn: Lsn = Lsn(0)
+    flush_lsn: Lsn = ZERO
     _txs: deque[TxProgress] = field(default_factory=deque)
     failure: str | None = None
     acked_events: int = 0
@@ -107,7 +107,6 @@ class Checkpoint:
         txs = self._txs
         while txs and txs[0].sealed and txs[0].pending == 0:
             tx = txs.popleft()
-            if tx.end_lsn > self.flush_lsn:
-                self.flush_lsn = tx.end_lsn
+            self.flush_lsn = max(self.flush_lsn, tx.end_lsn)
             if tx.commit_ts_us:
                 self.last_acked_commit_ts_us = tx.commit_ts_us

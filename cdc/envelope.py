@@ -262,7 +262,7 @@ class RelationEncoder:
                 },
             ],
         }
-        self._source_base = {
+        self._source_base: dict[str, Any] = {
             "version": __version__,
             "connector": "postgresql",
             "name": prefix,

@@ -1,4 +1,6 @@
-"""Publishing to Kafka: an idempotent, acks=all producer whose delivery reports drive the checkpoint.
+"""Publishing to Kafka: an idempotent, acks=all producer.
+
+Its delivery reports drive the checkpoint.
 
 Invariants:
 - ``enable.idempotence`` and ``acks=all`` are always on (a user property
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from cdc.errors import BrokerUnavailable, ConfigError
 

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import SourceSetupError, SourceUnavailable
-from cdc.lsn import Lsn
+from cdc.lsn import ZERO, Lsn
 from cdc.secrets import redact_dsn
 
 # Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
@@ -126,7 +126,7 @@ class ReplicationStream:
         *,
         slot: str,
         publication: str,
-        start_lsn: Lsn = Lsn(0),
+        start_lsn: Lsn = ZERO,
         protocol_version: int = 2,
         streaming: bool = True,
         messages: bool = True,
@@ -142,7 +142,7 @@ class ReplicationStream:
             raise SourceUnavailable(
                 f"cannot open a replication connection to {redact_dsn(dsn)}: {_first_line(exc)}"
             ) from exc
-        options = [
+        options: list[sql.Composable] = [
             sql.SQL("proto_version {}").format(sql.Literal(str(protocol_version))),
             sql.SQL("publication_names {}").format(sql.Literal(publication)),
         ]
@@ -191,14 +191,11 @@ class ReplicationStream:
                 msg = parse_copy_data(buf)
                 if isinstance(msg, XLogData):
                     frames.append(msg)
-                    if msg.wal_end > self._received:
-                        self._received = msg.wal_end
-                    if msg.wal_end > self._server_wal_end:
-                        self._server_wal_end = msg.wal_end
+                    self._received = max(self._received, msg.wal_end)
+                    self._server_wal_end = max(self._server_wal_end, msg.wal_end)
                 else:
                     self.keepalives += 1
-                    if msg.wal_end > self._server_wal_end:
-                        self._server_wal_end = msg.wal_end
+                    self._server_wal_end = max(self._server_wal_end, msg.wal_end)
                     if msg.reply_requested:
                         self._send_status(reply=False)
                 continue

@@ -79,10 +79,12 @@ def drop_database(admin_dsn: str, dbname: str) -> None:
             for name, active in rows:
                 if not active:
                     conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
-            import time  # noqa: PLC0415
+            import time
 
             time.sleep(0.1)
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )
 
 
 @pytest.fixture

@@ -173,7 +173,9 @@ class EventReader:
                     key = self._deser(msg.key(), SerializationContext(topic, MessageField.KEY))
                 value = None
                 if msg.value() is not None:
-                    value = self._deser(msg.value(), SerializationContext(topic, MessageField.VALUE))
+                    value = self._deser(
+                        msg.value(), SerializationContext(topic, MessageField.VALUE)
+                    )
                 self.events.append(Event(topic, msg.partition(), msg.offset(), key, value))
         return self.events
 
@@ -244,7 +246,7 @@ def run_workload(
                         pending.append(((table, pk), "u", row))
                     else:
                         pk = rnd.choice(sorted(live[table]))
-                        conn.execute(f"DELETE FROM {table} WHERE id = %s", (pk,))  # noqa: S608
+                        conn.execute(f"DELETE FROM {table} WHERE id = %s", (pk,))
                         live[table].discard(pk)
                         pending.append(((table, pk), "d", None))
             for key, op, row in pending:
@@ -256,29 +258,49 @@ def run_workload(
     return expected
 
 
-def _insert(conn: psycopg.Connection[Any], table: str, pk: int, rnd: random.Random) -> dict[str, Any]:
+def _insert(
+    conn: psycopg.Connection[Any], table: str, pk: int, rnd: random.Random
+) -> dict[str, Any]:
     if table == "customers":
-        row = {"id": pk, "name": f"c{pk}-{rnd.randint(0, 999)}",
-               "balance": Decimal(rnd.randint(-10**6, 10**6)) / 100}
-        conn.execute("INSERT INTO customers (id, name, balance, tags) VALUES (%s, %s, %s, '[1]')",
-                     (pk, row["name"], row["balance"]))
+        row = {
+            "id": pk,
+            "name": f"c{pk}-{rnd.randint(0, 999)}",
+            "balance": Decimal(rnd.randint(-(10**6), 10**6)) / 100,
+        }
+        conn.execute(
+            "INSERT INTO customers (id, name, balance, tags) VALUES (%s, %s, %s, '[1]')",
+            (pk, row["name"], row["balance"]),
+        )
         return row
-    row = {"id": pk, "customer_id": rnd.randint(1, 100),
-           "amount": Decimal(rnd.randint(0, 10**6)) / 100, "status": "new"}
-    conn.execute("INSERT INTO orders VALUES (%s, %s, %s, %s)",
-                 (pk, row["customer_id"], row["amount"], row["status"]))
+    row = {
+        "id": pk,
+        "customer_id": rnd.randint(1, 100),
+        "amount": Decimal(rnd.randint(0, 10**6)) / 100,
+        "status": "new",
+    }
+    conn.execute(
+        "INSERT INTO orders VALUES (%s, %s, %s, %s)",
+        (pk, row["customer_id"], row["amount"], row["status"]),
+    )
     return row
 
 
-def _update(conn: psycopg.Connection[Any], table: str, pk: int, rnd: random.Random) -> dict[str, Any]:
+def _update(
+    conn: psycopg.Connection[Any], table: str, pk: int, rnd: random.Random
+) -> dict[str, Any]:
     if table == "customers":
         name = f"c{pk}-{rnd.randint(0, 999)}"
-        cur = conn.execute("UPDATE customers SET name = %s, updated_at = now() WHERE id = %s"
-                           " RETURNING id, name, balance", (name, pk))
+        cur = conn.execute(
+            "UPDATE customers SET name = %s, updated_at = now() WHERE id = %s"
+            " RETURNING id, name, balance",
+            (name, pk),
+        )
     else:
         status = rnd.choice(("paid", "shipped", "cancelled"))
-        cur = conn.execute("UPDATE orders SET status = %s WHERE id = %s"
-                           " RETURNING id, customer_id, amount, status", (status, pk))
+        cur = conn.execute(
+            "UPDATE orders SET status = %s WHERE id = %s RETURNING id, customer_id, amount, status",
+            (status, pk),
+        )
     assert cur.description is not None
     names = [d.name for d in cur.description]
     fetched = cur.fetchone()

@@ -27,8 +27,14 @@ def env(
 ) -> Iterator[CaptureEnv]:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(WORKLOAD_DDL)
-    e = CaptureEnv(pg_dsn, kafka_bootstrap, registry_url, topic_prefix,
-                   ["public.customers", "public.orders"], tmp_path)
+    e = CaptureEnv(
+        pg_dsn,
+        kafka_bootstrap,
+        registry_url,
+        topic_prefix,
+        ["public.customers", "public.orders"],
+        tmp_path,
+    )
     yield e
     e.stop_all()
 
@@ -49,8 +55,9 @@ def test_ten_thousand_mixed_changes_arrive_exactly_once_in_commit_order_per_key(
     env.wait_for_slot()
     started_ms = time.time() * 1000
     expected = run_workload(env.pg_dsn, changes=10_000)
-    reader = EventReader(env.bootstrap, env.registry_url,
-                         [env.topic("public.customers"), env.topic("public.orders")])
+    reader = EventReader(
+        env.bootstrap, env.registry_url, [env.topic("public.customers"), env.topic("public.orders")]
+    )
     try:
         events = reader.read_until(lambda ev: len(data_events(ev)) >= expected.changes, timeout=180)
         time.sleep(1)
@@ -89,8 +96,12 @@ def test_ten_thousand_mixed_changes_arrive_exactly_once_in_commit_order_per_key(
         assert src["commit_lsn"] >= src["lsn"]
         assert started_ms - 5000 <= src["ts_ms"] <= time.time() * 1000
     # Events of one transaction share txId and commit LSN; the commit LSN grows with txId order.
-    commit_lsns = sorted({(e.value["source"]["commit_lsn"], e.value["source"]["txId"])  # type: ignore[index]
-                          for e in data})
+    commit_lsns = sorted(
+        {
+            (e.value["source"]["commit_lsn"], e.value["source"]["txId"])  # type: ignore[index]
+            for e in data
+        }
+    )
     assert len({c for c, _ in commit_lsns}) == len(commit_lsns)
     flushed = env.confirmed_flush()
     assert flushed is not None and flushed >= max(c for c, _ in commit_lsns)

@@ -29,8 +29,9 @@ from tests.integration.harness import (
 def _env(pg_dsn: str, bootstrap: str, registry_url: str, prefix: str, tmp: Path) -> CaptureEnv:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(WORKLOAD_DDL)
-    return CaptureEnv(pg_dsn, bootstrap, registry_url, prefix,
-                      ["public.customers", "public.orders"], tmp)
+    return CaptureEnv(
+        pg_dsn, bootstrap, registry_url, prefix, ["public.customers", "public.orders"], tmp
+    )
 
 
 @pytest.fixture
@@ -43,8 +44,9 @@ def env(
 
 
 def _read_everything(env: CaptureEnv, expected: Expected, timeout: float = 180) -> list[Event]:
-    reader = EventReader(env.bootstrap, env.registry_url,
-                         [env.topic("public.customers"), env.topic("public.orders")])
+    reader = EventReader(
+        env.bootstrap, env.registry_url, [env.topic("public.customers"), env.topic("public.orders")]
+    )
     try:
         reader.read_until(
             lambda ev: len({identity(e) for e in data_events(ev)}) >= expected.changes,
@@ -88,7 +90,7 @@ class Writer(threading.Thread):
     def run(self) -> None:
         try:
             self.result = run_workload(self.dsn, changes=self.changes, pace=self.pace, seed=11)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             self.error = exc
 
 
@@ -161,8 +163,9 @@ def test_postgres_restart_mid_stream_reconnects_and_continues(
         for i in range(1000, 1100):
             conn.execute("INSERT INTO orders VALUES (%s, 1, 1.00, 'after-restart')", (i,))
             second_rows[str(i)] = True
-    reader = EventReader(env.bootstrap, env.registry_url,
-                         [env.topic("public.customers"), env.topic("public.orders")])
+    reader = EventReader(
+        env.bootstrap, env.registry_url, [env.topic("public.customers"), env.topic("public.orders")]
+    )
     try:
         events = reader.read_until(
             lambda ev: len({identity(e) for e in data_events(ev)}) >= first.changes + 100,
@@ -170,8 +173,10 @@ def test_postgres_restart_mid_stream_reconnects_and_continues(
         )
     finally:
         reader.close()
-    after_restart = {e.key["id"] for e in data_events(events)  # type: ignore[index]
-                     if e.value and e.value["after"] and e.value["after"].get("status")
-                     == "after-restart"}
+    after_restart = {
+        e.key["id"]
+        for e in data_events(events)  # type: ignore[index]
+        if e.value and e.value["after"] and e.value["after"].get("status") == "after-restart"
+    }
     assert after_restart == set(range(1000, 1100))
     assert env.procs[-1].poll() is None, env.log_text()

@@ -308,7 +308,7 @@ def test_references_resolve_named_types_from_another_subject(service: RegistrySe
         "namespace": "com.acme",
         "fields": [{"name": "home", "type": "Address"}],
     }
-    from schema_registry.schemas import Reference  # noqa: PLC0415
+    from schema_registry.schemas import Reference
 
     ref = Reference("com.acme.Address", "address", 1)
     customer_id = service.register(
