@@ -39,6 +39,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import httpx
 
 from cdc.errors import ConfigError, IncompatibleSchemaError, RegistryError, RegistryUnavailable
+from schema_registry.compatibility import CompatibilityLevel
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,8 @@ class IncompatibleSchema(IncompatibleSchemaError):
         self.status = status
 
 
-class Compatibility(StrEnum):
-    """Compatibility levels of a subject or of the whole registry."""
-
-    NONE = "NONE"
-    BACKWARD = "BACKWARD"
-    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
-    FORWARD = "FORWARD"
-    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
-    FULL = "FULL"
-    FULL_TRANSITIVE = "FULL_TRANSITIVE"
+# The one definition of the levels lives beside the checker.
+Compatibility = CompatibilityLevel
 
 
 class Mode(StrEnum):
