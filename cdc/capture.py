@@ -438,12 +438,9 @@ class _Session:
     def _callback(self, progress: TxProgress) -> Callable[[Any, Any], None]:
         cached: Callable[[Any, Any], None] | None = progress.callback
         if cached is None:
-            if self.stats.latencies_us is not None:
-                cached = functools.partial(
-                    _on_delivery_timed, self.checkpoint, progress, self.stats.latencies_us
-                )
-            else:
-                cached = functools.partial(_on_delivery, self.checkpoint, progress)
+            cached = functools.partial(
+                _on_delivery, self.checkpoint, progress, self.stats.latencies_us
+            )
             progress.callback = cached
         return cached
 
@@ -508,18 +505,16 @@ class _Session:
 _NEVER = asyncio.Event()
 
 
-def _on_delivery(checkpoint: Checkpoint, progress: TxProgress, err: Any, _msg: Any) -> None:
-    if err is None:
-        checkpoint.acked(progress)
-    else:
-        checkpoint.failed(str(err))
-
-
-def _on_delivery_timed(
-    checkpoint: Checkpoint, progress: TxProgress, latencies: list[int], err: Any, _msg: Any
+def _on_delivery(
+    checkpoint: Checkpoint,
+    progress: TxProgress,
+    latencies: list[int] | None,
+    err: Any,
+    _msg: Any,
 ) -> None:
-    if err is None:
-        latencies.append(time.time_ns() // 1000 - progress.commit_ts_us)
-        checkpoint.acked(progress)
-    else:
+    if err is not None:
         checkpoint.failed(str(err))
+        return
+    if latencies is not None:
+        latencies.append(time.time_ns() // 1000 - progress.commit_ts_us)
+    checkpoint.acked(progress)

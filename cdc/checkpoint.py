@@ -34,7 +34,6 @@ class TxProgress:
     end_lsn: Lsn = ZERO
     pending: int = 0
     sealed: bool = False
-    events: int = 0
     commit_ts_us: int = 0
     callback: Any = None
 
@@ -46,8 +45,6 @@ class Checkpoint:
     flush_lsn: Lsn = ZERO
     _txs: deque[TxProgress] = field(default_factory=deque)
     failure: str | None = None
-    acked_events: int = 0
-    last_acked_commit_ts_us: int = 0
 
     def begin(self, commit_lsn: Lsn, *, commit_ts_us: int = 0) -> TxProgress:
         """Register a transaction (in commit order) whose commit record is at ``commit_lsn``."""
@@ -63,7 +60,6 @@ class Checkpoint:
     def sent(tx: TxProgress, count: int = 1) -> None:
         """``count`` events of ``tx`` were handed to the producer."""
         tx.pending += count
-        tx.events += count
 
     def seal(self, tx: TxProgress, end_lsn: Lsn) -> None:
         """Every event of ``tx`` has been handed over (its commit ends at ``end_lsn``)."""
@@ -74,7 +70,6 @@ class Checkpoint:
     def acked(self, tx: TxProgress) -> None:
         """Kafka acknowledged one event of ``tx``."""
         tx.pending -= 1
-        self.acked_events += 1
         if tx.pending == 0 and tx.sealed:
             self._advance()
 
@@ -96,10 +91,6 @@ class Checkpoint:
     def in_flight(self) -> int:
         """Transactions registered but not yet flushable."""
         return len(self._txs)
-
-    @property
-    def pending_events(self) -> int:
-        return sum(tx.pending for tx in self._txs)
 
     def _advance(self) -> None:
         if self.failure is not None:

@@ -92,3 +92,9 @@ class MappingError(FatalError):
 
 class SinkRejected(FatalError):
     """A sink's target refused an entity permanently (4xx other than conflicts)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library error's text (its detail lines may quote SQL or data)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -26,7 +26,7 @@ from typing import Final
 import psycopg
 from psycopg import sql
 
-from cdc.errors import SourceSetupError, SourceUnavailable
+from cdc.errors import SourceSetupError, SourceUnavailable, first_line
 from cdc.lsn import ZERO, Lsn
 from cdc.secrets import redact_dsn
 
@@ -103,7 +103,6 @@ class ReplicationStream:
         self._server_wal_end = Lsn(0)
         self._last_status = 0.0
         self._readable: asyncio.Event | None = None
-        self.keepalives = 0
 
     @property
     def received_lsn(self) -> Lsn:
@@ -140,7 +139,7 @@ class ReplicationStream:
             )
         except psycopg.OperationalError as exc:
             raise SourceUnavailable(
-                f"cannot open a replication connection to {redact_dsn(dsn)}: {_first_line(exc)}"
+                f"cannot open a replication connection to {redact_dsn(dsn)}: {first_line(exc)}"
             ) from exc
         options: list[sql.Composable] = [
             sql.SQL("proto_version {}").format(sql.Literal(str(protocol_version))),
@@ -158,17 +157,17 @@ class ReplicationStream:
         except psycopg.errors.ObjectInUse as exc:
             await conn.close()
             raise SourceSetupError(
-                f"replication slot {slot!r} is in use by another process: {_first_line(exc)}"
+                f"replication slot {slot!r} is in use by another process: {first_line(exc)}"
             ) from exc
         except psycopg.errors.UndefinedObject as exc:
             await conn.close()
-            raise SourceSetupError(f"replication slot {slot!r}: {_first_line(exc)}") from exc
+            raise SourceSetupError(f"replication slot {slot!r}: {first_line(exc)}") from exc
         except psycopg.OperationalError as exc:
             await conn.close()
-            raise SourceUnavailable(f"START_REPLICATION failed: {_first_line(exc)}") from exc
+            raise SourceUnavailable(f"START_REPLICATION failed: {first_line(exc)}") from exc
         except psycopg.Error as exc:
             await conn.close()
-            raise SourceSetupError(f"START_REPLICATION failed: {_first_line(exc)}") from exc
+            raise SourceSetupError(f"START_REPLICATION failed: {first_line(exc)}") from exc
         stream = cls(conn, status_interval=status_interval)
         stream._flushed = start_lsn
         return stream
@@ -186,7 +185,7 @@ class ReplicationStream:
             try:
                 nbytes, buf = pgconn.get_copy_data(1)
             except psycopg.Error as exc:
-                raise SourceUnavailable(f"replication stream failed: {_first_line(exc)}") from exc
+                raise SourceUnavailable(f"replication stream failed: {first_line(exc)}") from exc
             if nbytes > 0:
                 msg = parse_copy_data(buf)
                 if isinstance(msg, XLogData):
@@ -194,7 +193,6 @@ class ReplicationStream:
                     self._received = max(self._received, msg.wal_end)
                     self._server_wal_end = max(self._server_wal_end, msg.wal_end)
                 else:
-                    self.keepalives += 1
                     self._server_wal_end = max(self._server_wal_end, msg.wal_end)
                     if msg.reply_requested:
                         self._send_status(reply=False)
@@ -214,7 +212,7 @@ class ReplicationStream:
             try:
                 pgconn.consume_input()
             except psycopg.Error as exc:
-                raise SourceUnavailable(f"replication connection lost: {_first_line(exc)}") from exc
+                raise SourceUnavailable(f"replication connection lost: {first_line(exc)}") from exc
         self.maybe_send_status()
         return frames
 
@@ -254,7 +252,7 @@ class ReplicationStream:
             self._pgconn.put_copy_data(msg)
             self._pgconn.flush()
         except psycopg.Error as exc:
-            raise SourceUnavailable(f"cannot send status update: {_first_line(exc)}") from exc
+            raise SourceUnavailable(f"cannot send status update: {first_line(exc)}") from exc
         self._last_status = time.monotonic()
 
     async def close(self) -> None:
@@ -265,8 +263,3 @@ class ReplicationStream:
         except SourceUnavailable:
             pass
         await self._conn.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

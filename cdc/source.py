@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc.errors import SourceSetupError, SourceUnavailable
+from cdc.errors import SourceSetupError, SourceUnavailable, first_line
 from cdc.lsn import Lsn
 from cdc.secrets import redact_dsn
 from cdc.types import TYPE_CATALOG_SQL, PgType, pg_types_from_rows
@@ -63,7 +63,7 @@ async def connect(dsn: str) -> psycopg.AsyncConnection[tuple[Any, ...]]:
     try:
         return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     except psycopg.OperationalError as exc:
-        raise SourceUnavailable(f"cannot connect to {redact_dsn(dsn)}: {_line(exc)}") from exc
+        raise SourceUnavailable(f"cannot connect to {redact_dsn(dsn)}: {first_line(exc)}") from exc
 
 
 async def prepare(
@@ -101,7 +101,7 @@ async def prepare(
             await _ensure_publication(conn, publication, names, create_publication, report)
             await _ensure_slot(conn, slot, create_slot, report)
     except psycopg.OperationalError as exc:
-        raise SourceUnavailable(f"lost connection to the source: {_line(exc)}") from exc
+        raise SourceUnavailable(f"lost connection to the source: {first_line(exc)}") from exc
     return report
 
 
@@ -234,11 +234,6 @@ async def load_types(conn: psycopg.AsyncConnection[Any], oids: list[int]) -> dic
     """Catalog facts for the given type OIDs (and their element/base types)."""
     cur = await conn.execute(TYPE_CATALOG_SQL, (oids,))
     return pg_types_from_rows(await cur.fetchall())
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 async def primary_key(

@@ -183,6 +183,17 @@ class EventReader:
         self._consumer.close()
 
 
+def read_events(
+    env: CaptureEnv, tables: list[str], *, at_least: int, timeout: float = 60
+) -> list[Event]:
+    """Every message of the tables' topics, read until ``at_least`` data events have arrived."""
+    reader = EventReader(env.bootstrap, env.registry_url, [env.topic(t) for t in tables])
+    try:
+        return reader.read_until(lambda ev: len(data_events(ev)) >= at_least, timeout=timeout)
+    finally:
+        reader.close()
+
+
 def data_events(events: list[Event]) -> list[Event]:
     return [e for e in events if e.value is not None]
 

@@ -17,6 +17,7 @@ from tests.integration.harness import (
     EventReader,
     data_events,
     identity,
+    read_events,
     run_workload,
 )
 
@@ -118,11 +119,7 @@ def test_unchanged_toast_values_are_marked_unavailable_never_sent_as_values(
     with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO customers (id, name, balance) VALUES (1, %s, 1.50)", (big,))
         conn.execute("UPDATE customers SET balance = 2.75 WHERE id = 1")
-    reader = EventReader(env.bootstrap, env.registry_url, [env.topic("public.customers")])
-    try:
-        events = reader.read_until(lambda ev: len(data_events(ev)) >= 2, timeout=60)
-    finally:
-        reader.close()
+    events = read_events(env, ["public.customers"], at_least=2, timeout=60)
     insert, update = (e.value for e in data_events(events))
     assert insert is not None and update is not None
     assert insert["after"]["name"] == big
@@ -141,11 +138,7 @@ def test_replica_identity_full_gives_the_whole_before_image(env: CaptureEnv) -> 
         conn.execute("INSERT INTO orders VALUES (1, 5, 9.99, 'new')")
         conn.execute("UPDATE orders SET status = 'paid' WHERE id = 1")
         conn.execute("DELETE FROM orders WHERE id = 1")
-    reader = EventReader(env.bootstrap, env.registry_url, [env.topic("public.orders")])
-    try:
-        events = reader.read_until(lambda ev: len(data_events(ev)) >= 3, timeout=60)
-    finally:
-        reader.close()
+    events = read_events(env, ["public.orders"], at_least=3, timeout=60)
     c, u, d = (e.value for e in data_events(events))
     assert c is not None and u is not None and d is not None
     assert [c["op"], u["op"], d["op"]] == ["c", "u", "d"]
@@ -163,11 +156,7 @@ def test_primary_key_change_becomes_delete_of_old_key_and_create_of_new_key(
     with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO orders VALUES (1, 5, 9.99, 'new')")
         conn.execute("UPDATE orders SET id = 2 WHERE id = 1")
-    reader = EventReader(env.bootstrap, env.registry_url, [env.topic("public.orders")])
-    try:
-        events = reader.read_until(lambda ev: len(data_events(ev)) >= 3, timeout=60)
-    finally:
-        reader.close()
+    events = read_events(env, ["public.orders"], at_least=3, timeout=60)
     ops = [(e.key, e.value["op"] if e.value else None) for e in events]
     assert ops == [({"id": 1}, "c"), ({"id": 1}, "d"), ({"id": 1}, None), ({"id": 2}, "c")]
 
@@ -183,11 +172,7 @@ def test_adding_a_column_mid_stream_registers_a_new_schema_version_and_continues
         conn.execute("INSERT INTO orders VALUES (2, 6, 1.00, 'new', 'web')")
         conn.execute("ALTER TABLE orders DROP COLUMN customer_id")
         conn.execute("INSERT INTO orders VALUES (3, 2.00, 'new', 'shop')")
-    reader = EventReader(env.bootstrap, env.registry_url, [env.topic("public.orders")])
-    try:
-        events = reader.read_until(lambda ev: len(data_events(ev)) >= 3, timeout=60)
-    finally:
-        reader.close()
+    events = read_events(env, ["public.orders"], at_least=3, timeout=60)
     afters = [e.value["after"] for e in data_events(events)]  # type: ignore[index]
     assert "channel" not in afters[0]
     assert afters[1]["channel"] == "web"
@@ -208,11 +193,7 @@ def test_incompatible_schema_change_stops_capture_naming_the_table_and_column(
     env.wait_for_slot()
     with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO orders VALUES (1, 5, 9.99, 'new')")
-    reader = EventReader(env.bootstrap, env.registry_url, [env.topic("public.orders")])
-    try:
-        reader.read_until(lambda ev: len(data_events(ev)) >= 1, timeout=60)
-    finally:
-        reader.close()
+    read_events(env, ["public.orders"], at_least=1, timeout=60)
     r = httpx.put(f"{env.registry_url}/config/{subject}", json={"compatibility": "FULL"})
     assert r.status_code == 200
     with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
@@ -231,11 +212,7 @@ def test_truncate_is_published_as_an_op_t_event(env: CaptureEnv) -> None:
     with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO orders VALUES (1, 5, 9.99, 'new')")
         conn.execute("TRUNCATE orders")
-    reader = EventReader(env.bootstrap, env.registry_url, [env.topic("public.orders")])
-    try:
-        events = reader.read_until(lambda ev: len(data_events(ev)) >= 2, timeout=60)
-    finally:
-        reader.close()
+    events = read_events(env, ["public.orders"], at_least=2, timeout=60)
     last = data_events(events)[-1]
     assert last.value is not None and last.value["op"] == "t"
     assert last.key is None

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.harness import CaptureEnv, EventReader, data_events
+from tests.integration.harness import CaptureEnv, data_events, read_events
 
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
 
@@ -147,11 +147,7 @@ def test_every_type_read_back_from_kafka_equals_what_select_returns(env: Capture
         assert cur.description is not None
         columns = [d.name for d in cur.description]
         selected = [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
-    reader = EventReader(env.bootstrap, env.registry_url, [env.topic("public.typed")])
-    try:
-        events = reader.read_until(lambda ev: len(data_events(ev)) >= len(ROWS), timeout=60)
-    finally:
-        reader.close()
+    events = read_events(env, ["public.typed"], at_least=len(ROWS), timeout=60)
     afters = [e.value["after"] for e in data_events(events)]  # type: ignore[index]
     assert len(afters) == len(selected)
     for got_row, want_row in zip(afters, selected, strict=True):

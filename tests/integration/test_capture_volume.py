@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.integration.harness import CaptureEnv, EventReader, data_events
+from tests.integration.harness import CaptureEnv, EventReader, data_events, read_events
 
 
 @pytest.fixture
@@ -94,11 +94,7 @@ def test_a_ten_megabyte_text_value_passes_through_unchanged(env: CaptureEnv) -> 
     env.wait_for_slot()
     with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO big VALUES (1, %s)", (value,))
-    reader = EventReader(env.bootstrap, env.registry_url, [env.topic("public.big")])
-    try:
-        events = reader.read_until(lambda ev: len(data_events(ev)) >= 1, timeout=120)
-    finally:
-        reader.close()
+    events = read_events(env, ["public.big"], at_least=1, timeout=120)
     event = data_events(events)[0]
     assert event.value is not None
     assert event.value["after"]["payload"] == value
