@@ -222,6 +222,8 @@ class HttpSinkConfig(Section):
     """An HTTP API: ``upsert_method`` / ``delete_method`` on ``url`` ({key}, {entity} filled in).
 
     ``secret`` signs each request body (HMAC-SHA256); ``health_url`` is probed for readiness.
+    ``external_id_field`` names the field of the upsert response holding the target's own id
+    for the entity; it is recorded in the identity map so other mappers can refer to it.
     """
 
     secret_fields = ("secret",)
@@ -234,6 +236,7 @@ class HttpSinkConfig(Section):
     headers: SecretishMap = Field(default_factory=dict)
     timeout_s: float = Field(default=10.0, gt=0)
     health_url: RedactedUrl | None = None
+    external_id_field: str | None = None
 
 
 class PostgresSinkConfig(Section):
@@ -287,7 +290,9 @@ class DeclarativeMapping(Section):
     """A mapper written in the config: ``entity`` keyed by ``key`` (a column or a template).
 
     ``fields`` maps each target field to a source column or expression; ``constants`` are
-    fixed values; ``where`` filters rows; ``version_column`` orders versions (LSN tiebreak).
+    fixed values; ``where`` filters rows; ``version_column`` orders versions (LSN tiebreak);
+    ``model`` (``module:Class``, a pydantic model) validates the entity, else a model with
+    the mapped fields is derived.
     """
 
     entity: EntityName
@@ -296,6 +301,7 @@ class DeclarativeMapping(Section):
     constants: dict[str, Scalar] = Field(default_factory=dict)
     where: str | None = None
     version_column: str | None = None
+    model: MapperRef | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DeclarativeMapping:

@@ -9,6 +9,7 @@
     |   +-- BrokerUnavailable         Kafka unreachable / delivery timed out
     |   +-- RegistryUnavailable       schema registry unreachable or answered 5xx
     |   +-- SinkUnavailable           a sink's target is down or throttling
+    |   +-- RelationPending           a mapper needs a related entity not yet synced
     +-- FatalError                    retrying will not help; stop and tell the operator
         +-- SourceSetupError          wal_level, privileges, slot in use, unknown table...
         +-- DecodeError               a replication message could not be decoded
@@ -52,6 +53,21 @@ class RegistryUnavailable(RetryableError):
 
 class SinkUnavailable(RetryableError):
     """A sink's target is down, timing out or throttling."""
+
+
+class RelationPending(RetryableError):
+    """A mapper refers to a related entity whose external id is not known yet.
+
+    The event waits and is retried; it is never dropped or dead-lettered for this.
+    """
+
+    def __init__(self, *, integration: str, entity: str, key: str) -> None:
+        super().__init__(
+            f"waiting for {integration}/{entity} {key!r}: its external id is not known yet"
+        )
+        self.integration = integration
+        self.entity = entity
+        self.key = key
 
 
 class FatalError(CdcsyncError):
