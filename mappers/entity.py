@@ -9,6 +9,10 @@
   ``bytea`` column in PostgreSQL orders versions exactly as Python does.
 - ``EntityUpsert`` / ``EntityDelete``: what a mapper yields and a sink applies. A delete
   is a versioned tombstone: no upsert with an older or equal version may resurrect it.
+- ``Mapper``: ``(TableEvent, MapContext) -> Iterable[EntityOp]``; zero, one or several
+  operations per event. ``MapContext.external_id`` resolves a related entity's id in
+  another integration through the identity map, raising ``RelationPending`` (the event
+  is retried later, never dropped) when it is not known yet.
 
 Invariants: all values are frozen; an upsert never carries a field named in its
 ``unavailable`` set (unchanged TOAST values are left out, never written as placeholders);
@@ -18,10 +22,10 @@ two deliveries of the same Kafka record give equal operations with equal version
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from pydantic import BaseModel
 
@@ -219,3 +223,19 @@ class EntityDelete:
 
 
 EntityOp = EntityUpsert | EntityDelete
+
+
+class MapContext(Protocol):
+    """What a mapper may ask while mapping one event."""
+
+    @property
+    def integration(self) -> str:
+        """The integration this mapper runs for."""
+        ...
+
+    def external_id(self, integration: str, entity: str, key: object) -> str:
+        """The id ``integration``'s target gave entity ``key``; raises ``RelationPending``."""
+        ...
+
+
+Mapper = Callable[[TableEvent, MapContext], Iterable[EntityOp]]
