@@ -141,6 +141,12 @@ class ReplicationStream:
             raise SourceUnavailable(
                 f"cannot open a replication connection to {redact_dsn(dsn)}: {first_line(exc)}"
             ) from exc
+        try:
+            # Timestamps with time zone then arrive in UTC, the form events carry.
+            await conn.execute("SET TimeZone TO 'UTC'")
+        except psycopg.Error as exc:
+            await conn.close()
+            raise SourceUnavailable(f"cannot prepare the replication session: {exc}") from exc
         options: list[sql.Composable] = [
             sql.SQL("proto_version {}").format(sql.Literal(str(protocol_version))),
             sql.SQL("publication_names {}").format(sql.Literal(publication)),

@@ -187,6 +187,12 @@ def parse_timestamptz(text: str) -> int:
 
 def timestamptz_to_utc_iso(text: str, *, fraction_digits: int | None = None) -> str:
     """A timestamptz text form -> the instant as ``2024-01-31T10:00:00.123456Z``."""
+    if text[-3:] == "+00" and _is_plain_timestamp(text) and text[0] != "0":
+        # Already UTC (capture's session runs in UTC): only the separators change.
+        # PostgreSQL prints no trailing zeros in the fraction and no year 0.
+        body = text[:-3]
+        if fraction_digits is None and (len(body) == 19 or body[19] == "."):
+            return body[:10] + "T" + body[11:] + "Z"
     if _is_plain_timestamp(text):
         try:
             moment = _dt.datetime.fromisoformat(text)

@@ -15,7 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc.errors import DecodeError, SchemaError
-from cdc.typeparse import civil_from_days, days_from_civil
+from cdc.typeparse import (
+    civil_from_days,
+    days_from_civil,
+    format_utc_timestamp,
+    parse_timestamptz,
+    timestamptz_to_utc_iso,
+)
 from cdc.types import (
     NEGATIVE_INFINITY_TIMESTAMP_MICROS,
     POSITIVE_INFINITY_DATE_DAYS,
@@ -670,3 +676,16 @@ def micros_of_iso(text: str) -> int:
     fraction = int((match.group(7) or "").ljust(6, "0"))
     seconds = ((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second
     return seconds * 1_000_000 + fraction
+
+
+@given(
+    st.datetimes(min_value=dt.datetime(1000, 1, 1), max_value=dt.datetime(9999, 12, 31)),
+    st.sampled_from([0, 1, 2, 5, 6]),
+)
+def test_utc_timestamptz_text_takes_the_same_form_as_the_general_parser(
+    moment: dt.datetime, digits: int
+) -> None:
+    fraction = f"{moment.microsecond:06d}"[:digits].rstrip("0")
+    text = moment.strftime("%Y-%m-%d %H:%M:%S") + (f".{fraction}" if fraction else "") + "+00"
+    expected = format_utc_timestamp(parse_timestamptz(text))
+    assert timestamptz_to_utc_iso(text) == expected
