@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -136,11 +138,18 @@ def proc_stats(pid: int) -> tuple[int, float]:
     return hwm, cpu
 
 
-def run_cdcsync(config_path: Path, dsn: str, end: int) -> dict[str, float]:
+def run_cdcsync(
+    config_path: Path, dsn: str, end: int, *, profile: Path | None = None
+) -> dict[str, float]:
     start_lsn = confirmed(dsn, "slot_b")
     t0 = time.perf_counter()
+    command = [sys.executable, "-m", "cdc.cli", "capture", "--config", str(config_path)]
+    if profile is not None:
+        # py-spy samples the capture process; collapsed stacks go to ``profile``.
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        command = [spy, "record", "--format", "raw", "-o", str(profile), "--", *command]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc.cli", "capture", "--config", str(config_path)],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -160,9 +169,26 @@ def run_cdcsync(config_path: Path, dsn: str, end: int) -> dict[str, float]:
                 break
             time.sleep(0.02)
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT if profile is not None else signal.SIGTERM)
         proc.wait(30)
     return {"elapsed": elapsed, "first": first or elapsed, "rss": rss, "cpu": cpu}
+
+
+def write_live(dsn: str, rate: int, seconds: float) -> None:
+    """Single-row transactions at ``rate`` rows/s, synchronously committed."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        interval = 1.0 / rate
+        t_next = time.perf_counter()
+        base = 10_000_000
+        for i in range(int(rate * seconds)):
+            conn.execute(
+                "INSERT INTO bench (id, n, amount, note) VALUES (%s, 1, 1.5, 'live')",
+                (base + i,),
+            )
+            t_next += interval
+            delay = t_next - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
 
 
 async def live_latency(config_path: Path, dsn: str, rate: int, seconds: float) -> list[int]:
@@ -172,22 +198,12 @@ async def live_latency(config_path: Path, dsn: str, rate: int, seconds: float) -
     task = asyncio.create_task(capture.run(stop))
     await asyncio.sleep(2)
 
-    def writer() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            interval = 1.0 / rate
-            t_next = time.perf_counter()
-            base = 10_000_000
-            for i in range(int(rate * seconds)):
-                conn.execute(
-                    "INSERT INTO bench (id, n, amount, note) VALUES (%s, 1, 1.5, 'live')",
-                    (base + i,),
-                )
-                t_next += interval
-                delay = t_next - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-
-    await asyncio.to_thread(writer)
+    # The writer runs in its own process so that it does not share capture's GIL.
+    proc = multiprocessing.get_context("spawn").Process(
+        target=write_live, args=(dsn, rate, seconds)
+    )
+    proc.start()
+    await asyncio.to_thread(proc.join)
     await asyncio.sleep(1)
     stop.set()
     await task
@@ -203,6 +219,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--live-seconds", type=float, default=10)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record the capture process with py-spy; collapsed stacks to PROFILE.runN",
+    )
     args = parser.parse_args()
 
     results: list[dict[str, float]] = []
@@ -235,7 +256,8 @@ def main() -> None:
             config_path = workdir / "cdcsync.yaml"
             config_path.write_text(yaml.safe_dump(config))
             ceiling = run_recvlogical(pg, dsn, end)
-            ours = run_cdcsync(config_path, dsn, end)
+            profile = None if args.profile is None else Path(f"{args.profile}.run{run + 1}")
+            ours = run_cdcsync(config_path, dsn, end, profile=profile)
             ours["ceiling"] = ceiling
             results.append(ours)
             print(

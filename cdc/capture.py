@@ -34,6 +34,7 @@ from cdc import source
 from cdc.checkpoint import Checkpoint, TxProgress
 from cdc.config import Config
 from cdc.envelope import OP_DELETE, OP_UPDATE, Change, RelationEncoder, TxContext
+from cdc.envelope_writer import EnvelopeWriter
 from cdc.errors import BrokerUnavailable, DecodeError, IncompatibleSchemaError, RetryableError
 from cdc.lsn import ZERO, Lsn
 from cdc.pgoutput import (
@@ -62,6 +63,10 @@ log = logging.getLogger("cdcsync.capture")
 
 HEARTBEAT_PREFIX = "cdcsync.heartbeat"
 
+# Reading pauses while more messages than this await acknowledgement: half the
+# producer's message cap, so that ``produce`` itself (which would block) rarely waits.
+_MAX_QUEUED_MESSAGES = 50_000
+
 
 @dataclass
 class CaptureStats:
@@ -86,6 +91,7 @@ class _Table:
     encoder: RelationEncoder
     key: PreparedSchema | None
     value: PreparedSchema
+    writer: EnvelopeWriter
 
 
 class Capture:
@@ -183,6 +189,10 @@ class _Session:
         props = kafka.client_properties()
         props.pop("bootstrap.servers", None)
         props.setdefault("delivery.timeout.ms", kafka.delivery_timeout_ms)
+        # Bytes waiting for acknowledgement are bounded by the producer's own queue.
+        props.setdefault(
+            "queue.buffering.max.kbytes", max(1, cfg.source.max_inflight_bytes // 1024)
+        )
         self.publisher = Publisher(producer_config(kafka.bootstrap_servers, props))
         reg = cfg.registry
         auth = None
@@ -268,12 +278,11 @@ class _Session:
         publisher = self.publisher
         stream = self.stream
         assert publisher is not None and stream is not None
-        limit = 50_000
-        while len(publisher) > limit and not stop.is_set():
-            publisher.poll(0.05)
+        while len(publisher) > _MAX_QUEUED_MESSAGES and not stop.is_set():
+            publisher.poll(0)
             publisher.check()
             stream.maybe_send_status()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.05)
 
     def dispatch(self, msg: Any, lsn: Lsn) -> None:
         kind = type(msg)
@@ -402,7 +411,7 @@ class _Session:
         publisher = self.publisher
         assert serializer is not None and publisher is not None
         enc = table.encoder
-        value = enc.envelope(
+        value_bytes = table.writer.write(
             change, table_seq=self.table_seq[change.relation_oid], now_ms=self.now_ms
         )
         key_bytes = None
@@ -410,7 +419,6 @@ class _Session:
             key = enc.key_for(change)
             if key is not None:
                 key_bytes = serializer.serialize(table.key, key)
-        value_bytes = serializer.serialize(table.value, value)
         progress = self._progress()
         callback = self._callback(progress)
         Checkpoint.sent(progress)
@@ -445,6 +453,15 @@ class _Session:
         return cached
 
     # ------------------------------------------------------------------ schemas
+
+    async def _prepare(self, enc: RelationEncoder) -> tuple[PreparedSchema | None, PreparedSchema]:
+        serializer = self.serializer
+        assert serializer is not None
+        value = await serializer.prepare(enc.topic, enc.value_schema, is_key=False)
+        key = None
+        if enc.key_schema is not None:
+            key = await serializer.prepare(enc.topic, enc.key_schema, is_key=True)
+        return key, value
 
     async def on_relation(self, rel: Relation) -> None:
         old = self.tables.get(rel.oid)
@@ -482,20 +499,30 @@ class _Session:
         serializer = self.serializer
         assert serializer is not None
         try:
-            value = await serializer.prepare(enc.topic, enc.value_schema, is_key=False)
-            key = None
-            if enc.key_schema is not None:
-                key = await serializer.prepare(enc.topic, enc.key_schema, is_key=True)
+            key, value = await self._prepare(enc)
         except IncompatibleSchemaError as exc:
             what = old.encoder.column_diff(rel) if old is not None else "new table"
-            message = (
-                f"schema change of {rel.namespace}.{rel.name} ({what}) rejected by the "
-                f"registry as incompatible: {exc}"
-            )
+            table = f"{rel.namespace}.{rel.name}"
             if src.on_incompatible_schema == "stop":
-                raise IncompatibleSchemaError(message) from exc
-            raise
-        self.tables[rel.oid] = _Table(enc, key, value)
+                raise IncompatibleSchemaError(
+                    f"schema change of {table} ({what}) rejected by the registry as "
+                    f"incompatible: {exc}"
+                ) from exc
+            # on_incompatible_schema: continue. The topic's subjects accept anything from
+            # now on; consumers must cope with the break.
+            log.warning(
+                "schema change of %s (%s) is incompatible; setting compatibility NONE on "
+                "its subjects and continuing: %s",
+                table,
+                what,
+                exc,
+            )
+            registry = self.registry
+            assert registry is not None
+            for suffix in ("-key", "-value"):
+                await registry.set_compatibility("NONE", subject=enc.topic + suffix)
+            key, value = await self._prepare(enc)
+        self.tables[rel.oid] = _Table(enc, key, value, EnvelopeWriter(enc, header=value.header))
         if old is not None:
             log.info(
                 "schema of %s.%s changed: %s", rel.namespace, rel.name, old.encoder.column_diff(rel)

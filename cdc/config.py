@@ -135,7 +135,7 @@ class SourceConfig(Section):
     slot_lag_warn_bytes: int | None = Field(default=None, gt=0)
     slot_lag_stop_bytes: int | None = Field(default=None, gt=0)
     max_batch_events: int = Field(default=5000, ge=1)
-    max_inflight_bytes: int = Field(default=64 * MiB, ge=1)
+    max_inflight_bytes: int = Field(default=16 * MiB, ge=1024)
     unavailable_value: str = "__debezium_unavailable_value"
 
     @model_validator(mode="after")

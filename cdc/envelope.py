@@ -184,6 +184,7 @@ class RelationEncoder:
         every column; the event key must still be the primary key)."""
         self.relation = relation
         self.prefix = prefix
+        self.database = database
         self.topic = topic_for(prefix, relation.namespace, relation.name)
         namespace = avro_namespace(prefix, relation.namespace, relation.name)
         self.namespace = namespace

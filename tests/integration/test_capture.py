@@ -206,6 +206,27 @@ def test_incompatible_schema_change_stops_capture_naming_the_table_and_column(
     assert "public.orders" in log and "customer_id" in log and "incompatible" in log
 
 
+def test_incompatible_schema_change_continues_when_configured_to(env: CaptureEnv) -> None:
+    import httpx
+
+    subject = f"{env.topic('public.orders')}-value"
+    env.start(on_incompatible_schema="continue")
+    env.wait_for_slot()
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders VALUES (1, 5, 9.99, 'new')")
+    read_events(env, ["public.orders"], at_least=1, timeout=60)
+    r = httpx.put(f"{env.registry_url}/config/{subject}", json={"compatibility": "FULL"})
+    assert r.status_code == 200
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE orders ALTER COLUMN customer_id TYPE text")
+        conn.execute("INSERT INTO orders VALUES (2, 'abc', 1.00, 'new')")
+    events = data_events(read_events(env, ["public.orders"], at_least=2, timeout=60))
+    assert [e.value["after"]["customer_id"] for e in events] == [5, "abc"]  # type: ignore[index]
+    assert env.procs[-1].poll() is None
+    assert httpx.get(f"{env.registry_url}/config/{subject}").json()["compatibilityLevel"] == "NONE"
+    assert "incompatible" in env.log_text()
+
+
 def test_truncate_is_published_as_an_op_t_event(env: CaptureEnv) -> None:
     env.start()
     env.wait_for_slot()
