@@ -61,6 +61,43 @@ def capture(config_path: str | None) -> None:
     _run_until_signalled(Capture(config).run)
 
 
+@cli.command()
+@_config_option
+@click.option(
+    "--integration",
+    "integrations",
+    multiple=True,
+    help="Run only this integration (repeatable); default: all configured.",
+)
+def sync(config_path: str | None, integrations: tuple[str, ...]) -> None:
+    """Apply captured events to the integrations' targets (sync only)."""
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.sync import Sync  # noqa: PLC0415
+
+    config = load_config(config_path)
+    _setup_logging(config.logging.level, config.logging.format)
+    _run_until_signalled(Sync(config, only=integrations or None).run)
+
+
+@cli.command()
+@_config_option
+def run(config_path: str | None) -> None:
+    """Capture and sync in one process."""
+    from cdc.capture import Capture  # noqa: PLC0415
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.sync import Sync  # noqa: PLC0415
+
+    config = load_config(config_path)
+    _setup_logging(config.logging.level, config.logging.format)
+    capture = Capture(config)
+    syncer = Sync(config)
+
+    async def both(stop: asyncio.Event) -> None:
+        await asyncio.gather(capture.run(stop), syncer.run(stop))
+
+    _run_until_signalled(both)
+
+
 def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop``."""
 

@@ -55,3 +55,6 @@ def configure(*, level: str = "INFO", fmt: str = "human") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # One line per HTTP request is noise at INFO; cdcsync logs what matters itself.
+    if level.upper() == "INFO":
+        logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -82,12 +82,14 @@ class Publisher:
         key: bytes | None,
         value: bytes | None,
         on_delivery: DeliveryCallback,
+        *,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         """Queue one message; waits (serving delivery reports) while the queue is full."""
         producer = self._producer
         while True:
             try:
-                producer.produce(topic, value, key, on_delivery=on_delivery)
+                producer.produce(topic, value, key, on_delivery=on_delivery, headers=headers)
                 self.produced += 1
                 return
             except BufferError:
