@@ -75,6 +75,7 @@ from cdc.config_fields import (
     Section,
     SlotName,
     TableName,
+    TargetTableName,
     TopicName,
     UrlTemplate,
 )
@@ -246,7 +247,7 @@ class PostgresSinkConfig(Section):
 
     type: Literal["postgres"]
     dsn: SecretValue
-    table: TableName
+    table: TargetTableName
     create_table: bool = False
 
 
@@ -333,7 +334,8 @@ class IntegrationConfig(Section):
     """One external system: which topics feed it, how events map, where entities go.
 
     After loading through ``Config``, ``dead_letter_topic`` defaults to
-    ``{topic_prefix}.dlq.{name}`` and ``group_id`` to ``cdcsync.{name}``.
+    ``{topic_prefix}.dlq.{name}`` and ``group_id`` to ``cdcsync.{name}``. ``paused`` starts
+    the integration paused (resume it at runtime); ``enabled: false`` leaves it out.
     """
 
     topics: list[TopicName] = Field(min_length=1)
@@ -344,6 +346,7 @@ class IntegrationConfig(Section):
     dead_letter_topic: TopicName | None = None
     group_id: str | None = None
     paused: bool = False
+    enabled: bool = True
 
 
 class StateConfig(Section):

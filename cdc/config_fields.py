@@ -226,6 +226,14 @@ TableName = Annotated[
         "{value!r} is not schema.table (the schema is required, e.g. public.orders)",
     ),
 ]
+# A sink's target table: any PostgreSQL identifiers (quoted when used), split at the first dot.
+TargetTableName = Annotated[
+    str,
+    _matches(
+        r"[^.\x00]{1,63}\.[^\x00]{1,63}",
+        "{value!r} is not schema.table (the schema is required, e.g. analytics.orders)",
+    ),
+]
 TopicName = Annotated[
     str,
     _matches(r"[A-Za-z0-9._\-]{1,249}", "{value!r} is not a Kafka topic name (A-Z a-z 0-9 . _ -)"),

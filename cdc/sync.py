@@ -45,16 +45,17 @@ def registry_client(config: Config) -> RegistryClient:
 
 
 def select_integrations(config: Config, only: Sequence[str] | None) -> list[str]:
-    """The integrations to run: ``only`` (each must exist), else all configured ones."""
+    """The integrations to run: ``only`` (each must exist), else all enabled ones."""
     if only:
         unknown = [name for name in only if name not in config.integrations]
         if unknown:
             known = ", ".join(sorted(config.integrations)) or "none"
             raise ConfigError(f"unknown integration {unknown[0]!r} (configured: {known})")
         return list(dict.fromkeys(only))
-    if not config.integrations:
-        raise ConfigError("integrations: none configured, nothing to sync")
-    return list(config.integrations)
+    names = [name for name, cfg in config.integrations.items() if cfg.enabled]
+    if not names:
+        raise ConfigError("integrations: none configured and enabled, nothing to sync")
+    return names
 
 
 def load_mappers(config: Config, names: Sequence[str]) -> dict[str, Mapper]:
