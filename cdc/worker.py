@@ -230,8 +230,7 @@ class Applier:
                 attempt += 1
                 self.stats.retried += 1
                 self.stats.last_error = first_line(exc)
-                self.breaker.record_failure()
-                self.stats.circuit = self.breaker.state.value
+                self._failed()
                 if self.backoff.exhausted(attempt):
                     if await self._target_healthy():
                         # The target answers, yet this batch keeps failing: isolate it.
@@ -247,6 +246,8 @@ class Applier:
                 log.warning("%s: %s; retry in %.1fs", self.name, first_line(exc), delay)
                 await self._sleep(delay, stop)
                 continue
+            if self.breaker.state is not CircuitState.CLOSED:
+                log.info("%s: circuit closed, the target answers again", self.name)
             self.breaker.record_success()
             self.stats.circuit = self.breaker.state.value
             break
@@ -276,8 +277,21 @@ class Applier:
             if self.breaker.allow():
                 if await self._target_healthy():
                     return
-                self.breaker.record_failure()
+                self._failed()
         self.stats.circuit = self.breaker.state.value
+
+    def _failed(self) -> None:
+        was_open = self.breaker.state is CircuitState.OPEN
+        self.breaker.record_failure()
+        self.stats.circuit = self.breaker.state.value
+        if self.breaker.state is CircuitState.OPEN and not was_open:
+            log.warning(
+                "%s: circuit open after %d failures in a row; consumption paused, probing the "
+                "target every %.1fs",
+                self.name,
+                self.breaker.consecutive_failures,
+                self.integration.circuit.reset_timeout_s,
+            )
 
     async def _target_healthy(self) -> bool:
         try:

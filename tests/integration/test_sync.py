@@ -79,6 +79,7 @@ def test_a_crm_outage_is_waited_out_and_nothing_is_lost(env: SyncEnv) -> None:
     env.wait_converged(check=lambda: _alive(env))
     log = env.sync_log()
     assert "500" in log
+    assert "crm: circuit open" in log and "crm: circuit closed" in log
     assert "dead-lettering" not in log
 
 
