@@ -54,14 +54,13 @@ from cdc.pgoutput import (
 )
 from cdc.publisher import Publisher, producer_config
 from cdc.replication import ReplicationStream
+from cdc.slot_watch import SlotWatch, is_heartbeat
 from cdc.spool import TransactionSpool
 from cdc.types import DecimalHandling, PgType, TypeOptions, needs_catalog
 from schema_registry.client import RegistryClient
 from schema_registry.serde import AvroSerializer, PreparedSchema
 
 log = logging.getLogger("cdcsync.capture")
-
-HEARTBEAT_PREFIX = "cdcsync.heartbeat"
 
 # Reading pauses while more messages than this await acknowledgement: half the
 # producer's message cap, so that ``produce`` itself (which would block) rarely waits.
@@ -82,6 +81,9 @@ class CaptureStats:
     last_commit_ts_us: int = 0
     started_at: float = field(default_factory=time.time)
     connected: bool = False
+    # Capture lag measured by the last heartbeat's round trip, and the slot's retained WAL.
+    heartbeat_lag_ms: float | None = None
+    retained_wal_bytes: int | None = None
     # Commit-to-acknowledged latencies in microseconds, when recording is on.
     latencies_us: list[int] | None = None
 
@@ -175,6 +177,7 @@ class _Session:
         self.registry: RegistryClient | None = None
         self.serializer: AvroSerializer | None = None
         self.catalog: Any = None
+        self.watch: SlotWatch | None = None
         # Transaction state.
         self.tx: TxContext | None = None
         self.progress: TxProgress | None = None
@@ -202,6 +205,15 @@ class _Session:
         self.serializer = AvroSerializer(self.registry)
         dsn = cfg.source.dsn.get_secret_value()
         self.catalog = await source.connect(dsn)
+        src = cfg.source
+        self.watch = SlotWatch(
+            self.catalog,
+            slot=src.slot,
+            heartbeat_interval_s=src.heartbeat_interval_s,
+            warn_bytes=src.slot_lag_warn_bytes,
+            stop_bytes=src.slot_lag_stop_bytes,
+            check_interval_s=src.status_interval_s,
+        )
         self.stream = await ReplicationStream.start(
             dsn,
             slot=cfg.source.slot,
@@ -271,6 +283,11 @@ class _Session:
                 result = self.capture._on_batch(self.capture)
                 if result is not None:
                     await result
+            watch = self.watch
+            if watch is not None and watch.enabled:
+                await watch.tick()
+                self.stats.heartbeat_lag_ms = watch.heartbeat_lag_ms
+                self.stats.retained_wal_bytes = watch.retained_bytes
             await self.backpressure(stop)
 
     async def backpressure(self, stop: asyncio.Event) -> None:
@@ -307,8 +324,12 @@ class _Session:
                 self.spool.append(self.stream_xid, lsn, msg)
                 return
             self.on_truncate(msg, lsn)
-        elif kind is LogicalMessage and self.stream_xid is not None and msg.transactional:
-            self.spool.append(self.stream_xid, lsn, msg)
+        elif kind is LogicalMessage:
+            if self.stream_xid is not None and msg.transactional:
+                self.spool.append(self.stream_xid, lsn, msg)
+            elif is_heartbeat(msg) and self.watch is not None:
+                self.watch.on_heartbeat(msg)
+            # Other logical messages are not published.
         # Origin and Type messages need no action: types are read from the catalog.
 
     def begin(self, tx: TxContext) -> None:
