@@ -17,7 +17,8 @@ Invariants:
   probe, a record the sink rejects, or one the mapper cannot map is dead-lettered.
 - A mapper waiting for a related entity (``RelationPending``) first lets the operations
   mapped so far reach the sink (they may be what it waits for), then waits; the record
-  is never dropped.
+  is never dropped. The related ids a batch needs are looked up in one query per entity
+  beforehand, by a first mapping pass: mappers must be pure (called more than once).
 """
 
 from __future__ import annotations
@@ -147,10 +148,33 @@ class Applier:
 
     async def handle(self, msgs: Sequence[Message], stop: asyncio.Event) -> None:
         """Map and apply ``msgs`` (one consumed batch) completely, or raise."""
+        entries = await self._decode(msgs)
+        await self._prefetch_relations(entries)
         pending: list[_Entry] = []
-        for msg in msgs:
+        for entry in entries:
             if stop.is_set():
                 raise asyncio.CancelledError
+            while True:
+                try:
+                    entry.ops = list(self.mapper(entry.event, self.context))
+                    break
+                except RelationPending as exc:
+                    # What it waits for may be in the operations mapped so far.
+                    await self.apply(pending, stop)
+                    pending = []
+                    await self._resolve(exc, stop)
+                except FatalError as exc:
+                    await self.dead_letter(entry.msg, exc, attempts=1)
+                    entry.ops = []
+                    break
+            if entry.ops:
+                pending.append(entry)
+        await self.apply(pending, stop)
+
+    async def _decode(self, msgs: Sequence[Message]) -> list[_Entry]:
+        """The batch's change events; undecodable records are dead-lettered."""
+        entries: list[_Entry] = []
+        for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -173,23 +197,23 @@ class Applier:
             except FatalError as exc:
                 await self.dead_letter(msg, exc, attempts=1)
                 continue
-            entry = _Entry(msg, event)
-            while True:
-                try:
-                    entry.ops = list(self.mapper(event, self.context))
-                    break
-                except RelationPending as exc:
-                    # What it waits for may be in the operations mapped so far.
-                    await self.apply(pending, stop)
-                    pending = []
-                    await self._resolve(exc, stop)
-                except FatalError as exc:
-                    await self.dead_letter(msg, exc, attempts=1)
-                    entry.ops = []
-                    break
-            if entry.ops:
-                pending.append(entry)
-        await self.apply(pending, stop)
+            entries.append(_Entry(msg, event))
+        return entries
+
+    async def _prefetch_relations(self, entries: list[_Entry]) -> None:
+        """Look up, in one query per entity, every related id the batch's mappers ask for."""
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for entry in entries:
+            try:
+                self.mapper(entry.event, self.context)
+            except RelationPending as exc:
+                wanted.setdefault((exc.integration, exc.entity), set()).add(exc.key)
+            except FatalError:
+                continue  # reported when the entry is mapped for real
+        for (integration, entity), keys in wanted.items():
+            found = await self.state.external_ids(integration, entity, keys=sorted(keys))
+            for key, external_id in found.items():
+                self.context.known[(integration, entity, key)] = external_id
 
     async def _resolve(self, pending: RelationPending, stop: asyncio.Event) -> None:
         """Wait until the identity map knows the related entity."""
@@ -468,7 +492,9 @@ class SyncWorker:
 
     def _consumer_config(self) -> dict[str, Any]:
         kafka = self.config.kafka
-        props = {k: v for k, v in kafka.client_properties().items() if not _producer_only(k)}
+        # Defaults for low latency and quick group joins; the user's properties win.
+        props: dict[str, Any] = {"fetch.wait.max.ms": 20, "session.timeout.ms": 10_000}
+        props.update((k, v) for k, v in kafka.client_properties().items() if not _producer_only(k))
         props.update(
             {
                 "group.id": self.group_id,
@@ -495,7 +521,7 @@ class SyncWorker:
                 if not self._resumed.is_set():
                     await self._paused(stop)
                     continue
-                msgs = await asyncio.to_thread(consumer.consume, BATCH_SIZE, 0.25)
+                msgs = await asyncio.to_thread(_next_batch, consumer)
                 if not msgs:
                     continue
                 await self.applier.handle(msgs, stop)
@@ -527,6 +553,14 @@ class SyncWorker:
         except KafkaException as exc:
             # Lost the partitions in a rebalance: their new owner re-applies, harmlessly.
             log.warning("%s: offset commit failed (%s); records will be re-applied", self.name, exc)
+
+
+def _next_batch(consumer: Consumer) -> list[Message]:
+    """Wait up to 0.25 s for a record, then take what else is already fetched."""
+    first = consumer.poll(0.25)
+    if first is None:
+        return []
+    return [first, *consumer.consume(BATCH_SIZE - 1, 0)]
 
 
 _PRODUCER_ONLY = (
