@@ -98,6 +98,36 @@ def run(config_path: str | None) -> None:
     _run_until_signalled(both)
 
 
+@cli.command()
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after this many seconds of load (default: until Ctrl-C).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="Rows written per second to the sample tables.",
+)
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (logs) and print where.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="Level of the log file written in the temporary directory.",
+)
+def demo(duration: float | None, rate: float, keep: bool, log_level: str) -> None:
+    """Run the whole pipeline on throwaway servers with live progress; Ctrl-C cleans up."""
+    from cdc.demo import DemoOptions, run_demo  # noqa: PLC0415
+
+    options = DemoOptions(duration_s=duration, rate=rate, keep=keep, log_level=log_level)
+    sys.exit(run_demo(options))
+
+
 def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop``."""
 
