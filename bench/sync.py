@@ -1,0 +1,570 @@
+"""Sync benchmark: the two example integrations applying a captured backlog, then live.
+
+Run: ``.venv/bin/python bench/sync.py [--events 20000] [--runs 3] [--rate 2000]
+[--live-seconds 10] [--customers N] [--session-timeout-ms 6000]
+[--consumer-property KEY=VALUE ...]``
+
+Per run, on throwaway local servers (PostgreSQL, tansu, the registry, the CRM):
+1. the sample tables get ``--customers`` customers (default: ``--events``) and
+   ``--events`` orders referencing them, in transactions of 1,000 rows with
+   synchronous_commit off, ended by a synchronously committed marker row;
+   ``cdcsync capture`` (the real command, a child process) drains the slot into
+   the broker; done when the slot's confirmed_flush_lsn reaches the end LSN, so
+   every event sits in Kafka before sync starts;
+2. HTTP sink: ``Sync(only=["crm"])`` runs in this process and puts every
+   customer into the CRM (its own process, so it does not share the sync's GIL);
+   timed from the start of ``Sync.run`` until the CRM has applied every contact
+   (its ``/_stats``; the contact count is checked afterwards). This also fills the
+   identity map, so orders never wait for the CRM: each customer's id is read from
+   the identity map the first time one of its orders is mapped;
+3. PostgreSQL sink: ``Sync(only=["analytics"])`` writes every order into
+   ``analytics.orders``; timed from the start of ``Sync.run`` until the table
+   holds ``--events`` rows (polled with count(*)).
+Each sync figure comes with the time to the first entity (start-up: state store,
+consumer group join) and this process's CPU time per entity.
+Then, on the first run, live: capture (child process) and sync of both
+integrations (in process, ``record_latency=True``) run while a writer in its own
+process commits single-row transactions at ``--rate`` rows/s (synchronous_commit
+on; inserts and updates of orders and customers) for ``--live-seconds``; the
+source commit -> applied latency is reported per integration.
+Medians over runs are printed; nothing is asserted.
+
+The sync consumers run with ``session.timeout.ms`` 6000 (``--session-timeout-ms``):
+tansu holds a group join for part of the session timeout, about 23 s with
+librdkafka's default of 45 s, which would otherwise dominate every start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cdc.config import Config, parse_config
+from cdc.crm import CrmServer
+from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry
+from cdc.sync import Sync
+from mappers.examples import SAMPLE_SCHEMA_SQL
+
+CRM_SECRET = "bench-crm-secret"
+PREFIX = "bench"
+SLOT = "cdcsync_bench"
+PUBLICATION = "cdcsync_bench"
+LIVE_ID_BASE = 10_000_000
+POLL_S = 0.05
+
+EXTRA_DDL = "CREATE TABLE marker (id int PRIMARY KEY);"
+
+
+# --------------------------------------------------------------------------- source
+
+
+def write_backlog(dsn: str, *, customers: int, orders: int) -> int:
+    """Write customers then orders; return the end LSN (as an int) after a synchronous marker."""
+    per_tx = 1000
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = off")
+        for start in range(1, customers + 1, per_tx):
+            end = min(start + per_tx - 1, customers)
+            conn.execute(
+                "INSERT INTO customers (id, name, email, phone)"
+                " SELECT g, 'Customer ' || g, 'c' || g || '@example.com',"
+                " CASE WHEN g %% 3 = 0 THEN NULL ELSE '+1-555-' || g END"
+                " FROM generate_series(%s::bigint, %s::bigint) g",
+                (start, end),
+            )
+        for start in range(1, orders + 1, per_tx):
+            end = min(start + per_tx - 1, orders)
+            conn.execute(
+                "INSERT INTO orders (id, customer_id, amount, status)"
+                " SELECT g, (g * 7919) %% %s + 1, (g %% 100000) / 100.0, 'new'"
+                " FROM generate_series(%s::bigint, %s::bigint) g",
+                (customers, start, end),
+            )
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("INSERT INTO marker VALUES (1)")
+        row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def confirmed(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT coalesce(confirmed_flush_lsn - '0/0'::pg_lsn, 0) FROM pg_replication_slots"
+            " WHERE slot_name = %s",
+            (SLOT,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def start_capture(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """The real ``cdcsync capture`` command as a child process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cdc.cli", "capture", "--config", str(config_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("ab"),
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "CRM_SECRET": CRM_SECRET},
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def capture_backlog(config_path: Path, dsn: str, end: int, log_path: Path) -> float:
+    """Run capture until the slot is confirmed past ``end``; return the seconds it took."""
+    t0 = time.perf_counter()
+    proc = start_capture(config_path, log_path)
+    try:
+        while confirmed(dsn) < end:
+            if proc.poll() is not None:
+                raise RuntimeError(f"capture exited:\n{log_path.read_text()[-3000:]}")
+            time.sleep(POLL_S)
+        return time.perf_counter() - t0
+    finally:
+        stop_process(proc)
+
+
+# --------------------------------------------------------------------------- the CRM
+
+
+def serve_crm(conn: Connection) -> None:
+    """Child process: serve the CRM, send its URL, stop when told to."""
+    server = CrmServer(secret=CRM_SECRET).start()
+    conn.send(server.url)
+    conn.recv()
+    server.stop()
+
+
+class CrmProcess:
+    """The CRM server in a spawned process of its own."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=serve_crm, args=(child,), daemon=True)
+        self._proc.start()
+        if not self._conn.poll(30):
+            raise RuntimeError("the CRM process did not start")
+        self.url: str = self._conn.recv()
+
+    async def applied(self, client: httpx.AsyncClient) -> int:
+        response = await client.get(self.url + "/_stats")
+        return int(response.json()["applied"])
+
+    def contacts(self) -> int:
+        return len(httpx.get(self.url + "/contacts", timeout=30).json()["contacts"])
+
+    def stop(self) -> None:
+        self._conn.send("stop")
+        self._proc.join(15)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def make_config(dsn: str, bootstrap: str, registry_url: str, crm_url: str) -> dict[str, Any]:
+    """Capture and both example integrations (the shape of the sync test harness)."""
+    return {
+        "source": {
+            "dsn": dsn,
+            "slot": SLOT,
+            "publication": PUBLICATION,
+            "tables": ["public.customers", "public.orders"],
+            "snapshot": "never",
+        },
+        "kafka": {"bootstrap_servers": bootstrap, "topic_prefix": PREFIX},
+        "registry": {"url": registry_url},
+        "logging": {"level": "WARNING"},
+        "integrations": {
+            "crm": {
+                "topics": [f"{PREFIX}.public.customers"],
+                "mapper": "mappers.examples:customer_to_contact",
+                "sink": {
+                    "type": "http",
+                    "url": crm_url + "/contacts/{key}",
+                    "secret_env": "CRM_SECRET",
+                    "external_id_field": "id",
+                    "health_url": crm_url + "/health",
+                    "timeout_s": 10,
+                },
+                "group_id": f"{PREFIX}.crm",
+            },
+            "analytics": {
+                "topics": [f"{PREFIX}.public.orders"],
+                "mapper": "mappers.examples:order_to_fact",
+                "sink": {
+                    "type": "postgres",
+                    "dsn": dsn,
+                    "table": "analytics.orders",
+                    "create_table": True,
+                },
+                "group_id": f"{PREFIX}.analytics",
+            },
+        },
+        "state": {"schema": "cdcsync_state"},
+    }
+
+
+def sync_config(config: dict[str, Any], args: argparse.Namespace) -> Config:
+    """The sync's Config: ``config`` plus the consumer group session timeout and extras.
+
+    A consumer joining a group waits for the group's rebalance, which tansu holds for a
+    share of the session timeout (about 23 s with librdkafka's default of 45 s), so the
+    benchmark sets it lower, for the sync only (capture has no consumer).
+    ``--consumer-property KEY=VALUE`` adds librdkafka settings (integers stay integers).
+    """
+    properties: dict[str, str | int] = {
+        "session.timeout.ms": args.session_timeout_ms,
+        "heartbeat.interval.ms": max(100, args.session_timeout_ms // 10),
+    }
+    for item in args.consumer_property:
+        key, _, value = item.partition("=")
+        properties[key] = int(value) if value.isdigit() else value
+    data = {**config, "kafka": {**config["kafka"], "properties": properties}}
+    return parse_config(data, env={"CRM_SECRET": CRM_SECRET})
+
+
+# --------------------------------------------------------------------------- backlog sync
+
+
+async def analytics_rows(conn: psycopg.AsyncConnection[Any]) -> int:
+    cur = await conn.execute("SELECT to_regclass('analytics.orders') IS NOT NULL")
+    row = await cur.fetchone()
+    if row is None or not row[0]:
+        return 0
+    cur = await conn.execute("SELECT count(*) FROM analytics.orders")
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def timed_sync(
+    config: Config, name: str, total: int, count: Callable[[], Awaitable[int]]
+) -> dict[str, float]:
+    """Run ``Sync(only=[name])`` until ``count()`` reaches ``total``; time it."""
+    sync = Sync(config, only=[name])
+    stop = asyncio.Event()
+    cpu0 = cpu_seconds()
+    t0 = time.perf_counter()
+    task = asyncio.create_task(sync.run(stop))
+    first: float | None = None
+    at_first = 0
+    try:
+        while True:
+            if task.done():
+                task.result()
+                raise RuntimeError(f"sync of {name} stopped before applying everything")
+            done = await count()
+            now = time.perf_counter()
+            if first is None and done > 0:
+                first, at_first = now - t0, done
+            if done >= total:
+                elapsed = now - t0
+                break
+            await asyncio.sleep(POLL_S)
+        cpu = cpu_seconds() - cpu0
+    finally:
+        stop.set()
+        await task
+    stats = sync.workers[name].stats
+    if stats.dead_lettered or stats.last_error:
+        print(f"  {name}: {stats.dead_lettered} dead-lettered, last error {stats.last_error}")
+    first = first or elapsed
+    steady = (total - at_first) / (elapsed - first) if elapsed > first else total / elapsed
+    return {"elapsed": elapsed, "first": first, "steady": steady, "cpu": cpu}
+
+
+async def backlog_http(config: Config, crm: CrmProcess, customers: int) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def count() -> int:
+            return await crm.applied(client)
+
+        return await timed_sync(config, "crm", customers, count)
+
+
+async def backlog_postgres(config: Config, dsn: str, orders: int) -> dict[str, float]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+
+        async def count() -> int:
+            return await analytics_rows(conn)
+
+        return await timed_sync(config, "analytics", orders, count)
+
+
+# --------------------------------------------------------------------------- live latency
+
+
+def write_live(dsn: str, rate: int, seconds: float, customers: int, orders: int) -> None:
+    """Single-row transactions at ``rate`` rows/s, synchronously committed.
+
+    Mix: 45% new orders (of customers the CRM already knows), 20% order updates,
+    25% customer updates, 10% new customers.
+    """
+    rng = random.Random(7)
+    interval = 1.0 / rate
+    next_order = next_customer = LIVE_ID_BASE
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        t_next = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            roll = rng.random()
+            if roll < 0.45:
+                conn.execute(
+                    "INSERT INTO orders (id, customer_id, amount, status)"
+                    " VALUES (%s, %s, %s, 'new')",
+                    (next_order, rng.randint(1, customers), rng.randint(100, 99_999) / 100),
+                )
+                next_order += 1
+            elif roll < 0.65:
+                conn.execute(
+                    "UPDATE orders SET status = %s WHERE id = %s",
+                    (f"paid-{i}", rng.randint(1, orders)),
+                )
+            elif roll < 0.90:
+                conn.execute(
+                    "UPDATE customers SET email = %s, updated_at = clock_timestamp() WHERE id = %s",
+                    (f"live{i}@example.com", rng.randint(1, customers)),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO customers (id, name, email) VALUES (%s, %s, %s)",
+                    (next_customer, f"Live {next_customer}", f"l{next_customer}@example.com"),
+                )
+                next_customer += 1
+            t_next += interval
+            delay = t_next - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+
+
+async def caught_up(conn: psycopg.AsyncConnection[Any], timeout: float) -> bool:
+    """Wait until analytics.orders holds every source order (within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cur = await conn.execute("SELECT count(*) FROM orders")
+        row = await cur.fetchone()
+        if row is not None and await analytics_rows(conn) >= int(row[0]):
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def warm_up(dsn: str, sync: Sync, *, timeout: float) -> None:
+    """Touch a customer and an order; wait until both integrations applied something."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE customers SET name = name || ' (probe)', updated_at = clock_timestamp()"
+            " WHERE id = 1"
+        )
+        await conn.execute("UPDATE orders SET status = 'probe' WHERE id = 1")
+    before = {name: w.stats.applied for name, w in sync.workers.items()}
+    deadline = time.monotonic() + timeout
+    while any(w.stats.applied <= before[n] for n, w in sync.workers.items()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("live: the probe rows were not applied in time")
+        await asyncio.sleep(POLL_S)
+
+
+async def live_latency(
+    config: dict[str, Any],
+    config_path: Path,
+    log_path: Path,
+    args: argparse.Namespace,
+) -> dict[str, list[int]]:
+    dsn = config["source"]["dsn"]
+    capture = start_capture(config_path, log_path)
+    sync = Sync(sync_config(config, args), record_latency=True)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sync.run(stop))
+    try:
+        await asyncio.wait_for(sync.ready.wait(), 30)
+        # Capture streams and both consumer groups are joined once a probe reaches both
+        # targets; what the probe took is not part of the figures.
+        await warm_up(dsn, sync, timeout=60)
+        for worker in sync.workers.values():
+            if worker.stats.latencies_us is not None:
+                worker.stats.latencies_us.clear()
+        # The writer runs in its own process so that it does not share sync's GIL.
+        proc = multiprocessing.get_context("spawn").Process(
+            target=write_live,
+            args=(dsn, args.rate, args.live_seconds, args.customers, args.events),
+        )
+        proc.start()
+        await asyncio.to_thread(proc.join)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            if not await caught_up(conn, 60):
+                print("  live: analytics did not catch up within 60 s")
+        await asyncio.sleep(1)
+    finally:
+        stop.set()
+        await task
+        stop_process(capture)
+    result: dict[str, list[int]] = {}
+    for name, worker in sync.workers.items():
+        result[name] = list(worker.stats.latencies_us or [])
+    return result
+
+
+def percentile(values: list[int], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(len(ordered) * fraction), len(ordered) - 1)] / 1000
+
+
+# --------------------------------------------------------------------------- main
+
+
+def one_run(args: argparse.Namespace, run: int) -> tuple[dict[str, float], dict[str, list[int]]]:
+    pg = LocalPostgres().start()
+    broker = LocalBroker().start()
+    registry = LocalRegistry().start()
+    crm = CrmProcess()
+    workdir = Path(tempfile.mkdtemp(prefix="cdcsync-bench-sync-"))
+    log_path = workdir / "capture.log"
+    try:
+        dsn = pg.dsn
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SAMPLE_SCHEMA_SQL)
+            conn.execute(EXTRA_DDL)
+            conn.execute(
+                f"CREATE PUBLICATION {PUBLICATION} FOR TABLE public.customers, public.orders"
+            )
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (SLOT,))
+        config = make_config(dsn, broker.bootstrap, registry.url, crm.url)
+        config_path = workdir / "cdcsync.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        end = write_backlog(dsn, customers=args.customers, orders=args.events)
+        captured = capture_backlog(config_path, dsn, end, log_path)
+        syncing = sync_config(config, args)
+        http = asyncio.run(backlog_http(syncing, crm, args.customers))
+        contacts = crm.contacts()
+        if contacts != args.customers:
+            print(f"  crm holds {contacts} contacts, expected {args.customers}")
+        pg_sink = asyncio.run(backlog_postgres(syncing, dsn, args.events))
+        figures = {
+            "capture": captured,
+            **{f"pg_{k}": v for k, v in pg_sink.items()},
+            **{f"http_{k}": v for k, v in http.items()},
+        }
+        print(
+            f"run {run + 1}: capture {args.events + args.customers:,} events in {captured:.1f}s; "
+            f"postgres sink {args.events / figures['pg_elapsed']:,.0f} entities/s "
+            f"({figures['pg_steady']:,.0f} after the first, {figures['pg_first']:.2f}s); "
+            f"http sink {args.customers / figures['http_elapsed']:,.0f} entities/s "
+            f"({figures['http_steady']:,.0f} after the first, {figures['http_first']:.2f}s)",
+            flush=True,
+        )
+        latencies: dict[str, list[int]] = {}
+        if run == 0 and args.live_seconds > 0:
+            latencies = asyncio.run(live_latency(config, config_path, log_path, args))
+        return figures, latencies
+    finally:
+        crm.stop()
+        registry.stop()
+        broker.stop()
+        pg.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=20_000, help="orders in the backlog")
+    parser.add_argument(
+        "--customers", type=int, default=None, help="customers in the backlog (default: --events)"
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--live-seconds", type=float, default=10)
+    parser.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=6000,
+        help="the sync consumers' session.timeout.ms (tansu holds a join for part of it)",
+    )
+    parser.add_argument(
+        "--consumer-property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra librdkafka setting for the sync (repeatable), e.g. fetch.wait.max.ms=10",
+    )
+    args = parser.parse_args()
+    if args.customers is None:
+        args.customers = args.events
+
+    results: list[dict[str, float]] = []
+    latencies: dict[str, list[int]] = {}
+    for run in range(args.runs):
+        figures, live = one_run(args, run)
+        results.append(figures)
+        latencies = latencies or live
+
+    med = statistics.median
+    print()
+    print(
+        f"backlog                    {args.events:,} orders, {args.customers:,} customers, "
+        f"{args.runs} runs (medians); session.timeout.ms {args.session_timeout_ms}"
+        + "".join(f", {item}" for item in args.consumer_property)
+    )
+    print(f"capture of the backlog     {med(r['capture'] for r in results):.2f} s")
+    sinks = (
+        ("pg", "postgres sink (analytics)", args.events),
+        ("http", "http sink (crm)", args.customers),
+    )
+    for tag, label, total in sinks:
+        rate = med(total / r[f"{tag}_elapsed"] for r in results)
+        print(f"{label:<27}{rate:,.0f} entities/s from Sync.run start")
+        print(
+            f"  after the first entity   {med(r[f'{tag}_steady'] for r in results):,.0f} entities/s"
+        )
+        print(f"  start-up to first entity {med(r[f'{tag}_first'] for r in results):.2f} s")
+        cpu = med(r[f"{tag}_cpu"] / total for r in results) * 1e6
+        print(f"  CPU per entity           {cpu:.0f} us (this process)")
+    for name, values in sorted(latencies.items()):
+        if not values:
+            print(f"live {args.rate} rows/s {name:<10} no events applied")
+            continue
+        print(
+            f"live {args.rate} rows/s {name:<10} commit->applied p50 "
+            f"{percentile(values, 0.5):.1f} ms, p99 {percentile(values, 0.99):.1f} ms "
+            f"(target p99 < 100), {len(values)} events"
+        )
+
+
+if __name__ == "__main__":
+    main()
