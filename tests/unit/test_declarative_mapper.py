@@ -14,6 +14,7 @@ from cdc.errors import ConfigError, MappingError, RelationPending
 from mappers.declarative import declarative_mapper
 from mappers.entity import EntityDelete, EntityUpsert, Origin, TableEvent, Version, microseconds
 from mappers.examples import Contact
+from tests.unit.events import table_event
 
 LSN = 0x16B374D848
 T0 = "2026-03-01T10:00:00Z"
@@ -30,32 +31,11 @@ class NoLinks:
         raise RelationPending(integration=integration, entity=entity, key=str(key))
 
 
-def event(
-    op: str,
-    *,
-    after: dict[str, Any] | None = None,
-    before: dict[str, Any] | None = None,
-    key: dict[str, Any] | None = None,
-    unavailable: frozenset[str] = frozenset(),
-    lsn: int = LSN,
-    seq: int = 1,
-    offset: int = 0,
-    ts_us: int = 1_800_000_000_000_000,
-) -> TableEvent:
-    row = after or before or key or {}
-    return TableEvent(
-        origin=Origin("app.public.customers", 0, offset),
-        op=op,
-        schema="public",
-        table="customers",
-        key=key if key is not None else {"id": row.get("id")},
-        before=before,
-        after=after,
-        unavailable=unavailable,
-        commit_lsn=lsn,
-        seq=seq,
-        ts_us=ts_us,
-    )
+def event(op: str, **fields: Any) -> TableEvent:
+    """A customers event; defaults: this file's LSN, offset 0, a fixed commit time."""
+    fields.setdefault("lsn", LSN)
+    fields.setdefault("ts_us", 1_800_000_000_000_000)
+    return table_event("customers", op, **fields)
 
 
 def customer(**changes: Any) -> dict[str, Any]:

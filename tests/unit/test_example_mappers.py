@@ -20,6 +20,7 @@ from mappers.examples import (
     order_to_fact,
 )
 from mappers.loader import load_mapper
+from tests.unit.events import table_event
 
 LSN = 0x2_0000_0000
 T0 = "2026-03-01T10:00:00.000000Z"
@@ -40,32 +41,11 @@ class IdentityMap:
             raise RelationPending(integration=integration, entity=entity, key=str(key)) from None
 
 
-def change(
-    table: str,
-    op: str,
-    *,
-    after: dict[str, Any] | None = None,
-    before: dict[str, Any] | None = None,
-    key: dict[str, Any] | None = None,
-    unavailable: frozenset[str] = frozenset(),
-    lsn: int = LSN,
-    seq: int = 1,
-    ts_us: int = 0,
-) -> TableEvent:
-    row = after or before or key or {}
-    return TableEvent(
-        origin=Origin(f"app.public.{table}", 0, 5),
-        op=op,
-        schema="public",
-        table=table,
-        key=key if key is not None else {"id": row.get("id")},
-        before=before,
-        after=after,
-        unavailable=unavailable,
-        commit_lsn=lsn,
-        seq=seq,
-        ts_us=ts_us,
-    )
+def change(table: str, op: str, **fields: Any) -> TableEvent:
+    """An event of ``public.{table}`` at offset 5 with this file's LSN by default."""
+    fields.setdefault("lsn", LSN)
+    fields.setdefault("offset", 5)
+    return table_event(table, op, **fields)
 
 
 def customer(**changes: Any) -> dict[str, Any]:
