@@ -28,6 +28,36 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 
+def spawn_cdcsync(
+    command: str, config: Path, log: Path, *, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``cdcsync COMMAND --config CONFIG`` as a child process, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cdc.cli", command, "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+
+def read_log(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def terminate(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each live process; SIGKILL those that do not exit within 20 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 @dataclass
 class CaptureEnv:
     pg_dsn: str
@@ -61,30 +91,15 @@ class CaptureEnv:
 
     def start(self, **source_overrides: Any) -> subprocess.Popen[bytes]:
         path = self.write_config(**source_overrides)
-        log = (self.workdir / "capture.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cdc.cli", "capture", "--config", str(path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        proc = spawn_cdcsync("capture", path, self.workdir / "capture.log")
         self.procs.append(proc)
         return proc
 
     def log_text(self) -> str:
-        path = self.workdir / "capture.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_log(self.workdir / "capture.log")
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        terminate(self.procs)
 
     def topic(self, table: str) -> str:
         schema, _, name = table.partition(".")

@@ -8,11 +8,8 @@ The source database gets the sample tables; capture and sync run as the real com
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +22,7 @@ import yaml
 
 from cdc.crm import CrmServer
 from mappers.examples import SAMPLE_SCHEMA_SQL
-from tests.integration.harness import CaptureEnv
+from tests.integration.harness import CaptureEnv, read_log, spawn_cdcsync, terminate
 
 CRM_SECRET = "crm-signing-secret"
 
@@ -102,30 +99,16 @@ class SyncEnv:
     def start_sync(self, *, group_suffix: str = "", **retry: Any) -> subprocess.Popen[bytes]:
         path = self.capture.workdir / f"sync{group_suffix}.yaml"
         path.write_text(yaml.safe_dump(self.config(group_suffix=group_suffix, **retry)))
-        log = (self.capture.workdir / "sync.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cdc.cli", "sync", "--config", str(path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "CRM_SECRET": CRM_SECRET},
-        )
+        log = self.capture.workdir / "sync.log"
+        proc = spawn_cdcsync("sync", path, log, env={"CRM_SECRET": CRM_SECRET})
         self.sync_procs.append(proc)
         return proc
 
     def sync_log(self) -> str:
-        path = self.capture.workdir / "sync.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_log(self.capture.workdir / "sync.log")
 
     def stop(self) -> None:
-        for proc in self.sync_procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        terminate(self.sync_procs)
         self.capture.stop_all()
         self.crm.stop()
 
