@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -183,13 +184,12 @@ def test_adding_a_column_mid_stream_registers_a_new_schema_version_and_continues
     assert versions.json() == [1, 2, 3]
 
 
-def test_incompatible_schema_change_stops_capture_naming_the_table_and_column(
-    env: CaptureEnv,
-) -> None:
+def _change_orders_incompatibly(env: CaptureEnv, **source_overrides: Any) -> str:
+    """Capture one order under FULL compatibility, then change a column's type; the subject."""
     import httpx
 
     subject = f"{env.topic('public.orders')}-value"
-    env.start()
+    env.start(**source_overrides)
     env.wait_for_slot()
     with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO orders VALUES (1, 5, 9.99, 'new')")
@@ -199,6 +199,13 @@ def test_incompatible_schema_change_stops_capture_naming_the_table_and_column(
     with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
         conn.execute("ALTER TABLE orders ALTER COLUMN customer_id TYPE text")
         conn.execute("INSERT INTO orders VALUES (2, 'abc', 1.00, 'new')")
+    return subject
+
+
+def test_incompatible_schema_change_stops_capture_naming_the_table_and_column(
+    env: CaptureEnv,
+) -> None:
+    _change_orders_incompatibly(env)
     proc = env.procs[-1]
     proc.wait(60)
     assert proc.returncode == 1
@@ -209,17 +216,7 @@ def test_incompatible_schema_change_stops_capture_naming_the_table_and_column(
 def test_incompatible_schema_change_continues_when_configured_to(env: CaptureEnv) -> None:
     import httpx
 
-    subject = f"{env.topic('public.orders')}-value"
-    env.start(on_incompatible_schema="continue")
-    env.wait_for_slot()
-    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO orders VALUES (1, 5, 9.99, 'new')")
-    read_events(env, ["public.orders"], at_least=1, timeout=60)
-    r = httpx.put(f"{env.registry_url}/config/{subject}", json={"compatibility": "FULL"})
-    assert r.status_code == 200
-    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
-        conn.execute("ALTER TABLE orders ALTER COLUMN customer_id TYPE text")
-        conn.execute("INSERT INTO orders VALUES (2, 'abc', 1.00, 'new')")
+    subject = _change_orders_incompatibly(env, on_incompatible_schema="continue")
     events = data_events(read_events(env, ["public.orders"], at_least=2, timeout=60))
     assert [e.value["after"]["customer_id"] for e in events] == [5, "abc"]  # type: ignore[index]
     assert env.procs[-1].poll() is None
