@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -124,7 +124,7 @@ class Applier:
         state: StateStore,
         deserializer: AvroDeserializer,
         stats: IntegrationStats | None = None,
-        pause_hook: Any = None,
+        keepalive: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -141,8 +141,7 @@ class Applier:
             self.integration.dead_letter_topic or f"{config.kafka.topic_prefix}.dlq.{name}"
         )
         self._dlq: Publisher | None = None
-        self._keepalive = pause_hook
-        self.dry_run = False
+        self._keepalive = keepalive
 
     # ------------------------------------------------------------------ batches
 
@@ -188,7 +187,7 @@ class Applier:
             value = msg.value()
             if value is None:
                 continue  # a tombstone: compaction's business, not an event
-            origin = Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+            origin = _origin(msg)
             try:
                 envelope = await self.deserializer.deserialize(value)
                 raw_key = msg.key()
@@ -239,10 +238,6 @@ class Applier:
     async def apply(self, entries: list[_Entry], stop: asyncio.Event) -> None:
         """Apply the entries' operations: retried, circuit-guarded, dead-lettered at worst."""
         if not entries:
-            return
-        if self.dry_run:
-            for entry in entries:
-                self.stats.applied += len(entry.ops)
             return
         ops = [op for entry in entries for op in entry.ops]
         attempt = 0
@@ -342,11 +337,8 @@ class Applier:
 
     async def dead_letter(self, msg: Message, error: BaseException, *, attempts: int) -> None:
         """Publish ``msg`` to the dead-letter topic with why, and record it."""
-        origin = Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+        origin = _origin(msg)
         reason = first_line(error)[:2000]
-        if self.dry_run:
-            self.stats.dead_lettered += 1
-            return
         log.warning(
             "%s: dead-lettering %s after %d attempt(s): %s", self.name, origin, attempts, reason
         )
@@ -360,14 +352,14 @@ class Applier:
             ("cdcsync.origin.offset", str(origin.offset).encode()),
             ("cdcsync.timestamp", datetime.now(UTC).isoformat().encode()),
         ]
+        key, payload = msg.key(), msg.value()
         partition, offset = await asyncio.to_thread(
-            self._publish_dead_letter, msg.key(), msg.value(), headers
+            self._publish_dead_letter, key, payload, headers
         )
-        payload = msg.value()
         await self.state.record_dead_letter(
             self.name,
             origin=origin,
-            key=None if msg.key() is None else bytes(msg.key() or b"").hex(),
+            key=None if key is None else bytes(key).hex(),
             error=reason,
             attempts=attempts,
             payload=None if payload is None else bytes(payload),
@@ -382,8 +374,9 @@ class Applier:
     ) -> tuple[int | None, int | None]:
         if self._dlq is None:
             kafka = self.config.kafka
-            props = {k: v for k, v in kafka.client_properties().items() if k != "bootstrap.servers"}
-            self._dlq = Publisher(producer_config(kafka.bootstrap_servers, props))
+            self._dlq = Publisher(
+                producer_config(kafka.bootstrap_servers, kafka.client_properties())
+            )
             self._dlq.ensure_topics(
                 [self.dead_letter_topic],
                 partitions=1,
@@ -439,7 +432,7 @@ class SyncWorker:
             state=state,
             deserializer=deserializer,
             stats=self.stats,
-            pause_hook=self._keepalive,
+            keepalive=self._keepalive,
         )
         self._resumed = asyncio.Event()
         if not self.stats.paused:
@@ -553,6 +546,10 @@ class SyncWorker:
         except KafkaException as exc:
             # Lost the partitions in a rebalance: their new owner re-applies, harmlessly.
             log.warning("%s: offset commit failed (%s); records will be re-applied", self.name, exc)
+
+
+def _origin(msg: Message) -> Origin:
+    return Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
 
 
 def _next_batch(consumer: Consumer) -> list[Message]:
