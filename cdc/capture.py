@@ -190,18 +190,13 @@ class _Session:
         cfg = self.cfg
         kafka = cfg.kafka
         props = kafka.client_properties()
-        props.pop("bootstrap.servers", None)
         props.setdefault("delivery.timeout.ms", kafka.delivery_timeout_ms)
         # Bytes waiting for acknowledgement are bounded by the producer's own queue.
         props.setdefault(
             "queue.buffering.max.kbytes", max(1, cfg.source.max_inflight_bytes // 1024)
         )
         self.publisher = Publisher(producer_config(kafka.bootstrap_servers, props))
-        reg = cfg.registry
-        auth = None
-        if reg.username and reg.password:
-            auth = (reg.username, reg.password.get_secret_value())
-        self.registry = RegistryClient.from_url(reg.url, auth=auth)
+        self.registry = RegistryClient.from_url(cfg.registry.url, auth=cfg.registry.auth())
         self.serializer = AvroSerializer(self.registry)
         dsn = cfg.source.dsn.get_secret_value()
         self.catalog = await source.connect(dsn)
@@ -266,7 +261,7 @@ class _Session:
                             await self.on_relation(msg)
                     elif isinstance(msg, StreamCommit):
                         self.stream_xid = None
-                        await self.replay_streamed(msg)
+                        await self.replay_streamed(msg, stop)
                     else:
                         self.dispatch(msg, frame.wal_start)
             publisher.poll(0)
@@ -347,7 +342,7 @@ class _Session:
         self.tx = None
         self.progress = None
 
-    async def replay_streamed(self, msg: StreamCommit) -> None:
+    async def replay_streamed(self, msg: StreamCommit, stop: asyncio.Event) -> None:
         """Publish a committed streamed transaction from the spool."""
         self.begin(TxContext(msg.xid, msg.commit_lsn, msg.commit_ts_us))
         for n, (lsn, item) in enumerate(self.spool.replay(msg.xid)):
@@ -361,7 +356,7 @@ class _Session:
                 self.on_change(item, lsn)
             if n % 1000 == 999:
                 # Serve delivery reports and keep the slot alive during a long replay.
-                await self.backpressure(_NEVER)
+                await self.backpressure(stop)
                 assert self.publisher is not None and self.stream is not None
                 self.publisher.poll(0)
                 self.stream.maybe_send_status()
@@ -395,6 +390,7 @@ class _Session:
             self.emit(table, Change.from_delete(msg, lsn=lsn, seq=seq, tx=tx))
             return
         enc = table.encoder
+        new_key: dict[str, Any] | None = None  # built here only when the old tuple came too
         if msg.old is not None and enc.has_key:
             old_key = enc.key_record(msg.old)
             new_key = enc.key_record(msg.new)
@@ -402,12 +398,13 @@ class _Session:
                 # A primary-key change: delete (+ tombstone) the old key, create the new one.
                 oid = msg.relation_oid
                 delete = Change(OP_DELETE, oid, lsn, seq, tx, msg.old, None, msg.old_is_key)
-                self.emit(table, delete)
+                self.emit(table, delete, key=old_key)
                 self.emit(
                     table,
                     Change.from_insert(
                         Insert(relation_oid=oid, new=msg.new), lsn=lsn, seq=self._next(oid), tx=tx
                     ),
+                    key=new_key,
                 )
                 return
         change = Change(
@@ -420,14 +417,15 @@ class _Session:
             msg.new,
             msg.old_is_key,
         )
-        self.emit(table, change)
+        self.emit(table, change, key=new_key)
 
     def _next(self, oid: int) -> int:
         self.seq += 1
         self.table_seq[oid] = self.table_seq.get(oid, 0) + 1
         return self.seq
 
-    def emit(self, table: _Table, change: Change) -> None:
+    def emit(self, table: _Table, change: Change, *, key: dict[str, Any] | None = None) -> None:
+        """Produce ``change`` (and its tombstone); ``key``: its key record, if already built."""
         serializer = self.serializer
         publisher = self.publisher
         assert serializer is not None and publisher is not None
@@ -437,7 +435,8 @@ class _Session:
         )
         key_bytes = None
         if table.key is not None:
-            key = enc.key_for(change)
+            if key is None:
+                key = enc.key_for(change)
             if key is not None:
                 key_bytes = serializer.serialize(table.key, key)
         progress = self._progress()
@@ -548,9 +547,6 @@ class _Session:
             log.info(
                 "schema of %s.%s changed: %s", rel.namespace, rel.name, old.encoder.column_diff(rel)
             )
-
-
-_NEVER = asyncio.Event()
 
 
 def _on_delivery(

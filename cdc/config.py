@@ -213,6 +213,12 @@ class RegistryConfig(Section):
     def is_embedded(self) -> bool:
         return self.url.startswith("sqlite:///")
 
+    def auth(self) -> tuple[str, str] | None:
+        """Basic-auth credentials with the password revealed, or None: never log the result."""
+        if not self.username or not self.password:
+            return None
+        return (self.username, self.password.get_secret_value())
+
     @property
     def embedded_storage(self) -> str | None:
         """The storage URL of the in-process registry, or None for a remote one."""

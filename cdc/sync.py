@@ -36,14 +36,6 @@ def state_dsn(config: Config) -> str:
     return dsn.get_secret_value()
 
 
-def registry_client(config: Config) -> RegistryClient:
-    reg = config.registry
-    auth = None
-    if reg.username and reg.password:
-        auth = (reg.username, reg.password.get_secret_value())
-    return RegistryClient.from_url(reg.url, auth=auth)
-
-
 def select_integrations(config: Config, only: Sequence[str] | None) -> list[str]:
     """The integrations to run: ``only`` (each must exist), else all enabled ones."""
     if only:
@@ -91,7 +83,9 @@ class Sync:
         state = await self._open_state(stop)
         if state is None:
             return
-        registry = registry_client(self.config)
+        registry = RegistryClient.from_url(
+            self.config.registry.url, auth=self.config.registry.auth()
+        )
         sinks: list[Sink] = []
         try:
             deserializer = AvroDeserializer(registry)
