@@ -63,7 +63,7 @@ from cdc.config import Config, parse_config
 from cdc.crm import CrmServer
 from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry
 from cdc.sync import Sync
-from mappers.examples import SAMPLE_SCHEMA_SQL
+from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
 
 CRM_SECRET = "bench-crm-secret"
 PREFIX = "bench"
@@ -195,6 +195,15 @@ class CrmProcess:
 
 def make_config(dsn: str, bootstrap: str, registry_url: str, crm_url: str) -> dict[str, Any]:
     """Capture and both example integrations (the shape of the sync test harness)."""
+    integrations = example_integrations(
+        topic_prefix=PREFIX,
+        crm_url=crm_url,
+        analytics_dsn=dsn,
+        secret_env="CRM_SECRET",
+        timeout_s=10,
+    )
+    for name, integration in integrations.items():
+        integration["group_id"] = f"{PREFIX}.{name}"
     return {
         "source": {
             "dsn": dsn,
@@ -206,32 +215,7 @@ def make_config(dsn: str, bootstrap: str, registry_url: str, crm_url: str) -> di
         "kafka": {"bootstrap_servers": bootstrap, "topic_prefix": PREFIX},
         "registry": {"url": registry_url},
         "logging": {"level": "WARNING"},
-        "integrations": {
-            "crm": {
-                "topics": [f"{PREFIX}.public.customers"],
-                "mapper": "mappers.examples:customer_to_contact",
-                "sink": {
-                    "type": "http",
-                    "url": crm_url + "/contacts/{key}",
-                    "secret_env": "CRM_SECRET",
-                    "external_id_field": "id",
-                    "health_url": crm_url + "/health",
-                    "timeout_s": 10,
-                },
-                "group_id": f"{PREFIX}.crm",
-            },
-            "analytics": {
-                "topics": [f"{PREFIX}.public.orders"],
-                "mapper": "mappers.examples:order_to_fact",
-                "sink": {
-                    "type": "postgres",
-                    "dsn": dsn,
-                    "table": "analytics.orders",
-                    "create_table": True,
-                },
-                "group_id": f"{PREFIX}.analytics",
-            },
-        },
+        "integrations": integrations,
         "state": {"schema": "cdcsync_state"},
     }
 

@@ -54,7 +54,7 @@ from cdc.errors import CdcsyncError, first_line
 from cdc.logs import SecretScrubber
 from cdc.sync import Sync
 from cdc.worker import IntegrationStats
-from mappers.examples import SAMPLE_SCHEMA_SQL
+from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
 
 log = logging.getLogger("cdcsync.demo")
 
@@ -126,6 +126,16 @@ class Servers:
 def demo_config(servers: Servers, secret: str, *, env_name: str = SECRET_ENV) -> Config:
     """The in-memory config: sample tables, both example integrations, state in ``cdcsync``."""
     retry = {"attempts": 5, "initial_backoff_s": 0.1, "max_backoff_s": 2.0}
+    integrations = example_integrations(
+        topic_prefix=PREFIX,
+        crm_url=servers.crm.url,
+        analytics_dsn=servers.dsn,
+        secret_env=env_name,
+        timeout_s=5,
+    )
+    for integration in integrations.values():
+        integration["retry"] = retry
+    integrations["crm"]["circuit"] = {"failure_threshold": 5, "reset_timeout_s": 1.0}
     data: dict[str, Any] = {
         "source": {
             "dsn": servers.dsn,
@@ -144,33 +154,7 @@ def demo_config(servers: Servers, secret: str, *, env_name: str = SECRET_ENV) ->
             "properties": {"session.timeout.ms": 6000, "log_level": 3},
         },
         "registry": {"url": servers.registry.url},
-        "integrations": {
-            "crm": {
-                "topics": [f"{PREFIX}.public.customers"],
-                "mapper": "mappers.examples:customer_to_contact",
-                "sink": {
-                    "type": "http",
-                    "url": servers.crm.url + "/contacts/{key}",
-                    "secret_env": env_name,
-                    "external_id_field": "id",
-                    "health_url": servers.crm.url + "/health",
-                    "timeout_s": 5,
-                },
-                "retry": retry,
-                "circuit": {"failure_threshold": 5, "reset_timeout_s": 1.0},
-            },
-            "analytics": {
-                "topics": [f"{PREFIX}.public.orders"],
-                "mapper": "mappers.examples:order_to_fact",
-                "sink": {
-                    "type": "postgres",
-                    "dsn": servers.dsn,
-                    "table": "analytics.orders",
-                    "create_table": True,
-                },
-                "retry": retry,
-            },
-        },
+        "integrations": integrations,
         "state": {"schema": "cdcsync"},
     }
     return parse_config(data, env={env_name: secret})

@@ -127,6 +127,39 @@ def order_to_fact(event: TableEvent, ctx: MapContext) -> list[EntityOp]:
     return [replace(event.upsert("order", key, model), unavailable=frozenset(hidden))]
 
 
+def example_integrations(
+    *, topic_prefix: str, crm_url: str, analytics_dsn: str, secret_env: str, timeout_s: float
+) -> dict[str, dict[str, Any]]:
+    """The ``integrations`` config of both examples: the CRM at ``crm_url`` (its
+    ``/contacts/{key}`` and ``/health``, bodies signed with the secret in ``secret_env``)
+    and ``analytics.orders`` (created if missing) in the database at ``analytics_dsn``.
+    """
+    return {
+        CRM_INTEGRATION: {
+            "topics": [f"{topic_prefix}.public.customers"],
+            "mapper": "mappers.examples:customer_to_contact",
+            "sink": {
+                "type": "http",
+                "url": crm_url + "/contacts/{key}",
+                "secret_env": secret_env,
+                "external_id_field": "id",
+                "health_url": crm_url + "/health",
+                "timeout_s": timeout_s,
+            },
+        },
+        "analytics": {
+            "topics": [f"{topic_prefix}.public.orders"],
+            "mapper": "mappers.examples:order_to_fact",
+            "sink": {
+                "type": "postgres",
+                "dsn": analytics_dsn,
+                "table": "analytics.orders",
+                "create_table": True,
+            },
+        },
+    }
+
+
 def _after(event: TableEvent) -> Mapping[str, Any]:
     if event.after is None:
         raise MappingError(f"{event.origin}: {event.op!r} event has no row")

@@ -21,7 +21,7 @@ import psycopg
 import yaml
 
 from cdc.crm import CrmServer
-from mappers.examples import SAMPLE_SCHEMA_SQL
+from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
 from tests.integration.harness import CaptureEnv, read_log, spawn_cdcsync, terminate
 
 CRM_SECRET = "crm-signing-secret"
@@ -64,35 +64,18 @@ class SyncEnv:
         config = self.capture.config()
         prefix = self.capture.prefix
         retry_config = {"attempts": 3, "initial_backoff_s": 0.05, "max_backoff_s": 0.5, **retry}
-        config["integrations"] = {
-            "crm": {
-                "topics": [f"{prefix}.public.customers"],
-                "mapper": "mappers.examples:customer_to_contact",
-                "sink": {
-                    "type": "http",
-                    "url": self.crm.url + "/contacts/{key}",
-                    "secret_env": "CRM_SECRET",
-                    "external_id_field": "id",
-                    "health_url": self.crm.url + "/health",
-                    "timeout_s": 5,
-                },
-                "retry": retry_config,
-                "circuit": {"failure_threshold": 3, "reset_timeout_s": 0.5},
-                "group_id": f"{prefix}.crm{group_suffix}",
-            },
-            "analytics": {
-                "topics": [f"{prefix}.public.orders"],
-                "mapper": "mappers.examples:order_to_fact",
-                "sink": {
-                    "type": "postgres",
-                    "dsn": self.dsn,
-                    "table": "analytics.orders",
-                    "create_table": True,
-                },
-                "retry": retry_config,
-                "group_id": f"{prefix}.analytics{group_suffix}",
-            },
-        }
+        integrations = example_integrations(
+            topic_prefix=prefix,
+            crm_url=self.crm.url,
+            analytics_dsn=self.dsn,
+            secret_env="CRM_SECRET",
+            timeout_s=5,
+        )
+        integrations["crm"]["circuit"] = {"failure_threshold": 3, "reset_timeout_s": 0.5}
+        for name, integration in integrations.items():
+            integration["retry"] = retry_config
+            integration["group_id"] = f"{prefix}.{name}{group_suffix}"
+        config["integrations"] = integrations
         config["state"] = {"schema": "cdcsync_state"}
         return config
 
