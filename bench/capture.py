@@ -252,6 +252,7 @@ def main() -> None:
                 "kafka": {"bootstrap_servers": broker.bootstrap, "topic_prefix": "bench"},
                 "registry": {"url": registry.url},
                 "logging": {"level": "WARNING"},
+                "admin": {"listen": "127.0.0.1:0"},
             }
             config_path = workdir / "cdcsync.yaml"
             config_path.write_text(yaml.safe_dump(config))

@@ -215,6 +215,7 @@ def make_config(dsn: str, bootstrap: str, registry_url: str, crm_url: str) -> di
         "kafka": {"bootstrap_servers": bootstrap, "topic_prefix": PREFIX},
         "registry": {"url": registry_url},
         "logging": {"level": "WARNING"},
+        "admin": {"listen": "127.0.0.1:0"},
         "integrations": integrations,
         "state": {"schema": "cdcsync_state"},
     }

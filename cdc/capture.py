@@ -37,6 +37,7 @@ from cdc.envelope import OP_DELETE, OP_UPDATE, Change, RelationEncoder, TxContex
 from cdc.envelope_writer import EnvelopeWriter
 from cdc.errors import BrokerUnavailable, DecodeError, IncompatibleSchemaError, RetryableError
 from cdc.lsn import ZERO, Lsn
+from cdc.metrics import LatencyHistogram
 from cdc.pgoutput import (
     Begin,
     Commit,
@@ -84,6 +85,8 @@ class CaptureStats:
     # Capture lag measured by the last heartbeat's round trip, and the slot's retained WAL.
     heartbeat_lag_ms: float | None = None
     retained_wal_bytes: int | None = None
+    # Source commit to Kafka acknowledgement, per event (the /metrics histogram).
+    delivery_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     # Commit-to-acknowledged latencies in microseconds, when recording is on.
     latencies_us: list[int] | None = None
 
@@ -467,7 +470,11 @@ class _Session:
         cached: Callable[[Any, Any], None] | None = progress.callback
         if cached is None:
             cached = functools.partial(
-                _on_delivery, self.checkpoint, progress, self.stats.latencies_us
+                _on_delivery,
+                self.checkpoint,
+                progress,
+                self.stats.delivery_latency,
+                self.stats.latencies_us,
             )
             progress.callback = cached
         return cached
@@ -552,6 +559,7 @@ class _Session:
 def _on_delivery(
     checkpoint: Checkpoint,
     progress: TxProgress,
+    histogram: LatencyHistogram,
     latencies: list[int] | None,
     err: Any,
     _msg: Any,
@@ -559,6 +567,8 @@ def _on_delivery(
     if err is not None:
         checkpoint.failed(str(err))
         return
+    latency_us = time.time_ns() // 1000 - progress.commit_ts_us
+    histogram.observe_us(latency_us)
     if latencies is not None:
-        latencies.append(time.time_ns() // 1000 - progress.commit_ts_us)
+        latencies.append(latency_us)
     checkpoint.acked(progress)

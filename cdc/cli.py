@@ -9,15 +9,25 @@ print secrets.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cdc import __version__
 from cdc.errors import CdcsyncError, ConfigError
+
+if TYPE_CHECKING:
+    from cdc.capture import Capture
+    from cdc.config import Config
+    from cdc.sync import Sync
+
+log = logging.getLogger("cdcsync")
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -58,7 +68,7 @@ def capture(config_path: str | None) -> None:
 
     config = load_config(config_path)
     _setup_logging(config.logging.level, config.logging.format)
-    _run_until_signalled(Capture(config).run)
+    _run_roles(config, capture=Capture(config))
 
 
 @cli.command()
@@ -76,7 +86,7 @@ def sync(config_path: str | None, integrations: tuple[str, ...]) -> None:
 
     config = load_config(config_path)
     _setup_logging(config.logging.level, config.logging.format)
-    _run_until_signalled(Sync(config, only=integrations or None).run)
+    _run_roles(config, sync=Sync(config, only=integrations or None))
 
 
 @cli.command()
@@ -89,13 +99,33 @@ def run(config_path: str | None) -> None:
 
     config = load_config(config_path)
     _setup_logging(config.logging.level, config.logging.format)
-    capture = Capture(config)
-    syncer = Sync(config)
+    _run_roles(config, capture=Capture(config), sync=Sync(config))
 
-    async def both(stop: asyncio.Event) -> None:
-        await asyncio.gather(capture.run(stop), syncer.run(stop))
 
-    _run_until_signalled(both)
+@cli.command()
+@_config_option
+@click.argument("name")
+def pause(config_path: str | None, name: str) -> None:
+    """Pause one integration of the running process (through its admin API)."""
+    _control(config_path, name, "pause")
+
+
+@cli.command()
+@_config_option
+@click.argument("name")
+def resume(config_path: str | None, name: str) -> None:
+    """Resume a paused integration of the running process (through its admin API)."""
+    _control(config_path, name, "resume")
+
+
+def _control(config_path: str | None, name: str, action: str) -> None:
+    from cdc.admin import call_admin  # noqa: PLC0415
+    from cdc.config import load_config  # noqa: PLC0415
+
+    config = load_config(config_path)
+    body = asyncio.run(call_admin(config, "POST", f"/integrations/{name}/{action}"))
+    state = "paused" if body.get("paused") else "running"
+    click.echo(f"{name}: {state}")
 
 
 @cli.command()
@@ -128,17 +158,77 @@ def demo(duration: float | None, rate: float, keep: bool, log_level: str) -> Non
     sys.exit(run_demo(options))
 
 
-def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop``."""
+def _run_roles(config: Config, *, capture: Capture | None = None, sync: Sync | None = None) -> None:
+    """Run the given roles, and the admin API unless disabled, until a signal.
+
+    A role that fails stops the others cleanly; the failure is then reported.
+    """
+
+    async def main(stop: asyncio.Event) -> None:
+        async def role(coro: Awaitable[None]) -> None:
+            try:
+                await coro
+            finally:
+                stop.set()
+
+        runs: list[Awaitable[None]] = []
+        if config.admin.enabled:
+            from cdc.admin import AdminApi  # noqa: PLC0415
+
+            api = AdminApi(config, capture=capture, sync=sync)
+            api.bind()
+            runs.append(api.serve(stop))
+        if capture is not None:
+            runs.append(role(capture.run(stop)))
+        if sync is not None:
+            runs.append(role(sync.run(stop)))
+        await asyncio.gather(*runs)
+
+    _run_until_signalled(main, shutdown_timeout_s=config.process.shutdown_timeout_s)
+
+
+def _run_until_signalled(
+    main: Callable[[asyncio.Event], Awaitable[None]], *, shutdown_timeout_s: float = 30.0
+) -> None:
+    """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop``.
+
+    After the signal, ``main`` has ``shutdown_timeout_s`` to drain and return; past that the
+    process exits with status 1 (a watchdog thread, so a blocked call cannot hold it).
+    """
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def signalled() -> None:
+            if not stop.is_set():
+                log.info("stopping: draining in-flight work (at most %.0fs)", shutdown_timeout_s)
+                stop.set()
+            _start_watchdog(shutdown_timeout_s)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signalled)
         await main(stop)
 
     asyncio.run(runner())
+
+
+_watchdog: threading.Timer | None = None
+
+
+def _start_watchdog(timeout_s: float) -> None:
+    global _watchdog
+    if _watchdog is not None:
+        return
+
+    def expire() -> None:
+        log.error("did not stop within %.0fs of the signal; exiting", timeout_s)
+        logging.shutdown()
+        os._exit(1)
+
+    _watchdog = threading.Timer(timeout_s, expire)
+    _watchdog.daemon = True
+    _watchdog.start()
 
 
 @cli.group()

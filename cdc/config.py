@@ -93,6 +93,7 @@ __all__ = [
     "KafkaSinkConfig",
     "LoggingConfig",
     "PostgresSinkConfig",
+    "ProcessConfig",
     "RegistryConfig",
     "RetryConfig",
     "SinkConfig",
@@ -353,6 +354,8 @@ class IntegrationConfig(Section):
     group_id: str | None = None
     paused: bool = False
     enabled: bool = True
+    # Seconds between the sink's health probes (0: no periodic probe).
+    health_check_interval_s: float = Field(default=15.0, ge=0)
 
 
 class StateConfig(Section):
@@ -368,12 +371,17 @@ class StateConfig(Section):
 
 
 class AdminConfig(Section):
-    """The admin HTTP API (health, metrics, pause/resume); ``token`` guards mutations."""
+    """The admin HTTP API served by ``run``, ``capture`` and ``sync`` (health, readiness,
+    metrics, status, pause/resume). With ``token`` set, every endpoint but /health and
+    /ready asks for ``Authorization: Bearer TOKEN``. Port 0 picks a free port (logged)."""
 
     secret_fields = ("token",)
 
+    enabled: bool = True
     listen: ListenAddress = "127.0.0.1:8080"
     token: SecretValue | None = None
+    # Seconds between the readiness probes of Kafka and the registry.
+    probe_interval_s: float = Field(default=10.0, gt=0)
 
     @property
     def host(self) -> str:
@@ -389,6 +397,14 @@ class LoggingConfig(Section):
     level: LogLevel = "INFO"
 
 
+class ProcessConfig(Section):
+    """How a long-running command stops: on SIGTERM/SIGINT it stops reading, drains what
+    is in flight and confirms the final position, and gives up after
+    ``shutdown_timeout_s`` (exit status 1)."""
+
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+
+
 class Config(Section):
     """The whole configuration; see the module docstring for loading rules."""
 
@@ -399,6 +415,7 @@ class Config(Section):
     state: StateConfig = Field(default_factory=StateConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    process: ProcessConfig = Field(default_factory=ProcessConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -182,7 +182,7 @@ def _check_registry_url(value: str) -> str:
 
 def _check_listen(value: str) -> str:
     host, colon, port = value.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"{value!r} is not HOST:PORT")
     return value
 

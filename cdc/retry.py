@@ -152,6 +152,11 @@ class CircuitBreaker:
         ):
             self._open()
 
+    def trip(self) -> None:
+        """Open the circuit now (a failed health check: the target is known to be down)."""
+        if self._state is not CircuitState.OPEN:
+            self._open()
+
     def _open(self) -> None:
         self._state = CircuitState.OPEN
         self._opened_at = self._clock()

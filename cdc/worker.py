@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ from cdc.errors import (
     SinkUnavailable,
     first_line,
 )
+from cdc.metrics import LatencyHistogram
 from cdc.publisher import Publisher, producer_config
 from cdc.retry import Backoff, CircuitBreaker, CircuitState
 from cdc.sinks.base import Outcome, Sink
@@ -54,6 +56,16 @@ from schema_registry.serde import AvroDeserializer
 log = logging.getLogger("cdcsync.sync")
 
 BATCH_SIZE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """One run of a sink's health probe."""
+
+    at: float  # Unix time
+    ok: bool
+    duration_ms: float
+    detail: str | None = None
 
 
 @dataclass
@@ -72,6 +84,11 @@ class IntegrationStats:
     last_error: str | None = None
     paused: bool = False
     circuit: str = CircuitState.CLOSED.value
+    failed_checks: int = 0
+    # The latest sink health checks, newest last.
+    checks: deque[HealthCheck] = field(default_factory=lambda: deque(maxlen=20))
+    # Source commit -> applied, per applied operation (the /metrics histogram).
+    apply_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     # Source commit -> applied, microseconds, when recording is on.
     latencies_us: list[int] | None = None
 
@@ -142,6 +159,9 @@ class Applier:
         )
         self._dlq: Publisher | None = None
         self._keepalive = keepalive
+        # Sink calls and health probes take turns (a probe may share the sink's connection).
+        self._sink_lock = asyncio.Lock()
+        self._opened_by_check = False
 
     # ------------------------------------------------------------------ batches
 
@@ -244,7 +264,8 @@ class Applier:
         while True:
             await self._wait_for_circuit(stop)
             try:
-                results = await self.sink.apply(ops)
+                async with self._sink_lock:
+                    results = await self.sink.apply(ops)
             except SinkUnavailable as exc:
                 attempt += 1
                 self.stats.retried += 1
@@ -268,10 +289,12 @@ class Applier:
             if self.breaker.state is not CircuitState.CLOSED:
                 log.info("%s: circuit closed, the target answers again", self.name)
             self.breaker.record_success()
+            self._opened_by_check = False
             self.stats.circuit = self.breaker.state.value
             break
         now_us = time.time_ns() // 1000
         latencies = self.stats.latencies_us
+        histogram = self.stats.apply_latency
         it = iter(results)
         for entry in entries:
             rejected: SinkRejected | None = None
@@ -283,6 +306,7 @@ class Applier:
                 self.stats.count(result)
                 if result is Outcome.APPLIED:
                     self.stats.last_version = str(op.version)
+                    histogram.observe_us(now_us - entry.event.ts_us)
                     if latencies is not None:
                         latencies.append(now_us - entry.event.ts_us)
             if rejected is not None:
@@ -311,6 +335,41 @@ class Applier:
                 self.breaker.consecutive_failures,
                 self.integration.circuit.reset_timeout_s,
             )
+
+    async def check_health(self) -> HealthCheck:
+        """Run the sink's probe once. A failure opens the circuit before any record fails;
+        a success closes a circuit that a failed check opened."""
+        started = time.monotonic()
+        detail: str | None = None
+        try:
+            async with self._sink_lock:
+                await self.sink.probe()
+        except SinkUnavailable as exc:
+            detail = first_line(exc)
+        check = HealthCheck(
+            at=time.time(),
+            ok=detail is None,
+            duration_ms=(time.monotonic() - started) * 1000,
+            detail=detail,
+        )
+        self.stats.checks.append(check)
+        if not check.ok:
+            self.stats.failed_checks += 1
+            self.stats.last_error = detail
+            if self.breaker.state is CircuitState.CLOSED:
+                self.breaker.trip()
+                self._opened_by_check = True
+                log.warning(
+                    "%s: health check failed (%s); circuit open, consumption paused",
+                    self.name,
+                    detail,
+                )
+        elif self._opened_by_check and self.breaker.state is not CircuitState.CLOSED:
+            self.breaker.record_success()
+            self._opened_by_check = False
+            log.info("%s: health check passes again; circuit closed", self.name)
+        self.stats.circuit = self.breaker.state.value
+        return check
 
     async def _target_healthy(self) -> bool:
         try:
@@ -508,6 +567,7 @@ class SyncWorker:
             raise SinkUnavailable(f"{self.name}: sink not ready: {first_line(exc)}") from exc
         consumer = Consumer(self._consumer_config())
         self._consumer = consumer
+        checks = asyncio.create_task(self._health_checks(stop))
         try:
             consumer.subscribe(list(self.integration.topics))
             while not stop.is_set():
@@ -522,10 +582,24 @@ class SyncWorker:
         except KafkaException as exc:
             raise BrokerUnavailable(f"{self.name}: {first_line(exc)}") from exc
         finally:
+            checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks
             self._consumer = None
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(consumer.close)
             self.applier.close()
+
+    async def _health_checks(self, stop: asyncio.Event) -> None:
+        """Probe the sink every ``health_check_interval_s`` (0: never)."""
+        interval = self.integration.health_check_interval_s
+        if interval <= 0:
+            return
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if not stop.is_set():
+                await self.applier.check_health()
 
     async def _paused(self, stop: asyncio.Event) -> None:
         while not self._resumed.is_set() and not stop.is_set():
@@ -580,4 +654,4 @@ def _producer_only(key: str) -> bool:
     return key.startswith(_PRODUCER_ONLY)
 
 
-__all__ = ["Applier", "IntegrationStats", "SyncWorker"]
+__all__ = ["Applier", "HealthCheck", "IntegrationStats", "SyncWorker"]

@@ -82,6 +82,8 @@ class CaptureEnv:
             },
             "kafka": {"bootstrap_servers": self.bootstrap, "topic_prefix": self.prefix},
             "registry": {"url": self.registry_url},
+            # Every process serves its admin API; on a free port, as tests run side by side.
+            "admin": {"listen": "127.0.0.1:0"},
         }
 
     def write_config(self, **source_overrides: Any) -> Path:

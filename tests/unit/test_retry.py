@@ -186,3 +186,18 @@ def test_failures_reported_while_open_do_not_extend_the_timeout() -> None:
     assert circuit.times_opened == 1
     clock.advance(2)
     assert circuit.allow()
+
+
+def test_tripping_opens_a_closed_circuit_at_once_and_leaves_an_open_one_alone() -> None:
+    clock = FakeClock()
+    circuit = breaker(clock, threshold=5, timeout=10.0)
+    circuit.trip()
+    assert circuit.state is CircuitState.OPEN
+    assert not circuit.allow()
+    opened = circuit.opened_at
+    clock.advance(4)
+    circuit.trip()
+    assert circuit.opened_at == opened  # the timeout is not extended
+    assert circuit.times_opened == 1
+    clock.advance(6)
+    assert circuit.allow()  # the half-open probe, as after failures

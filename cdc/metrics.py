@@ -1,0 +1,200 @@
+"""Prometheus metrics of a cdcsync process, read from the live counters at scrape time.
+
+The hot paths (capture's delivery callback, a sync worker's apply loop) only bump plain
+integers in their stats objects and ``LatencyHistogram.observe`` (a bisect and two
+additions); nothing there knows about Prometheus. ``RuntimeCollector`` turns those
+counters into metric families when /metrics is scraped, so a process that is never
+scraped pays nothing.
+
+Invariants:
+- Counter metrics only ever grow within a process (they are the stats' monotonic fields).
+- Every per-integration family carries the label ``integration``; names are stable: the
+  alert rules in deploy/ depend on them.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from cdc.capture import Capture
+    from cdc.sync import Sync
+
+# Seconds; from a fast local broker to a struggling remote target.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class LatencyHistogram:
+    """A cumulative latency histogram with fixed buckets, cheap to update."""
+
+    __slots__ = ("_bounds_us", "counts", "sum_s", "total")
+
+    def __init__(self, buckets_s: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        self._bounds_us = [round(b * 1_000_000) for b in buckets_s]
+        self.counts = [0] * (len(buckets_s) + 1)  # the last one is +Inf
+        self.sum_s = 0.0
+        self.total = 0
+
+    def observe_us(self, micros: int) -> None:
+        """Record one latency given in microseconds (negative clock skew counts as 0)."""
+        micros = max(micros, 0)
+        self.counts[bisect_left(self._bounds_us, micros)] += 1
+        self.sum_s += micros / 1_000_000
+        self.total += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative (upper bound, count) pairs as Prometheus expects them."""
+        out: list[tuple[str, int]] = []
+        running = 0
+        for bound, count in zip(self._bounds_us, self.counts, strict=False):
+            running += count
+            out.append((repr(bound / 1_000_000), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+    def quantile_s(self, q: float) -> float | None:
+        """An upper estimate of the ``q`` quantile: the bound of its bucket (None if empty)."""
+        if self.total == 0:
+            return None
+        wanted = q * self.total
+        running = 0
+        for bound, count in zip(self._bounds_us, self.counts, strict=False):
+            running += count
+            if running >= wanted:
+                return bound / 1_000_000
+        return float("inf")
+
+
+class RuntimeCollector(Collector):
+    """Metric families of the capture and sync roles running in this process."""
+
+    def __init__(self, *, capture: Capture | None, sync: Sync | None) -> None:
+        self.capture = capture
+        self.sync = sync
+        self.started = time.time()
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "cdcsync_process_start_time_seconds",
+            "When this cdcsync process started (Unix time).",
+            value=self.started,
+        )
+        if self.capture is not None:
+            yield from _capture_metrics(self.capture)
+        if self.sync is not None:
+            yield from _sync_metrics(self.sync)
+
+
+def _capture_metrics(capture: Capture) -> Iterator[Metric]:
+    stats = capture.stats
+    slot = capture.config.source.slot
+
+    def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=["slot"])
+        family.add_metric([slot], value)
+        return family
+
+    def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=["slot"])
+        family.add_metric([slot], value)
+        return family
+
+    yield counter("cdcsync_captured_events", "Change events published to Kafka.", stats.events)
+    yield counter(
+        "cdcsync_captured_tombstones", "Kafka tombstones published after deletes.", stats.tombstones
+    )
+    yield counter(
+        "cdcsync_captured_transactions", "Source transactions captured.", stats.transactions
+    )
+    yield counter("cdcsync_capture_restarts", "Capture restarts after a failure.", stats.restarts)
+    yield gauge(
+        "cdcsync_replication_connected",
+        "1 while the replication connection streams.",
+        1.0 if stats.connected else 0.0,
+    )
+    yield gauge(
+        "cdcsync_replication_lag_bytes",
+        "WAL received from the server but not yet confirmed (acknowledged by Kafka).",
+        float(max(int(stats.received_lsn) - int(stats.flushed_lsn), 0)),
+    )
+    yield gauge(
+        "cdcsync_confirmed_flush_lsn",
+        "The position confirmed to the server, as a number.",
+        float(int(stats.flushed_lsn)),
+    )
+    if stats.heartbeat_lag_ms is not None:
+        yield gauge(
+            "cdcsync_replication_lag_seconds",
+            "End-to-end capture lag measured by the last heartbeat.",
+            stats.heartbeat_lag_ms / 1000,
+        )
+    if stats.retained_wal_bytes is not None:
+        yield gauge(
+            "cdcsync_slot_retained_wal_bytes",
+            "WAL the server keeps for the slot.",
+            float(stats.retained_wal_bytes),
+        )
+    hist = stats.delivery_latency
+    family = HistogramMetricFamily(
+        "cdcsync_kafka_delivery_latency_seconds",
+        "Source commit to Kafka acknowledgement, per record (events and tombstones).",
+        labels=["slot"],
+    )
+    family.add_metric([slot], hist.buckets(), sum_value=hist.sum_s)
+    yield family
+
+
+def _sync_metrics(sync: Sync) -> Iterator[Metric]:
+    labels = ["integration"]
+    applied = CounterMetricFamily("cdcsync_applied", "Entity operations applied.", labels=labels)
+    skipped = CounterMetricFamily(
+        "cdcsync_skipped",
+        "Entity operations skipped: older than the target's version, or duplicates.",
+        labels=[*labels, "reason"],
+    )
+    retried = CounterMetricFamily("cdcsync_retried", "Failed sink calls retried.", labels=labels)
+    dead = CounterMetricFamily(
+        "cdcsync_dead_lettered", "Records sent to the dead-letter topic.", labels=labels
+    )
+    records = CounterMetricFamily("cdcsync_records", "Kafka records consumed.", labels=labels)
+    failed_checks = CounterMetricFamily(
+        "cdcsync_health_check_failures", "Failed sink health checks.", labels=labels
+    )
+    circuit = GaugeMetricFamily(
+        "cdcsync_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", labels=labels
+    )
+    paused = GaugeMetricFamily("cdcsync_integration_paused", "1 while paused.", labels=labels)
+    latency = HistogramMetricFamily(
+        "cdcsync_apply_latency_seconds",
+        "Source commit to applied in the target, per applied operation.",
+        labels=labels,
+    )
+    for name, worker in sync.workers.items():
+        s = worker.stats
+        applied.add_metric([name], s.applied)
+        skipped.add_metric([name, "older"], s.older)
+        skipped.add_metric([name, "duplicate"], s.duplicate)
+        retried.add_metric([name], s.retried)
+        dead.add_metric([name], s.dead_lettered)
+        records.add_metric([name], s.records)
+        failed_checks.add_metric([name], s.failed_checks)
+        circuit.add_metric([name], CIRCUIT_VALUES.get(s.circuit, 0))
+        paused.add_metric([name], 1.0 if s.paused else 0.0)
+        latency.add_metric([name], s.apply_latency.buckets(), sum_value=s.apply_latency.sum_s)
+    yield from (applied, skipped, retried, dead, records, failed_checks, circuit, paused, latency)
+
+
+__all__ = ["CIRCUIT_VALUES", "LatencyHistogram", "RuntimeCollector"]
