@@ -1,8 +1,9 @@
 """Logging set-up: human or JSON lines on stderr, secrets scrubbed.
 
 Invariant: every record passes through ``SecretScrubber``, which redacts
-DSN passwords and ``password=``/``token=`` values, so a secret that slips into
-a message (e.g. inside a library's exception text) is never printed.
+DSN passwords and ``password=``/``token=`` values, and both formatters redact
+tracebacks the same way, so a secret that slips into a message or an exception
+text (e.g. a library's connection error) is never printed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import MutableMapping
+from typing import Any
 
 from cdc.secrets import redact_dsn
 
@@ -27,6 +30,16 @@ class SecretScrubber(logging.Filter):
             record.msg = clean
             record.args = None
         return True
+
+
+class HumanFormatter(logging.Formatter):
+    """One line per record, then the traceback (redacted: exception texts carry DSNs)."""
+
+    def __init__(self) -> None:
+        super().__init__(_HUMAN)
+
+    def formatException(self, ei: Any) -> str:
+        return redact_dsn(super().formatException(ei))
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,11 +60,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False)
 
 
+class ContextLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger that adds fixed context (``integration=...``) to every record, merged with
+    the ``extra`` of each call (``topic``, ``partition``, ``offset``, ``lsn``)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
 def configure(*, level: str = "INFO", fmt: str = "human") -> None:
     """Install one stderr handler on the root logger."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(SecretScrubber())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_HUMAN))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -45,6 +45,7 @@ from cdc.errors import (
     SinkUnavailable,
     first_line,
 )
+from cdc.logs import ContextLogger
 from cdc.metrics import LatencyHistogram
 from cdc.publisher import Publisher, producer_config
 from cdc.retry import Backoff, CircuitBreaker, CircuitState
@@ -144,6 +145,7 @@ class Applier:
         keepalive: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self.log = ContextLogger(log, {"integration": name})
         self.config = config
         self.integration: IntegrationConfig = config.integrations[name]
         self.mapper = mapper
@@ -200,7 +202,7 @@ class Applier:
                     continue
                 if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                     # Capture creates a table's topic with its first event; it will come.
-                    log.debug("%s: %s", self.name, err.str())
+                    self.log.debug("%s: %s", self.name, err.str())
                     continue
                 raise BrokerUnavailable(f"consuming for {self.name} failed: {err.str()}")
             self.stats.records += 1
@@ -249,7 +251,7 @@ class Applier:
             attempt += 1
             self.stats.waits += 1
             if attempt in (1, 10) or attempt % 100 == 0:
-                log.info("%s: %s (try %d)", self.name, pending, attempt)
+                self.log.info("%s: %s (try %d)", self.name, pending, attempt)
             await self._sleep(min(0.05 * 2 ** min(attempt, 6), 2.0), stop)
         raise asyncio.CancelledError
 
@@ -283,11 +285,11 @@ class Applier:
                     attempt -= 1  # the target is down: wait for it, however long
                 retry_after = getattr(exc, "retry_after_s", None)
                 delay = self.backoff.delay(max(attempt, 1), retry_after=retry_after)
-                log.warning("%s: %s; retry in %.1fs", self.name, first_line(exc), delay)
+                self.log.warning("%s: %s; retry in %.1fs", self.name, first_line(exc), delay)
                 await self._sleep(delay, stop)
                 continue
             if self.breaker.state is not CircuitState.CLOSED:
-                log.info("%s: circuit closed, the target answers again", self.name)
+                self.log.info("%s: circuit closed, the target answers again", self.name)
             self.breaker.record_success()
             self._opened_by_check = False
             self.stats.circuit = self.breaker.state.value
@@ -328,7 +330,7 @@ class Applier:
         self.breaker.record_failure()
         self.stats.circuit = self.breaker.state.value
         if self.breaker.state is CircuitState.OPEN and not was_open:
-            log.warning(
+            self.log.warning(
                 "%s: circuit open after %d failures in a row; consumption paused, probing the "
                 "target every %.1fs",
                 self.name,
@@ -359,7 +361,7 @@ class Applier:
             if self.breaker.state is CircuitState.CLOSED:
                 self.breaker.trip()
                 self._opened_by_check = True
-                log.warning(
+                self.log.warning(
                     "%s: health check failed (%s); circuit open, consumption paused",
                     self.name,
                     detail,
@@ -367,7 +369,7 @@ class Applier:
         elif self._opened_by_check and self.breaker.state is not CircuitState.CLOSED:
             self.breaker.record_success()
             self._opened_by_check = False
-            log.info("%s: health check passes again; circuit closed", self.name)
+            self.log.info("%s: health check passes again; circuit closed", self.name)
         self.stats.circuit = self.breaker.state.value
         return check
 
@@ -398,8 +400,13 @@ class Applier:
         """Publish ``msg`` to the dead-letter topic with why, and record it."""
         origin = _origin(msg)
         reason = first_line(error)[:2000]
-        log.warning(
-            "%s: dead-lettering %s after %d attempt(s): %s", self.name, origin, attempts, reason
+        self.log.warning(
+            "%s: dead-lettering %s after %d attempt(s): %s",
+            self.name,
+            origin,
+            attempts,
+            reason,
+            extra={"topic": origin.topic, "partition": origin.partition, "offset": origin.offset},
         )
         headers: list[tuple[str, str | bytes | None]] = [
             ("cdcsync.error", reason.encode()),
@@ -477,6 +484,7 @@ class SyncWorker:
         record_latency: bool = False,
     ) -> None:
         self.name = name
+        self.log = ContextLogger(log, {"integration": name})
         self.config = config
         self.integration = config.integrations[name]
         self.stats = IntegrationStats(latencies_us=[] if record_latency else None)
@@ -503,12 +511,12 @@ class SyncWorker:
         """Stop consuming (the current batch finishes); offsets stay where they are."""
         self.stats.paused = True
         self._resumed.clear()
-        log.info("%s paused", self.name)
+        self.log.info("%s paused", self.name)
 
     def resume(self) -> None:
         self.stats.paused = False
         self._resumed.set()
-        log.info("%s resumed", self.name)
+        self.log.info("%s resumed", self.name)
 
     def _keepalive(self) -> None:
         consumer = self._consumer
@@ -537,7 +545,7 @@ class SyncWorker:
             except RetryableError as exc:
                 self.stats.restarts += 1
                 self.stats.last_error = first_line(exc)
-                log.warning("%s interrupted (%s); restarting in %.1fs", self.name, exc, delay)
+                self.log.warning("%s interrupted (%s); restarting in %.1fs", self.name, exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, 30.0)
@@ -619,7 +627,9 @@ class SyncWorker:
             consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # Lost the partitions in a rebalance: their new owner re-applies, harmlessly.
-            log.warning("%s: offset commit failed (%s); records will be re-applied", self.name, exc)
+            self.log.warning(
+                "%s: offset commit failed (%s); records will be re-applied", self.name, exc
+            )
 
 
 def _origin(msg: Message) -> Origin:
