@@ -182,6 +182,11 @@ class CrmProcess:
     def contacts(self) -> int:
         return len(httpx.get(self.url + "/contacts", timeout=30).json()["contacts"])
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the CRM process (user + system)."""
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self._conn.send("stop")
         self._proc.join(15)
@@ -300,7 +305,10 @@ async def backlog_http(config: Config, crm: CrmProcess, customers: int) -> dict[
         async def count() -> int:
             return await crm.applied(client)
 
-        return await timed_sync(config, "crm", customers, count)
+        crm_cpu0 = crm.cpu_seconds()
+        figures = await timed_sync(config, "crm", customers, count)
+        figures["crm_server_cpu"] = crm.cpu_seconds() - crm_cpu0
+        return figures
 
 
 async def backlog_postgres(config: Config, dsn: str, orders: int) -> dict[str, float]:
@@ -540,6 +548,9 @@ def main() -> None:
         print(f"  start-up to first entity {med(r[f'{tag}_first'] for r in results):.2f} s")
         cpu = med(r[f"{tag}_cpu"] / total for r in results) * 1e6
         print(f"  CPU per entity           {cpu:.0f} us (this process)")
+        if tag == "http":
+            server = med(r["http_crm_server_cpu"] / total for r in results) * 1e6
+            print(f"  CRM server CPU per entity {server:.0f} us (the test CRM's own process)")
     for name, values in sorted(latencies.items()):
         if not values:
             print(f"live {args.rate} rows/s {name:<10} no events applied")

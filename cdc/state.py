@@ -254,15 +254,25 @@ class StateStore:
         self, integration: str, entity: str, *, key: str, external_id: str
     ) -> None:
         """Remember that ``integration``'s target calls entity ``key`` ``external_id``."""
+        await self.record_identities(integration, entity, items=[(key, external_id)])
+
+    async def record_identities(
+        self, integration: str, entity: str, *, items: Sequence[tuple[str, str]]
+    ) -> None:
+        """``record_identity`` for many ``(key, external_id)`` pairs in one statement (of
+        several pairs for one key, the last counts)."""
+        latest = dict(items)
+        if not latest:
+            return
         await self._run(
             self._q(
                 "INSERT INTO {schema}.identities (integration, entity, key, external_id)"
-                " VALUES (%s, %s, %s, %s)"
+                " SELECT %s, %s, k, e FROM unnest(%s::text[], %s::text[]) AS t(k, e)"
                 " ON CONFLICT (integration, entity, key) DO UPDATE"
                 " SET external_id = excluded.external_id, updated_at = now()"
                 " WHERE identities.external_id IS DISTINCT FROM excluded.external_id"
             ),
-            (integration, entity, key, external_id),
+            (integration, entity, list(latest), list(latest.values())),
         )
 
     async def external_ids(

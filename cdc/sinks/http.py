@@ -20,7 +20,8 @@ Answers: 2xx applied (404 to a delete too: already gone); 409/412 mean the targe
 newer write, so ``OLDER`` and nothing saved; 429, 5xx, timeouts and connection errors
 raise ``HttpUnavailable`` (a ``SinkUnavailable``) carrying ``retry_after_s`` from a
 ``Retry-After`` header; any other status is a ``SinkRejected`` in that operation's slot.
-With ``external_id_field``, the id found in a 2xx upsert answer is put in the identity map.
+With ``external_id_field``, the id found in a 2xx upsert answer is put in the identity map
+(with the batch's versions, identities first).
 
 Invariants: operations on one key are sent strictly in order, different keys concurrently
 (at most ``max_in_flight`` requests); the secret and the values of secret headers never
@@ -91,6 +92,7 @@ class _KeyState:
 
     version: Version | None
     applied: list[tuple[str, Version, bool]] = field(default_factory=list)
+    external_id: str | None = None
 
 
 class HttpSink:
@@ -206,9 +208,16 @@ class HttpSink:
         return [r if r is not None else Outcome.DUPLICATE for r in results]
 
     async def _save(self, states: dict[tuple[str, str], _KeyState]) -> None:
+        # Identities first: a saved version means "never send again", so an id the target
+        # gave must already be stored by then.
+        identities: dict[str, list[tuple[str, str]]] = {}
         by_entity: dict[str, list[tuple[str, Version, bool]]] = {}
-        for (entity, _), state in states.items():
+        for (entity, key), state in states.items():
             by_entity.setdefault(entity, []).extend(state.applied)
+            if state.external_id is not None:
+                identities.setdefault(entity, []).append((key, state.external_id))
+        for entity, pairs in identities.items():
+            await self.state.record_identities(self.integration, entity, items=pairs)
         for entity, items in by_entity.items():
             if items:
                 await self.state.save_versions(self.integration, entity, items=items)
@@ -226,13 +235,16 @@ class HttpSink:
                 results[index] = Outcome.OLDER if op.version < state.version else Outcome.DUPLICATE
                 continue
             async with self._semaphore():
-                result = await self._send(op)
+                result, external_id = await self._send(op)
             results[index] = result
+            if external_id is not None:
+                state.external_id = external_id
             if result is Outcome.APPLIED:
                 state.version = op.version
                 state.applied.append((op.key, op.version, isinstance(op, EntityDelete)))
 
-    async def _send(self, op: EntityOp) -> Result:
+    async def _send(self, op: EntityOp) -> tuple[Result, str | None]:
+        """Send one operation: its result, and the target's id for it if the answer gave one."""
         delete = isinstance(op, EntityDelete)
         method = self.config.delete_method if delete else self.config.upsert_method
         url = self.config.url.format(key=quote(op.key, safe=""), entity=quote(op.entity, safe=""))
@@ -266,32 +278,31 @@ class HttpSink:
         status = response.status_code
         if response.is_success or (delete and status == 404):
             log.debug("sink %s: %s -> HTTP %d", self.name, what, status)
-            if isinstance(op, EntityUpsert):
-                await self._record_external_id(op, response)
-            return Outcome.APPLIED
+            external_id = self._external_id(response) if isinstance(op, EntityUpsert) else None
+            return Outcome.APPLIED, external_id
         if status in _CONFLICT:
             log.debug("sink %s: %s -> HTTP %d, target holds newer", self.name, what, status)
-            return Outcome.OLDER
+            return Outcome.OLDER, None
         if status == 429 or status >= 500:
             raise HttpUnavailable(
                 f"sink {self.name!r}: {what} answered HTTP {status}",
                 retry_after_s=parse_retry_after(response.headers.get("retry-after")),
             )
         excerpt = self._scrub(response.text[:_EXCERPT]).strip()
-        return SinkRejected(f"sink {self.name!r}: {what} answered HTTP {status}: {excerpt}")
+        return SinkRejected(f"sink {self.name!r}: {what} answered HTTP {status}: {excerpt}"), None
 
-    async def _record_external_id(self, op: EntityUpsert, response: httpx.Response) -> None:
+    def _external_id(self, response: httpx.Response) -> str | None:
+        """The target's id for the entity in an upsert's answer, when configured and there."""
         field_name = self.config.external_id_field
         if field_name is None:
-            return
+            return None
         try:
             answer = response.json()
         except ValueError:
-            return
+            return None
         if isinstance(answer, dict) and answer.get(field_name) is not None:
-            await self.state.record_identity(
-                self.integration, op.entity, key=op.key, external_id=str(answer[field_name])
-            )
+            return str(answer[field_name])
+        return None
 
     def _scrub(self, text: str) -> str:
         """``text`` with URL credentials, the secret and secret header values hidden."""
