@@ -128,14 +128,17 @@ async def run_checks(config: Config, *, timeout_s: float = 10.0) -> CheckReport:
     """Run every check (concurrently, each bounded by ``timeout_s``) and return the report."""
     from cdc import check_services  # noqa: PLC0415  (it imports this module's types)
 
-    groups: list[Awaitable[list[Finding]]] = [
-        check_source(config, timeout_s=timeout_s),
-        check_services.check_kafka(config, timeout_s=timeout_s),
-        check_services.check_registry(config, timeout_s=timeout_s),
-        check_services.check_state(config, timeout_s=timeout_s),
-        check_services.check_sinks(config, timeout_s=timeout_s),
+    groups: list[tuple[str, str, Awaitable[list[Finding]]]] = [
+        ("source", "the source database", check_source(config, timeout_s=timeout_s)),
+        ("kafka", "Kafka", check_services.check_kafka(config, timeout_s=timeout_s)),
+        ("registry", "the registry", check_services.check_registry(config, timeout_s=timeout_s)),
+        ("state store", "the state store", check_services.check_state(config, timeout_s=timeout_s)),
+        ("sinks", "the sinks", check_services.check_sinks(config, timeout_s=timeout_s)),
     ]
-    results = await asyncio.gather(*groups)
+    # Each group bounds its own calls; this outer limit is only a safety net.
+    results = await asyncio.gather(
+        *(bounded(s, what, call, timeout_s=3 * timeout_s + 5) for s, what, call in groups)
+    )
     findings = [f for group in results for f in group]
     return CheckReport(tuple(scrub(findings, secrets_of(config))))
 
@@ -191,11 +194,21 @@ def scrub(findings: Iterable[Finding], secrets: list[str]) -> Iterator[Finding]:
 async def bounded(
     subject: str, what: str, call: Awaitable[list[Finding]], *, timeout_s: float
 ) -> list[Finding]:
-    """``call``'s findings, or a problem saying ``what`` did not answer within the limit."""
+    """``call``'s findings, or a problem saying ``what`` did not answer or failed.
+
+    A check that fails in an unforeseen way (a catalog query refused, a connection cut
+    half-way) becomes a problem finding: the report is always complete.
+    """
     try:
         return await asyncio.wait_for(call, timeout_s)
     except TimeoutError:
         return [Finding.problem(subject, f"{what} did not answer within {timeout_s:g} s")]
+    except Exception as exc:  # reported as a problem, never swallowed
+        return [
+            Finding.problem(
+                subject, f"checking {what} failed: {type(exc).__name__}: {first_line(exc)}"
+            )
+        ]
 
 
 async def pg_connect(dsn: str, timeout_s: float) -> psycopg.AsyncConnection[Any]:
