@@ -158,6 +158,36 @@ def demo(duration: float | None, rate: float, keep: bool, log_level: str) -> Non
     sys.exit(run_demo(options))
 
 
+@cli.command()
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds each check may wait for a server.",
+)
+def check(config_path: str | None, as_json: bool, timeout: float) -> None:
+    """Check the config and every server it names; exit 1 if something blocks running."""
+    import json  # noqa: PLC0415
+
+    from cdc.check import run_checks  # noqa: PLC0415
+    from cdc.config import load_config  # noqa: PLC0415
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        if not as_json:
+            raise
+        problems = str(exc).splitlines()
+        click.echo(json.dumps({"ok": False, "exit_code": 2, "config_errors": problems}, indent=2))
+        sys.exit(2)
+    report = asyncio.run(run_checks(config, timeout_s=timeout))
+    click.echo(report.render_json() if as_json else report.render_text(), nl=as_json)
+    sys.exit(report.exit_code)
+
+
 def _run_roles(config: Config, *, capture: Capture | None = None, sync: Sync | None = None) -> None:
     """Run the given roles, and the admin API unless disabled, until a signal.
 

@@ -121,9 +121,7 @@ class Publisher:
         wanted = sorted(set(topics))
         if not wanted:
             return
-        admin = AdminClient(
-            {"bootstrap.servers": self._config["bootstrap.servers"], **_security(self._config)}
-        )
+        admin = AdminClient(admin_settings(self._config))
         deadline = time.monotonic() + timeout
         try:
             meta = admin.list_topics(timeout=timeout)
@@ -146,6 +144,11 @@ class Publisher:
                 if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
                 raise BrokerUnavailable(f"cannot create topic {topic}: {exc}") from exc
+
+
+def admin_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of an admin client for the cluster a producer ``config`` talks to."""
+    return {"bootstrap.servers": config["bootstrap.servers"], **_security(config)}
 
 
 def _security(config: Mapping[str, Any]) -> dict[str, Any]:
