@@ -42,8 +42,9 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 from pydantic import SecretStr
+from yarl import URL
 
 from cdc.config import HttpSinkConfig
 from cdc.errors import SinkRejected, SinkUnavailable
@@ -86,6 +87,27 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What came back for one request."""
+
+    status: int
+    content: bytes
+    retry_after: str | None
+
+    @property
+    def success(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
+# A connection refused or reset, a malformed answer, a timeout: the target is unavailable.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
 @dataclass(slots=True)
 class _KeyState:
     """The newest version known for one key while a batch is applied."""
@@ -105,15 +127,13 @@ class HttpSink:
         *,
         integration: str,
         state: StateStore,
-        client: httpx.AsyncClient | None = None,
         max_in_flight: int = 16,
     ) -> None:
         self.name = name
         self.config = config
         self.integration = integration
         self.state = state
-        self._client = client
-        self._owns_client = client is None
+        self._session: aiohttp.ClientSession | None = None
         self._max_in_flight = max_in_flight
         self._limit: asyncio.Semaphore | None = None
         secret = config.secret.get_secret_value() if config.secret is not None else None
@@ -132,20 +152,36 @@ class HttpSink:
 
     async def start(self) -> None:
         self._limit = asyncio.Semaphore(self._max_in_flight)
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.config.timeout_s)
-            self._owns_client = True
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+                connector=aiohttp.TCPConnector(limit=self._max_in_flight),
+                # Keep bodies and headers exactly as signed; no cookies between entities.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=True,
+            )
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            await client.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
             raise RuntimeError(f"sink {self.name!r} is not started")
-        return self._client
+        return self._session
+
+    async def _request(
+        self, method: str, url: str, *, body: bytes | None, headers: dict[str, str] | None
+    ) -> _Answer:
+        """One request; transport failures and timeouts are raised as they come."""
+        target = URL(url, encoded=True)
+        if target.user is not None and any(h.lower() == "authorization" for h in headers or ()):
+            target = target.with_user(None)  # a configured Authorization header wins
+        async with self.session.request(method, target, data=body, headers=headers) as response:
+            content = await response.read()
+            return _Answer(response.status, content, response.headers.get("Retry-After"))
 
     def _semaphore(self) -> asyncio.Semaphore:
         if self._limit is None:
@@ -158,16 +194,16 @@ class HttpSink:
         if url is None:
             return
         try:
-            response = await self.client.get(str(url), timeout=self.config.timeout_s)
-        except httpx.HTTPError as exc:
+            answer = await self._request("GET", str(url), body=None, headers=None)
+        except _TRANSPORT_ERRORS as exc:
             raise HttpUnavailable(
                 f"sink {self.name!r}: health check {redact_dsn(str(url))} failed: "
-                f"{self._scrub(type(exc).__name__ + ': ' + str(exc))}"
+                f"{self._describe(exc)}"
             ) from None
-        if not response.is_success:
+        if not answer.success:
             raise HttpUnavailable(
-                f"sink {self.name!r}: health check answered HTTP {response.status_code}",
-                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+                f"sink {self.name!r}: health check answered HTTP {answer.status}",
+                retry_after_s=parse_retry_after(answer.retry_after),
             )
 
     async def apply(self, ops: Sequence[EntityOp]) -> list[Result]:
@@ -267,18 +303,15 @@ class HttpSink:
             headers["X-Signature"] = f"sha256={digest}"
         what = f"{method} {op.entity} {op.key!r}"
         try:
-            response = await self.client.request(
-                method, url, content=body or None, headers=headers, timeout=self.config.timeout_s
-            )
-        except httpx.HTTPError as exc:
+            answer = await self._request(method, url, body=body or None, headers=headers)
+        except _TRANSPORT_ERRORS as exc:
             raise HttpUnavailable(
-                f"sink {self.name!r}: {what} failed: "
-                f"{self._scrub(type(exc).__name__ + ': ' + str(exc))}"
+                f"sink {self.name!r}: {what} failed: {self._describe(exc)}"
             ) from None
-        status = response.status_code
-        if response.is_success or (delete and status == 404):
+        status = answer.status
+        if answer.success or (delete and status == 404):
             log.debug("sink %s: %s -> HTTP %d", self.name, what, status)
-            external_id = self._external_id(response) if isinstance(op, EntityUpsert) else None
+            external_id = self._external_id(answer) if isinstance(op, EntityUpsert) else None
             return Outcome.APPLIED, external_id
         if status in _CONFLICT:
             log.debug("sink %s: %s -> HTTP %d, target holds newer", self.name, what, status)
@@ -286,23 +319,27 @@ class HttpSink:
         if status == 429 or status >= 500:
             raise HttpUnavailable(
                 f"sink {self.name!r}: {what} answered HTTP {status}",
-                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+                retry_after_s=parse_retry_after(answer.retry_after),
             )
-        excerpt = self._scrub(response.text[:_EXCERPT]).strip()
+        excerpt = self._scrub(answer.text[:_EXCERPT]).strip()
         return SinkRejected(f"sink {self.name!r}: {what} answered HTTP {status}: {excerpt}"), None
 
-    def _external_id(self, response: httpx.Response) -> str | None:
+    def _external_id(self, answer: _Answer) -> str | None:
         """The target's id for the entity in an upsert's answer, when configured and there."""
         field_name = self.config.external_id_field
         if field_name is None:
             return None
         try:
-            answer = response.json()
+            document = json.loads(answer.content)
         except ValueError:
             return None
-        if isinstance(answer, dict) and answer.get(field_name) is not None:
-            return str(answer[field_name])
+        if isinstance(document, dict) and document.get(field_name) is not None:
+            return str(document[field_name])
         return None
+
+    def _describe(self, exc: BaseException) -> str:
+        detail = str(exc) or "no answer within the timeout"
+        return self._scrub(f"{type(exc).__name__}: {detail}")
 
     def _scrub(self, text: str) -> str:
         """``text`` with URL credentials, the secret and secret header values hidden."""
