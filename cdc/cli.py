@@ -186,6 +186,62 @@ def replay(
     run_replay_command(config, name, request, quiet=quiet, as_json=as_json)
 
 
+@cli.group()
+def dlq() -> None:
+    """An integration's dead letters: list them, replay them through the current mapper."""
+
+
+@dlq.command("list")
+@_config_option
+@click.argument("name")
+@click.option("--pending", is_flag=True, help="Only those not replayed yet.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dlq_list(config_path: str | None, name: str, *, pending: bool, as_json: bool) -> None:
+    """List integration NAME's dead letters with their errors."""
+    import json  # noqa: PLC0415
+
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.dlq import list_dead_letters, print_dead_letters  # noqa: PLC0415
+
+    config = load_config(config_path)
+    rows = asyncio.run(list_dead_letters(config, name, include_replayed=not pending))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_dead_letters(rows)
+
+
+@dlq.command("replay")
+@_config_option
+@click.argument("name")
+@click.option("--id", "ids", type=int, multiple=True, help="Only this dead letter (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def dlq_replay(config_path: str | None, name: str, *, ids: tuple[int, ...], as_json: bool) -> None:
+    """Re-apply NAME's pending dead letters (default: all) through the current mapper and sink."""
+    import json  # noqa: PLC0415
+
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.dlq import replay_dead_letters  # noqa: PLC0415
+
+    config = load_config(config_path)
+    _setup_logging(config.logging.level, config.logging.format)
+    result = asyncio.run(replay_dead_letters(config, name, ids=ids or None))
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo(
+            f"{name}: {len(result.replayed)} replayed (applied {result.applied}, older"
+            f" {result.older}, duplicate {result.duplicate}), {len(result.failed)} failed again"
+        )
+        for dead_letter, error in result.failed:
+            click.echo(f"  {dead_letter}: {error}")
+        if result.not_pending:
+            listed = ", ".join(map(str, result.not_pending))
+            click.echo(f"  not pending (unknown or already replayed): {listed}")
+    if result.failed:
+        sys.exit(1)
+
+
 def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop``."""
 
