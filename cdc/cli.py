@@ -242,6 +242,24 @@ def dlq_replay(config_path: str | None, name: str, *, ids: tuple[int, ...], as_j
         sys.exit(1)
 
 
+@cli.command()
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+def status(config_path: str | None, *, as_json: bool) -> None:
+    """Slot lag, consumer lag, dead letters and the running process's live counters."""
+    import json  # noqa: PLC0415
+
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.status import full_status, print_status  # noqa: PLC0415
+
+    config = load_config(config_path)
+    result = asyncio.run(full_status(config))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        print_status(result)
+
+
 def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop``."""
 

@@ -55,6 +55,7 @@ __all__ = [
     "ReplayRequest",
     "ReplaySummary",
     "TopicOffset",
+    "end_offset",
     "parse_timestamp",
     "plan_replay",
 ]
@@ -297,6 +298,12 @@ def _check_partition(
         )
 
 
+def end_offset(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """``(first retained offset, offset after the last record)`` of a partition."""
+    low, high = _watermarks(consumer, topic, partition)
+    return low, _RecordReader(consumer).end((topic, partition), low=low, high=high)
+
+
 def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
     try:
         low, high = consumer.get_watermark_offsets(
@@ -342,10 +349,38 @@ def _offsets_at(
 
 
 class _RecordReader:
-    """Reads single records' timestamps by offset (for time look-ups)."""
+    """Reads single records by offset: timestamps for time look-ups, the true end offset."""
 
     def __init__(self, consumer: Consumer) -> None:
         self._consumer = consumer
+
+    def end(self, tp: tuple[str, int], *, low: int, high: int) -> int:
+        """The offset after the partition's last record, read rather than trusted.
+
+        Some brokers report the end offset of a partition as one past the first record of
+        its last batch; reading from there to the end finds the real one.
+        """
+        if high <= low:
+            return high
+        consumer = self._consumer
+        consumer.assign([TopicPartition(tp[0], tp[1], high - 1)])
+        end = high
+        try:
+            waited = 0.0
+            while waited < _META_TIMEOUT_S:
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    waited += 0.5
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return max(end, msg.offset() or 0)
+                    raise BrokerUnavailable(f"reading the end of {tp[0]}[{tp[1]}]: {err.str()}")
+                end = max(end, (msg.offset() or 0) + 1)
+            raise BrokerUnavailable(f"reading the end of {tp[0]}[{tp[1]}]: no answer")
+        finally:
+            consumer.unassign()
 
     def stamp(self, tp: tuple[str, int], offset: int, *, high: int) -> tuple[int, int] | None:
         """``(offset, timestamp ms)`` of the first record at or after ``offset`` below ``high``."""
