@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -136,6 +137,14 @@ def test_a_replay_until_an_offset_stops_there(built: Built) -> None:
     )
     assert summary["records"] == 6
     assert summary["applied"] == 0
+    # Without --json, a summary for people (no progress bar: stderr is not a terminal).
+    human = cdcsync(
+        built, "replay", "crm", "--from-offset", f"{topic}:0:3", "--until-offset", f"{topic}:0:9"
+    )
+    assert human.returncode == 0, human.stderr
+    assert "replay of crm: 6 records" in human.stdout
+    assert f"{topic}[0] offsets 3..9" in human.stdout
+    assert "applied 0," in human.stdout
 
 
 def test_a_dry_run_counts_what_would_be_sent_and_changes_nothing(built: Built) -> None:
@@ -178,3 +187,20 @@ def test_bad_requests_are_refused_clearly_and_move_nothing(built: Built) -> None
         assert "Traceback" not in done.stderr
     assert snapshot(built.env) == before
     assert {name: committed(built.env, name) for name in offsets} == offsets
+
+
+def test_a_replay_next_to_the_live_integration_under_writes_leaves_both_targets_right(
+    built: Built,
+) -> None:
+    # Runs last: it adds rows. The live sync is not paused while the replay runs.
+    writer = threading.Thread(
+        target=run_workload,
+        args=(built.env.dsn,),
+        kwargs={"customers": 10, "orders": 40, "seed": 13, "id_base": 2000},
+    )
+    writer.start()
+    for name in ("crm", "analytics"):
+        summary = replay(built, name, "--from-beginning", "--quiet")
+        assert summary["dead_lettered"] == 0
+    writer.join()
+    built.env.wait_converged()
