@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from cdc.config import Config
 from cdc.errors import FatalError, MappingError, RelationPending, first_line
-from cdc.replay import replay_consumer_config
+from cdc.replay_plan import replay_consumer_config
 from cdc.sinks import build_sink
 from cdc.state import DeadLetter, StateStore
 from cdc.sync import load_mappers, select_integrations, state_dsn

@@ -4,7 +4,7 @@
 JSON-ready dict (the admin API reuses it):
 
 - per integration: each partition's committed offset of the live consumer group, the
-  partition's end offset (read by a consumer of its own, see ``cdc.replay.end_offset``)
+  partition's end offset (read by a consumer of its own, see ``cdc.replay_plan.end_offset``)
   and the lag (``end - committed``, clamped at 0; a group that never committed lags by
   everything retained), and the state store's dead-letter counts;
 - for capture: the slot's ``confirmed_flush_lsn``, ``restart_lsn``, whether it is active,
@@ -31,7 +31,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicParti
 
 from cdc.config import Config
 from cdc.errors import CdcsyncError, first_line
-from cdc.replay import end_offset, replay_consumer_config
+from cdc.replay_plan import end_offset, replay_consumer_config
 from cdc.secrets import redact_dsn
 from cdc.state import StateStore
 from cdc.sync import state_dsn
