@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import threading
@@ -145,6 +146,36 @@ def test_a_replay_until_an_offset_stops_there(built: Built) -> None:
     assert "replay of crm: 6 records" in human.stdout
     assert f"{topic}[0] offsets 3..9" in human.stdout
     assert "applied 0," in human.stdout
+
+
+def test_on_a_terminal_a_progress_bar_shows_how_far_the_replay_is(built: Built) -> None:
+    command = " ".join(
+        shlex.quote(part)
+        for part in (
+            sys.executable,
+            "-m",
+            "cdc.cli",
+            "replay",
+            "--config",
+            str(built.config_path),
+            "analytics",
+            "--from-beginning",
+        )
+    )
+    done = subprocess.run(
+        ["script", "-qefc", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**_environ(), "CRM_SECRET": CRM_SECRET, "COLUMNS": "160"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout
+    assert "replay analytics" in done.stdout
+    assert "ETA" in done.stdout
+    assert "100%" in done.stdout
+    quiet = cdcsync(built, "replay", "analytics", "--from-beginning", "--quiet")
+    assert "ETA" not in quiet.stderr + quiet.stdout
 
 
 def test_a_dry_run_counts_what_would_be_sent_and_changes_nothing(built: Built) -> None:
