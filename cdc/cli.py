@@ -160,6 +160,138 @@ def demo(duration: float | None, rate: float, keep: bool, log_level: str) -> Non
 
 @cli.command()
 @_config_option
+@click.argument("name")
+@click.option("--from-beginning", is_flag=True, help="Replay everything the topics retain.")
+@click.option(
+    "--from-offset",
+    "from_offsets",
+    multiple=True,
+    metavar="TOPIC:PARTITION:OFFSET",
+    help="Replay this partition from OFFSET (repeatable; other partitions are left alone).",
+)
+@click.option("--from-timestamp", metavar="ISO", help="Replay every partition from this time.")
+@click.option(
+    "--until-offset",
+    "until_offsets",
+    multiple=True,
+    metavar="TOPIC:PARTITION:OFFSET",
+    help="Stop that partition before OFFSET (repeatable).",
+)
+@click.option("--until-timestamp", metavar="ISO", help="Stop before events of this time.")
+@click.option("--dry-run", is_flag=True, help="Map and count what would be sent; change nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def replay(
+    config_path: str | None,
+    name: str,
+    *,
+    from_beginning: bool,
+    from_offsets: tuple[str, ...],
+    from_timestamp: str | None,
+    until_offsets: tuple[str, ...],
+    until_timestamp: str | None,
+    dry_run: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Re-apply a stretch of integration NAME's topics; the live group's offsets stay put."""
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.replay import (  # noqa: PLC0415
+        ReplayRequest,
+        TopicOffset,
+        parse_timestamp,
+        run_replay_command,
+    )
+
+    request = ReplayRequest(
+        from_beginning=from_beginning,
+        from_offsets=tuple(TopicOffset.parse(o) for o in from_offsets),
+        from_timestamp=None if from_timestamp is None else parse_timestamp(from_timestamp),
+        until_offsets=tuple(TopicOffset.parse(o) for o in until_offsets),
+        until_timestamp=None if until_timestamp is None else parse_timestamp(until_timestamp),
+        dry_run=dry_run,
+    )
+    config = load_config(config_path)
+    _setup_logging(config.logging.level, config.logging.format)
+    run_replay_command(config, name, request, quiet=quiet, as_json=as_json)
+
+
+@cli.group()
+def dlq() -> None:
+    """An integration's dead letters: list them, replay them through the current mapper."""
+
+
+@dlq.command("list")
+@_config_option
+@click.argument("name")
+@click.option("--pending", is_flag=True, help="Only those not replayed yet.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dlq_list(config_path: str | None, name: str, *, pending: bool, as_json: bool) -> None:
+    """List integration NAME's dead letters with their errors."""
+    import json  # noqa: PLC0415
+
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.dlq import list_dead_letters, print_dead_letters  # noqa: PLC0415
+
+    config = load_config(config_path)
+    rows = asyncio.run(list_dead_letters(config, name, include_replayed=not pending))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_dead_letters(rows)
+
+
+@dlq.command("replay")
+@_config_option
+@click.argument("name")
+@click.option("--id", "ids", type=int, multiple=True, help="Only this dead letter (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def dlq_replay(config_path: str | None, name: str, *, ids: tuple[int, ...], as_json: bool) -> None:
+    """Re-apply NAME's pending dead letters (default: all) through the current mapper and sink."""
+    import json  # noqa: PLC0415
+
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.dlq import replay_dead_letters  # noqa: PLC0415
+
+    config = load_config(config_path)
+    _setup_logging(config.logging.level, config.logging.format)
+    result = asyncio.run(replay_dead_letters(config, name, ids=ids or None))
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo(
+            f"{name}: {len(result.replayed)} replayed (applied {result.applied}, older"
+            f" {result.older}, duplicate {result.duplicate}), {len(result.failed)} failed again"
+        )
+        for dead_letter, error in result.failed:
+            click.echo(f"  {dead_letter}: {error}")
+        if result.not_pending:
+            listed = ", ".join(map(str, result.not_pending))
+            click.echo(f"  not pending (unknown or already replayed): {listed}")
+    if result.failed:
+        sys.exit(1)
+
+
+@cli.command()
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+def status(config_path: str | None, *, as_json: bool) -> None:
+    """Slot lag, consumer lag, dead letters and the running process's live counters."""
+    import json  # noqa: PLC0415
+
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.status import full_status, print_status  # noqa: PLC0415
+
+    config = load_config(config_path)
+    result = asyncio.run(full_status(config))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        print_status(result)
+
+
+@cli.command()
+@_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts).")
 @click.option(
     "--timeout",

@@ -18,6 +18,7 @@
         +-- RegistryError             the registry answered a 4xx (carries error_code)
         +-- MappingError              a mapper failed on an event (dead-letterable)
         +-- SinkRejected              a sink refused an entity for good (dead-letterable)
+        +-- ReplayError               a replay cannot be served as asked (range, partition)
 
 Library exceptions (psycopg, confluent_kafka, httpx) are translated at the
 edges with ``raise ... from``; code in the middle only sees these classes.
@@ -108,6 +109,10 @@ class MappingError(FatalError):
 
 class SinkRejected(FatalError):
     """A sink's target refused an entity permanently (4xx other than conflicts)."""
+
+
+class ReplayError(FatalError):
+    """A replay request names offsets, times or partitions the topics do not have."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -10,7 +10,8 @@ publication):
   ``Version.to_bytes()``, whose bytewise order is the version order) and whether it is a
   tombstone; for sinks that cannot hold versions themselves (HTTP APIs).
 - ``dead_letters``: one row per message sent to a dead-letter topic, with its origin and
-  where it landed, until it is marked replayed.
+  where it landed, until it is marked replayed; a failed replay counts in
+  ``replay_attempts`` and replaces ``error`` with the new one.
 - ``snapshot_progress``: per table, the last primary key read, rows read, done.
 
 Invariants:
@@ -95,6 +96,11 @@ MIGRATIONS: Final[tuple[LiteralString, ...]] = (
         updated_at timestamptz NOT NULL DEFAULT now()
     );
     """,
+    """
+    ALTER TABLE {schema}.dead_letters
+        ADD COLUMN replay_attempts integer NOT NULL DEFAULT 0,
+        ADD COLUMN last_replay_at timestamptz;
+    """,
 )
 
 _POOL_MAX: Final = 4
@@ -120,6 +126,7 @@ class DeadLetter:
     dlq_offset: int | None
     created_at: datetime
     replayed_at: datetime | None
+    replay_attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +396,8 @@ class StateStore:
         """``integration``'s dead letters, oldest first; only pending ones unless told."""
         query = (
             'SELECT id, integration, topic, partition, "offset", key, error, attempts,'
-            " payload, dlq_topic, dlq_partition, dlq_offset, created_at, replayed_at"
+            " payload, dlq_topic, dlq_partition, dlq_offset, created_at, replayed_at,"
+            " replay_attempts"
             " FROM {schema}.dead_letters WHERE integration = %s"
             " AND (%s OR replayed_at IS NULL)"
             " AND (%s::bigint[] IS NULL OR id = ANY(%s::bigint[]))"
@@ -411,6 +419,7 @@ class StateStore:
                 dlq_offset=r[11],
                 created_at=r[12],
                 replayed_at=r[13],
+                replay_attempts=int(r[14]),
             )
             for r in rows
         ]
@@ -426,6 +435,31 @@ class StateStore:
             ),
             (integration, list(ids)),
         )
+
+    async def record_replay_failure(
+        self, integration: str, dead_letter: int, *, error: str
+    ) -> None:
+        """A replay of a pending dead letter failed again: keep it pending, with ``error``."""
+        await self._run(
+            self._q(
+                "UPDATE {schema}.dead_letters SET error = %s,"
+                " replay_attempts = replay_attempts + 1, last_replay_at = now()"
+                " WHERE integration = %s AND id = %s AND replayed_at IS NULL"
+            ),
+            (error, integration, dead_letter),
+        )
+
+    async def dead_letter_counts(self) -> dict[str, tuple[int, int]]:
+        """Per integration, ``(pending, replayed)`` dead letters."""
+        rows = await self._fetch(
+            self._q(
+                "SELECT integration, count(*) FILTER (WHERE replayed_at IS NULL),"
+                " count(*) FILTER (WHERE replayed_at IS NOT NULL)"
+                " FROM {schema}.dead_letters GROUP BY integration"
+            ),
+            (),
+        )
+        return {str(name): (int(p), int(r)) for name, p, r in rows}
 
     # ----------------------------------------------------------------- snapshots
 

@@ -8,10 +8,12 @@ The source database gets the sample tables; capture and sync run as the real com
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -19,9 +21,11 @@ from typing import Any
 
 import psycopg
 import yaml
+from psycopg import sql
 
 from cdc.crm import CrmServer
 from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
+from tests.fix_pg import drop_database
 from tests.integration.harness import CaptureEnv, read_log, spawn_cdcsync, terminate
 
 CRM_SECRET = "crm-signing-secret"
@@ -79,9 +83,13 @@ class SyncEnv:
         config["state"] = {"schema": "cdcsync_state"}
         return config
 
+    def write_config(self, path: Path, *, group_suffix: str = "", **retry: Any) -> Path:
+        path.write_text(yaml.safe_dump(self.config(group_suffix=group_suffix, **retry)))
+        return path
+
     def start_sync(self, *, group_suffix: str = "", **retry: Any) -> subprocess.Popen[bytes]:
         path = self.capture.workdir / f"sync{group_suffix}.yaml"
-        path.write_text(yaml.safe_dump(self.config(group_suffix=group_suffix, **retry)))
+        self.write_config(path, group_suffix=group_suffix, **retry)
         log = self.capture.workdir / "sync.log"
         proc = spawn_cdcsync("sync", path, log, env={"CRM_SECRET": CRM_SECRET})
         self.sync_procs.append(proc)
@@ -153,6 +161,31 @@ class SyncEnv:
             f"{sorted(odiff)[:10]}\n--- sync log ---\n{self.sync_log()[-6000:]}\n"
             f"--- capture log ---\n{self.capture.log_text()[-3000:]}"
         )
+
+
+@contextlib.contextmanager
+def live_env(
+    pg_server: Any, bootstrap: str, registry_url: str, tmp_path_factory: Any
+) -> Iterator[SyncEnv]:
+    """A database of its own with capture and sync running: for module-scoped fixtures."""
+    dbname = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    env = SyncEnv.create(
+        pg_dsn=pg_server.dsn_for(dbname),
+        bootstrap=bootstrap,
+        registry_url=registry_url,
+        prefix=f"m{uuid.uuid4().hex[:8]}",
+        workdir=tmp_path_factory.mktemp("live"),
+    )
+    try:
+        env.capture.start()
+        env.capture.wait_for_slot()
+        env.start_sync()
+        yield env
+    finally:
+        env.stop()
+        drop_database(pg_server.dsn, dbname)
 
 
 def run_workload(dsn: str, *, customers: int, orders: int, seed: int, id_base: int = 0) -> None:

@@ -3,6 +3,7 @@ health checks and graceful shutdown, against real servers."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -198,6 +199,38 @@ def test_pausing_one_integration_stops_it_while_the_other_continues(env: SyncEnv
     assert resumed.returncode == 0, resumed.stderr
     env.wait_converged()
     assert all(c["email"].startswith("paused-") for c in env.crm_contacts().values())
+
+
+def test_status_shows_the_running_processs_live_counters(env: SyncEnv, tmp_path: Path) -> None:
+    running = Running(env)
+    running.wait_ready()
+    run_workload(env.dsn, customers=5, orders=10, seed=17)
+    env.wait_converged()
+    assert running.cli("pause", "crm").returncode == 0
+    result = running.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["live_error"] is None
+    live = document["live"]
+    assert live["integrations"]["crm"]["paused"] is True
+    assert live["integrations"]["analytics"]["applied"] > 0
+    assert live["capture"]["connected"] is True
+    human = running.cli("status")
+    assert "paused True" in human.stdout
+    # The same config with a wrong token: status says the API refused it.
+    config = yaml.safe_load(running.config_path.read_text())
+    config["admin"]["token"] = "wrong-token"
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(yaml.safe_dump(config))
+    refused = subprocess.run(
+        [sys.executable, "-m", "cdc.cli", "status", "--json", "--config", str(wrong)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "CRM_SECRET": CRM_SECRET},
+    )
+    assert "HTTP 401" in json.loads(refused.stdout)["live_error"]
 
 
 def test_pausing_an_integration_that_does_not_run_is_a_clear_error(env: SyncEnv) -> None:
