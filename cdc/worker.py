@@ -127,6 +127,7 @@ class _Entry:
     msg: Message
     event: TableEvent
     ops: list[EntityOp] = field(default_factory=list)
+    mapped: bool = False  # ``ops`` already holds the mapper's result
 
 
 class Applier:
@@ -175,7 +176,7 @@ class Applier:
         for entry in entries:
             if stop.is_set():
                 raise asyncio.CancelledError
-            while True:
+            while not entry.mapped:
                 try:
                     entry.ops = list(self.mapper(entry.event, self.context))
                     break
@@ -222,11 +223,15 @@ class Applier:
         return entries
 
     async def _prefetch_relations(self, entries: list[_Entry]) -> None:
-        """Look up, in one query per entity, every related id the batch's mappers ask for."""
+        """Look up, in one query per entity, every related id the batch's mappers ask for.
+
+        An entry whose mapping needs nothing unknown keeps its result (mappers are pure).
+        """
         wanted: dict[tuple[str, str], set[str]] = {}
         for entry in entries:
             try:
-                self.mapper(entry.event, self.context)
+                entry.ops = list(self.mapper(entry.event, self.context))
+                entry.mapped = True
             except RelationPending as exc:
                 wanted.setdefault((exc.integration, exc.entity), set()).add(exc.key)
             except FatalError:
