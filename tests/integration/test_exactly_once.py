@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from cdc.exactly_once import TXN_HEADER, Position, positions_topic
 from tests.integration.harness import (
@@ -205,3 +205,24 @@ def test_restart_behind_kafka_skips_transactions_already_committed(env: EosEnv) 
             total.ops.setdefault(key, []).extend(ops)
     _assert_each_change_once(_read_committed(env, total), total)
     assert "already in Kafka" in env.log_text()
+
+
+def test_a_fenced_producer_restarts_capture_which_goes_on_exactly_once(env: EosEnv) -> None:
+    env.start()
+    env.wait_for_slot()
+    first = run_workload(env.pg_dsn, changes=200, seed=5)
+    _read_committed(env, first)
+    # Another producer with capture's transactional.id fences capture's producer.
+    usurper = Producer(
+        {"bootstrap.servers": env.bootstrap, "transactional.id": f"cdcsync-{env.prefix}-{env.slot}"}
+    )
+    usurper.init_transactions(30)
+    more = run_workload(env.pg_dsn, changes=200, seed=6, id_base=100_000)
+    total = Expected(changes=first.changes + more.changes)
+    for src in (first, more):
+        for key, ops in src.ops.items():
+            total.ops.setdefault(key, []).extend(ops)
+    _assert_each_change_once(_read_committed(env, total), total)
+    log = env.log_text()
+    assert "capture interrupted" in log and "fence" in log.lower(), log
+    assert env.procs[-1].poll() is None, log
