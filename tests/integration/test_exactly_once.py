@@ -12,6 +12,7 @@ is its last message before the commit. On Apache Kafka the broker itself hides t
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.exactly_once import TXN_HEADER, Position, positions_topic
 from tests.integration.harness import (
@@ -106,6 +109,16 @@ class Writer(threading.Thread):
             )
         except BaseException as exc:
             self.error = exc
+
+
+def _skipped_transactions(env: EosEnv) -> float:
+    """The live capture process's skipped-transactions counter, from its /metrics."""
+    url = re.findall(r"admin API on (http://\S+)", env.log_text())[-1]
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == "cdcsync_capture_skipped_transactions_total":
+                return float(sample.value)
+    raise AssertionError("no cdcsync_capture_skipped_transactions in /metrics")
 
 
 def _txn(event: Event) -> str | None:
@@ -205,6 +218,7 @@ def test_restart_behind_kafka_skips_transactions_already_committed(env: EosEnv) 
             total.ops.setdefault(key, []).extend(ops)
     _assert_each_change_once(_read_committed(env, total), total)
     assert "already in Kafka" in env.log_text()
+    assert _skipped_transactions(env) > 0
 
 
 def test_a_fenced_producer_restarts_capture_which_goes_on_exactly_once(env: EosEnv) -> None:
