@@ -20,6 +20,10 @@ Invariants:
   the position confirmed when it began (``confirmable``).
 - Every event carries the header ``cdcsync.txn`` naming the Kafka transaction
   that wrote it (``{session}:{n}``); the position record names it too.
+- Several slots with one topic prefix share the positions topic. A slot's
+  committed position behind another slot's open transaction is not yet
+  visible to read_committed readers: a restart at that moment reads an older
+  position and re-sends (duplicates, never losses).
 - Any failure of a transactional call (fenced, fatal, abortable, timed out)
   raises ``BrokerUnavailable``: capture is torn down and restarts, and the new
   producer's ``init_transactions`` aborts whatever the old one left open.

@@ -7,6 +7,10 @@ answer lists no aborted transactions), so the reader also drops the events of
 Kafka transactions that never wrote a position: each event names its Kafka
 transaction in the ``cdcsync.txn`` header, and a transaction's position record
 is its last message before the commit. On Apache Kafka the broker itself hides them.
+The filter cannot hide a loss (a committed transaction always has its position)
+nor a duplicate inside committed transactions. An aborted transaction that did
+write its position stays visible on tansu; capture then skips it on restart
+(its position is read back), so it is the one copy and is counted as such.
 """
 
 from __future__ import annotations
