@@ -40,6 +40,7 @@ from tests.integration.harness import (
     data_events,
     identity,
     run_workload,
+    spawn_cdcsync,
 )
 
 TABLES = ["public.customers", "public.orders"]
@@ -244,3 +245,43 @@ def test_a_fenced_producer_restarts_capture_which_goes_on_exactly_once(env: EosE
     log = env.log_text()
     assert "capture interrupted" in log and "fence" in log.lower(), log
     assert env.procs[-1].poll() is None, log
+
+
+def test_a_streamed_transaction_is_published_whole_in_one_kafka_transaction(env: EosEnv) -> None:
+    # A tiny decoding memory makes PostgreSQL stream the big transaction in chunks.
+    path = env.write_config()
+    env.procs.append(
+        spawn_cdcsync(
+            "capture",
+            path,
+            env.workdir / "capture.log",
+            env={"PGOPTIONS": "-c logical_decoding_work_mem=64kB"},
+        )
+    )
+    env.wait_for_slot()
+    rows = 3000
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO customers (id, name) VALUES (-1, 'before')")
+        conn.execute(
+            "INSERT INTO orders SELECT g, 1, 2.50, repeat('x', 200) FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        conn.execute("INSERT INTO customers (id, name) VALUES (-2, 'after')")
+    expected = Expected(changes=rows + 2)
+    expected.ops = {("orders", i): ["c"] for i in range(1, rows + 1)}
+    expected.ops.update({("customers", -1): ["c"], ("customers", -2): ["c"]})
+    events = _read_committed(env, expected)
+    _assert_each_change_once(events, expected)
+    big = {_txn(e) for e in events if e.topic == env.topic("public.orders")}
+    assert len(big) == 1, f"the transaction was split over {len(big)} Kafka transactions"
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 20
+        while True:  # slot statistics are reported a little after decoding
+            row = conn.execute(
+                "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = %s",
+                (env.slot,),
+            ).fetchone()
+            if (row is not None and row[0] > 0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert row is not None and row[0] > 0, "PostgreSQL did not stream the transaction"
