@@ -179,11 +179,11 @@ def test_twenty_kills_under_load_leave_each_change_exactly_once_for_read_committ
     rnd = random.Random(7)
     env.start()
     env.wait_for_slot()
-    writer = Writer(env.pg_dsn, pace=0.05)
+    writer = Writer(env.pg_dsn, pace=0.1)
     writer.start()
     kills = 0
     while kills < 20:
-        time.sleep(rnd.uniform(0.2, 0.9))
+        time.sleep(rnd.uniform(0.15, 0.7))
         proc = env.procs[-1]
         proc.kill()
         proc.wait()
