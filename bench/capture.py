@@ -1,6 +1,7 @@
 """Capture benchmark: cdcsync capture against pg_recvlogical on the same backlog.
 
-Run: ``.venv/bin/python bench/capture.py [--changes 200000] [--runs 3]``
+Run: ``.venv/bin/python bench/capture.py [--changes 200000] [--runs 3]
+[--exactly-once both|off|on]``
 
 Per run, on throwaway local servers (PostgreSQL, tansu, the registry):
 1. two slots are created on one publication, then a backlog of ``--changes``
@@ -13,6 +14,9 @@ Per run, on throwaway local servers (PostgreSQL, tansu, the registry):
    into the broker, Avro-encoded and acknowledged; done when the slot's
    confirmed_flush_lsn reaches the end LSN. Its peak RSS (VmHWM), CPU time
    and time to the first confirmed transaction are read from /proc.
+   With ``--exactly-once both`` (the default) a third slot C is drained the
+   same way with ``kafka.exactly_once: true`` (Kafka transactions; done when
+   the last one is committed and confirmed), into a topic prefix of its own.
 Then, live: a writer commits single-row transactions at ``--rate`` rows/s
 (synchronous_commit on) and capture records commit-to-Kafka-ack latency.
 Medians over runs are printed; nothing is asserted.
@@ -139,9 +143,9 @@ def proc_stats(pid: int) -> tuple[int, float]:
 
 
 def run_cdcsync(
-    config_path: Path, dsn: str, end: int, *, profile: Path | None = None
+    config_path: Path, dsn: str, end: int, *, profile: Path | None = None, slot: str = "slot_b"
 ) -> dict[str, float]:
-    start_lsn = confirmed(dsn, "slot_b")
+    start_lsn = confirmed(dsn, slot)
     t0 = time.perf_counter()
     command = [sys.executable, "-m", "cdc.cli", "capture", "--config", str(config_path)]
     if profile is not None:
@@ -160,7 +164,7 @@ def run_cdcsync(
             if proc.poll() is not None:
                 raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "exited")
             rss, cpu = proc_stats(proc.pid)
-            pos = confirmed(dsn, "slot_b")
+            pos = confirmed(dsn, slot)
             now = time.perf_counter()
             if first is None and pos > start_lsn:
                 first = now - t0
@@ -220,13 +224,21 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--live-seconds", type=float, default=10)
     parser.add_argument(
+        "--exactly-once",
+        choices=("both", "off", "on"),
+        default="both",
+        help="measure capture without Kafka transactions, with them, or both (default)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="record the capture process with py-spy; collapsed stacks to PROFILE.runN",
     )
     args = parser.parse_args()
 
+    modes = {"both": ["off", "on"], "off": ["off"], "on": ["on"]}[args.exactly_once]
     results: list[dict[str, float]] = []
+    eos_results: list[dict[str, float]] = []
     latencies: list[int] = []
     for run in range(args.runs):
         pg = LocalPostgres().start()
@@ -240,6 +252,7 @@ def main() -> None:
                 conn.execute("CREATE PUBLICATION pub FOR TABLE bench")
                 conn.execute("SELECT pg_create_logical_replication_slot('slot_a', 'pgoutput')")
                 conn.execute("SELECT pg_create_logical_replication_slot('slot_b', 'pgoutput')")
+                conn.execute("SELECT pg_create_logical_replication_slot('slot_c', 'pgoutput')")
             end = write_backlog(dsn, args.changes)
             config: dict[str, Any] = {
                 "source": {
@@ -258,16 +271,32 @@ def main() -> None:
             config_path.write_text(yaml.safe_dump(config))
             ceiling = run_recvlogical(pg, dsn, end)
             profile = None if args.profile is None else Path(f"{args.profile}.run{run + 1}")
-            ours = run_cdcsync(config_path, dsn, end, profile=profile)
-            ours["ceiling"] = ceiling
-            results.append(ours)
-            print(
-                f"run {run + 1}: pg_recvlogical {args.changes / ceiling:,.0f} changes/s, "
-                f"cdcsync {args.changes / ours['elapsed']:,.0f} changes/s, "
-                f"RSS {ours['rss'] / 2**20:.1f} MiB, first event {ours['first']:.2f}s",
-                flush=True,
-            )
-            if run == 0:
+            line = f"run {run + 1}: pg_recvlogical {args.changes / ceiling:,.0f} changes/s"
+            if "off" in modes:
+                ours = run_cdcsync(config_path, dsn, end, profile=profile)
+                ours["ceiling"] = ceiling
+                results.append(ours)
+                line += (
+                    f", cdcsync {args.changes / ours['elapsed']:,.0f} changes/s, "
+                    f"RSS {ours['rss'] / 2**20:.1f} MiB, first event {ours['first']:.2f}s"
+                )
+            if "on" in modes:
+                eos_config = {
+                    **config,
+                    "source": {**config["source"], "slot": "slot_c"},
+                    "kafka": {**config["kafka"], "topic_prefix": "bencheos", "exactly_once": True},
+                }
+                eos_path = workdir / "cdcsync-eos.yaml"
+                eos_path.write_text(yaml.safe_dump(eos_config))
+                eos = run_cdcsync(eos_path, dsn, end, slot="slot_c")
+                eos["ceiling"] = ceiling
+                eos_results.append(eos)
+                line += (
+                    f", exactly-once {args.changes / eos['elapsed']:,.0f} changes/s, "
+                    f"RSS {eos['rss'] / 2**20:.1f} MiB"
+                )
+            print(line, flush=True)
+            if run == 0 and "off" in modes:
                 latencies = asyncio.run(
                     live_latency(config_path, dsn, args.rate, args.live_seconds)
                 )
@@ -277,12 +306,21 @@ def main() -> None:
             pg.stop()
 
     med = statistics.median
-    ceiling_rate = med(args.changes / r["ceiling"] for r in results)
-    our_rate = med(args.changes / r["elapsed"] for r in results)
+    ceiling_rate = med(args.changes / r["ceiling"] for r in results or eos_results)
     print()
     print(f"backlog                    {args.changes:,} changes, {args.runs} runs (medians)")
     print(f"pg_recvlogical (ceiling)   {ceiling_rate:,.0f} changes/s")
-    print(f"cdcsync capture            {our_rate:,.0f} changes/s")
+    if eos_results:
+        eos_rate = med(args.changes / r["elapsed"] for r in eos_results)
+        print(
+            f"cdcsync, exactly-once on   {eos_rate:,.0f} changes/s, peak RSS "
+            f"{med(r['rss'] for r in eos_results) / 2**20:.1f} MiB, CPU per event "
+            f"{med(r['cpu'] / args.changes for r in eos_results) * 1e6:.1f} us"
+        )
+    if not results:
+        return
+    our_rate = med(args.changes / r["elapsed"] for r in results)
+    print(f"cdcsync, exactly-once off  {our_rate:,.0f} changes/s")
     print(f"ratio                      {our_rate / ceiling_rate:.2f}  (target >= 0.5)")
     print(
         f"peak RSS                   {med(r['rss'] for r in results) / 2**20:.1f} MiB (target < 80)"

@@ -356,6 +356,7 @@ def _capture_status(capture: Capture) -> dict[str, Any]:
         "transactions": s.transactions,
         "tombstones": s.tombstones,
         "restarts": s.restarts,
+        "skipped_transactions": s.skipped_transactions,
         "flushed_lsn": str(s.flushed_lsn) if s.flushed_lsn else None,
         "received_lsn": str(s.received_lsn) if s.received_lsn else None,
         "lag_bytes": lag_bytes,

@@ -16,6 +16,10 @@ Invariants:
   delivery) tear everything down and start again from the slot: committed
   transactions not yet confirmed are re-sent with the same
   (commit LSN, total_order) identity. Fatal errors stop capture.
+- With ``kafka.exactly_once`` (cdc/exactly_once.py) events are produced inside
+  Kafka transactions together with the position; transactions already
+  committed to Kafka are skipped, and the confirmed LSN never passes an open
+  Kafka transaction.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from cdc.config import Config
 from cdc.envelope import OP_DELETE, OP_UPDATE, Change, RelationEncoder, TxContext
 from cdc.envelope_writer import EnvelopeWriter
 from cdc.errors import BrokerUnavailable, DecodeError, IncompatibleSchemaError, RetryableError
+from cdc.exactly_once import BatchPolicy, ExactlyOnce, TransactionalPublisher, positions_topic
 from cdc.lsn import ZERO, Lsn
 from cdc.metrics import LatencyHistogram
 from cdc.pgoutput import (
@@ -74,6 +79,8 @@ class CaptureStats:
 
     events: int = 0
     transactions: int = 0
+    # Exactly-once: transactions found already committed to Kafka on restart, and not re-sent.
+    skipped_transactions: int = 0
     tombstones: int = 0
     restarts: int = 0
     last_error: str | None = None
@@ -177,6 +184,8 @@ class _Session:
         self.topics_ready: set[str] = set()
         self.stream: ReplicationStream | None = None
         self.publisher: Publisher | None = None
+        self.eos: ExactlyOnce | None = None
+        self.skipping = False
         self.registry: RegistryClient | None = None
         self.serializer: AvroSerializer | None = None
         self.catalog: Any = None
@@ -198,7 +207,21 @@ class _Session:
         props.setdefault(
             "queue.buffering.max.kbytes", max(1, cfg.source.max_inflight_bytes // 1024)
         )
-        self.publisher = Publisher(producer_config(kafka.bootstrap_servers, props))
+        if kafka.exactly_once and kafka.transactional_id:
+            props["transactional.id"] = kafka.transactional_id
+            # librdkafka requires message.timeout.ms (delivery.timeout.ms) <= this.
+            props.setdefault("transaction.timeout.ms", props["delivery.timeout.ms"])
+            publisher = TransactionalPublisher(producer_config(kafka.bootstrap_servers, props))
+            self.publisher = publisher
+            self.eos = ExactlyOnce(
+                publisher,
+                slot=cfg.source.slot,
+                topic=positions_topic(kafka.topic_prefix),
+                policy=BatchPolicy(kafka.transaction_max_events, kafka.transaction_max_ms),
+            )
+            await self.eos.start()
+        else:
+            self.publisher = Publisher(producer_config(kafka.bootstrap_servers, props))
         self.registry = RegistryClient.from_url(cfg.registry.url, auth=cfg.registry.auth())
         self.serializer = AvroSerializer(self.registry)
         dsn = cfg.source.dsn.get_secret_value()
@@ -224,13 +247,16 @@ class _Session:
 
     async def close(self) -> None:
         self.spool.close()
+        if self.eos is not None:
+            clean = self.tx is None and self.checkpoint.failure is None
+            await self.eos.finish(clean=clean)
         if self.publisher is not None and self.stream is not None:
             # Drain what is in flight so the final confirmation is as far as it can be.
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.publisher.flush, 5.0)
                 self.publisher.poll(0)
                 if self.checkpoint.failure is None:
-                    self.stream.confirm(self.checkpoint.flush_lsn)
+                    self.stream.confirm(self._confirmable())
         if self.stream is not None:
             with contextlib.suppress(Exception):
                 await self.stream.close()
@@ -250,7 +276,7 @@ class _Session:
         assert stream is not None and publisher is not None
         max_frames = self.cfg.source.max_batch_events
         while not stop.is_set():
-            busy = self.checkpoint.in_flight > 0
+            busy = self.checkpoint.in_flight > 0 or (self.eos is not None and self.eos.open)
             frames = await stream.read(max_frames=max_frames, timeout=0.005 if busy else 0.5)
             if frames:
                 self.now_ms = time.time_ns() // 1_000_000
@@ -272,10 +298,14 @@ class _Session:
             cp = self.checkpoint
             if cp.failure is not None:
                 raise BrokerUnavailable(f"a Kafka delivery failed: {cp.failure}")
+            eos = self.eos
+            if eos is not None and self.tx is None and eos.due(idle=not frames):
+                await asyncio.to_thread(eos.commit)
             if self.tx is None and self.stream_xid is None and cp.in_flight == 0:
                 cp.idle_advance(stream.server_wal_end)
-            stream.confirm(cp.flush_lsn)
-            self.stats.flushed_lsn = cp.flush_lsn
+            confirmable = self._confirmable()
+            stream.confirm(confirmable)
+            self.stats.flushed_lsn = confirmable
             self.stats.received_lsn = stream.received_lsn
             if self.capture._on_batch is not None:
                 result = self.capture._on_batch(self.capture)
@@ -287,6 +317,10 @@ class _Session:
                 self.stats.heartbeat_lag_ms = watch.heartbeat_lag_ms
                 self.stats.retained_wal_bytes = watch.retained_bytes
             await self.backpressure(stop)
+
+    def _confirmable(self) -> Lsn:
+        flush = self.checkpoint.flush_lsn
+        return flush if self.eos is None else self.eos.confirmable(flush)
 
     async def backpressure(self, stop: asyncio.Event) -> None:
         """Hold reading while the producer's queue is near its cap; keep the slot alive."""
@@ -333,6 +367,9 @@ class _Session:
     def begin(self, tx: TxContext) -> None:
         self.tx = tx
         self.progress = None
+        self.skipping = self.eos is not None and self.eos.already_committed(tx.commit_lsn)
+        if self.skipping:
+            self.stats.skipped_transactions += 1
         self.seq = 0
         self.table_seq = {}
 
@@ -340,6 +377,8 @@ class _Session:
         if self.progress is not None:
             self.checkpoint.seal(self.progress, end_lsn)
             self.stats.transactions += 1
+            if self.eos is not None:
+                self.eos.sealed(self.progress.commit_lsn, end_lsn)
         if self.tx is not None:
             self.stats.last_commit_ts_us = self.tx.commit_ts_us
         self.tx = None
@@ -429,6 +468,8 @@ class _Session:
 
     def emit(self, table: _Table, change: Change, *, key: dict[str, Any] | None = None) -> None:
         """Produce ``change`` (and its tombstone); ``key``: its key record, if already built."""
+        if self.skipping:
+            return  # exactly-once: this transaction is already committed to Kafka
         serializer = self.serializer
         publisher = self.publisher
         assert serializer is not None and publisher is not None
@@ -444,8 +485,10 @@ class _Session:
                 key_bytes = serializer.serialize(table.key, key)
         progress = self._progress()
         callback = self._callback(progress)
+        eos = self.eos
+        headers = None if eos is None else eos.event_headers(self._confirmable())
         Checkpoint.sent(progress)
-        publisher.produce(enc.topic, key_bytes, value_bytes, callback)
+        publisher.produce(enc.topic, key_bytes, value_bytes, callback, headers=headers)
         self.stats.events += 1
         if (
             change.op == OP_DELETE
@@ -453,7 +496,7 @@ class _Session:
             and self.cfg.source.tombstones_on_delete
         ):
             Checkpoint.sent(progress)
-            publisher.produce(enc.topic, key_bytes, None, callback)
+            publisher.produce(enc.topic, key_bytes, None, callback, headers=headers)
             self.stats.tombstones += 1
 
     def on_truncate(self, msg: Truncate, lsn: Lsn) -> None:

@@ -171,6 +171,10 @@ class KafkaConfig(Section):
     properties: SecretishMap = Field(default_factory=dict)
     exactly_once: bool = False
     transactional_id: str | None = None
+    # With exactly_once: a Kafka transaction is committed (between PostgreSQL transactions)
+    # once it holds this many events or is this old, or when capture has caught up.
+    transaction_max_events: int = Field(default=20_000, ge=1)
+    transaction_max_ms: float = Field(default=100.0, gt=0)
     topic_partitions: int = Field(default=1, ge=1)
     topic_replication_factor: int = Field(default=1, ge=1)
     delivery_timeout_ms: int = Field(default=120_000, gt=0)

@@ -120,6 +120,11 @@ def _capture_metrics(capture: Capture) -> Iterator[Metric]:
         "cdcsync_captured_transactions", "Source transactions captured.", stats.transactions
     )
     yield counter("cdcsync_capture_restarts", "Capture restarts after a failure.", stats.restarts)
+    yield counter(
+        "cdcsync_capture_skipped_transactions",
+        "Exactly-once: source transactions found already committed to Kafka and not re-sent.",
+        stats.skipped_transactions,
+    )
     yield gauge(
         "cdcsync_replication_connected",
         "1 while the replication connection streams.",

@@ -139,12 +139,23 @@ class Event:
     offset: int
     key: dict[str, Any] | None
     value: dict[str, Any] | None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
 class EventReader:
-    """Reads every message of some topics from the beginning, decoded with confluent-kafka."""
+    """Reads every message of some topics from the beginning, decoded with confluent-kafka.
 
-    def __init__(self, bootstrap: str, registry_url: str, topics: list[str]) -> None:
+    ``isolation``: the consumer's ``isolation.level`` (librdkafka's default is read_committed).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        registry_url: str,
+        topics: list[str],
+        *,
+        isolation: str = "read_committed",
+    ) -> None:
         self.topics = topics
         self.events: list[Event] = []
         self._consumer = Consumer(
@@ -155,6 +166,7 @@ class EventReader:
                 "auto.offset.reset": "earliest",
                 "fetch.max.bytes": 52_428_800,
                 "max.partition.fetch.bytes": 52_428_800,
+                "isolation.level": isolation,
             }
         )
         self._assigned: set[str] = set()
@@ -193,7 +205,8 @@ class EventReader:
                     value = self._deser(
                         msg.value(), SerializationContext(topic, MessageField.VALUE)
                     )
-                self.events.append(Event(topic, msg.partition(), msg.offset(), key, value))
+                headers = tuple(msg.headers() or ())
+                self.events.append(Event(topic, msg.partition(), msg.offset(), key, value, headers))
         return self.events
 
     def close(self) -> None:

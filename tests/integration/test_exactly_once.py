@@ -1,0 +1,287 @@
+"""Exactly-once capture (kafka.exactly_once): killed 20 times, each change is read once.
+
+Read with ``isolation.level=read_committed``. Events are identified by (commit
+LSN, sequence), as in test_capture_faults. The test broker (tansu) hides open
+transactions from read_committed consumers but not aborted ones (its Fetch
+answer lists no aborted transactions), so the reader also drops the events of
+Kafka transactions that never wrote a position: each event names its Kafka
+transaction in the ``cdcsync.txn`` header, and a transaction's position record
+is its last message before the commit. On Apache Kafka the broker itself hides them.
+The filter cannot hide a loss (a committed transaction always has its position)
+nor a duplicate inside committed transactions. An aborted transaction that did
+write its position stays visible on tansu; capture then skips it on restart
+(its position is read back), so it is the one copy and is counted as such.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from cdc.exactly_once import TXN_HEADER, Position, positions_topic
+from tests.integration.harness import (
+    WORKLOAD_DDL,
+    CaptureEnv,
+    Event,
+    EventReader,
+    Expected,
+    data_events,
+    identity,
+    run_workload,
+    spawn_cdcsync,
+)
+
+TABLES = ["public.customers", "public.orders"]
+
+
+@dataclass
+class EosEnv(CaptureEnv):
+    """A capture environment whose config turns exactly-once on."""
+
+    def config(self, **source_overrides: Any) -> dict[str, Any]:
+        config = super().config(**source_overrides)
+        config["kafka"]["exactly_once"] = True
+        return config
+
+    def positions(self) -> list[Position]:
+        """Every record on the positions topic, read_committed, in offset order."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"positions-{self.slot}",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
+        out: list[Position] = []
+        try:
+            consumer.assign([TopicPartition(positions_topic(self.prefix), 0, OFFSET_BEGINNING)])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return out
+                    continue
+                value = msg.value()
+                if msg.key() == self.slot.encode() and value is not None:
+                    out.append(Position.decode(value))
+            raise AssertionError("the positions topic could not be read to its end")
+        finally:
+            consumer.close()
+
+
+@pytest.fixture
+def env(
+    pg_dsn: str, kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path
+) -> Iterator[EosEnv]:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(WORKLOAD_DDL)
+    e = EosEnv(pg_dsn, kafka_bootstrap, registry_url, topic_prefix, TABLES, tmp_path)
+    yield e
+    e.stop_all()
+
+
+class Writer(threading.Thread):
+    """Commits the workload's transactions until stopped."""
+
+    def __init__(self, dsn: str, *, pace: float) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.pace = dsn, pace
+        self.stopping = threading.Event()
+        self.result: Expected | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = run_workload(
+                self.dsn, changes=10**6, pace=self.pace, seed=11, stop=self.stopping.is_set
+            )
+        except BaseException as exc:
+            self.error = exc
+
+
+def _skipped_transactions(env: EosEnv) -> float:
+    """The live capture process's skipped-transactions counter, from its /metrics."""
+    url = re.findall(r"admin API on (http://\S+)", env.log_text())[-1]
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == "cdcsync_capture_skipped_transactions_total":
+                return float(sample.value)
+    raise AssertionError("no cdcsync_capture_skipped_transactions in /metrics")
+
+
+def _txn(event: Event) -> str | None:
+    for name, value in event.headers:
+        if name == TXN_HEADER and value is not None:
+            return value.decode()
+    return None
+
+
+def _read_committed(env: EosEnv, expected: Expected, *, timeout: float = 60) -> list[Event]:
+    """The data events of committed Kafka transactions, once all expected changes are in."""
+    reader = EventReader(
+        env.bootstrap,
+        env.registry_url,
+        [env.topic(t) for t in TABLES],
+        isolation="read_committed",
+    )
+    try:
+        reader.read_until(
+            lambda ev: len({identity(e) for e in data_events(ev)}) >= expected.changes,
+            timeout=timeout,
+        )
+        time.sleep(1)
+        events = reader.read_until(lambda ev: True, timeout=5)
+    finally:
+        reader.close()
+    committed = {p.txn for p in env.positions()}
+    assert all(_txn(e) is not None for e in events), "an event without its transaction header"
+    return [e for e in data_events(events) if _txn(e) in committed]
+
+
+def _assert_each_change_once(events: list[Event], expected: Expected) -> None:
+    seen: dict[tuple[int, int], Event] = {}
+    duplicates = []
+    for e in sorted(events, key=lambda e: (e.topic, e.partition, e.offset)):
+        ident = identity(e)
+        if ident in seen:
+            duplicates.append(ident)
+        seen[ident] = e
+    assert duplicates == [], f"{len(duplicates)} changes read more than once"
+    assert len(seen) == expected.changes, f"{expected.changes - len(seen)} changes lost"
+    ops: dict[tuple[str, int], list[str]] = {}
+    for ident in sorted(seen):
+        e = seen[ident]
+        assert e.key is not None and e.value is not None
+        ops.setdefault((e.topic.rsplit(".", 1)[1], e.key["id"]), []).append(e.value["op"])
+    assert ops == expected.ops
+
+
+def test_twenty_kills_under_load_leave_each_change_exactly_once_for_read_committed(
+    env: EosEnv,
+) -> None:
+    rnd = random.Random(7)
+    env.start()
+    env.wait_for_slot()
+    writer = Writer(env.pg_dsn, pace=0.1)
+    writer.start()
+    kills = 0
+    while kills < 20:
+        time.sleep(rnd.uniform(0.15, 0.7))
+        proc = env.procs[-1]
+        proc.kill()
+        proc.wait()
+        kills += 1
+        env.start()
+        env.wait_for_slot()
+    writer.stopping.set()
+    writer.join(60)
+    assert writer.error is None and writer.result is not None
+    _assert_each_change_once(_read_committed(env, writer.result), writer.result)
+
+
+def test_restart_behind_kafka_skips_transactions_already_committed(env: EosEnv) -> None:
+    env.start()
+    env.wait_for_slot()
+    # A copy of the slot at its current position: restoring it later rewinds capture.
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_copy_logical_replication_slot(%s, %s)", (env.slot, env.slot + "_bak")
+        )
+    first = run_workload(env.pg_dsn, changes=300, seed=3)
+    _read_committed(env, first)
+    env.stop_all()
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (env.slot,))
+        conn.execute(
+            "SELECT pg_copy_logical_replication_slot(%s, %s)", (env.slot + "_bak", env.slot)
+        )
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (env.slot + "_bak",))
+    # PostgreSQL now sends every transaction of the workload again.
+    env.start()
+    env.wait_for_slot()
+    more = run_workload(env.pg_dsn, changes=100, seed=4, id_base=100_000)
+    total = Expected(changes=first.changes + more.changes)
+    for src in (first, more):
+        for key, ops in src.ops.items():
+            total.ops.setdefault(key, []).extend(ops)
+    _assert_each_change_once(_read_committed(env, total), total)
+    assert "already in Kafka" in env.log_text()
+    assert _skipped_transactions(env) > 0
+
+
+def test_a_fenced_producer_restarts_capture_which_goes_on_exactly_once(env: EosEnv) -> None:
+    env.start()
+    env.wait_for_slot()
+    first = run_workload(env.pg_dsn, changes=200, seed=5)
+    _read_committed(env, first)
+    # Another producer with capture's transactional.id fences capture's producer.
+    usurper = Producer(
+        {"bootstrap.servers": env.bootstrap, "transactional.id": f"cdcsync-{env.prefix}-{env.slot}"}
+    )
+    usurper.init_transactions(30)
+    more = run_workload(env.pg_dsn, changes=200, seed=6, id_base=100_000)
+    total = Expected(changes=first.changes + more.changes)
+    for src in (first, more):
+        for key, ops in src.ops.items():
+            total.ops.setdefault(key, []).extend(ops)
+    _assert_each_change_once(_read_committed(env, total), total)
+    log = env.log_text()
+    assert "capture interrupted" in log and "fence" in log.lower(), log
+    assert env.procs[-1].poll() is None, log
+
+
+def test_a_streamed_transaction_is_published_whole_in_one_kafka_transaction(env: EosEnv) -> None:
+    # A tiny decoding memory makes PostgreSQL stream the big transaction in chunks.
+    path = env.write_config()
+    env.procs.append(
+        spawn_cdcsync(
+            "capture",
+            path,
+            env.workdir / "capture.log",
+            env={"PGOPTIONS": "-c logical_decoding_work_mem=64kB"},
+        )
+    )
+    env.wait_for_slot()
+    rows = 3000
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO customers (id, name) VALUES (-1, 'before')")
+        conn.execute(
+            "INSERT INTO orders SELECT g, 1, 2.50, repeat('x', 200) FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        conn.execute("INSERT INTO customers (id, name) VALUES (-2, 'after')")
+    expected = Expected(changes=rows + 2)
+    expected.ops = {("orders", i): ["c"] for i in range(1, rows + 1)}
+    expected.ops.update({("customers", -1): ["c"], ("customers", -2): ["c"]})
+    events = _read_committed(env, expected)
+    _assert_each_change_once(events, expected)
+    big = {_txn(e) for e in events if e.topic == env.topic("public.orders")}
+    assert len(big) == 1, f"the transaction was split over {len(big)} Kafka transactions"
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 20
+        while True:  # slot statistics are reported a little after decoding
+            row = conn.execute(
+                "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = %s",
+                (env.slot,),
+            ).fetchone()
+            if (row is not None and row[0] > 0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert row is not None and row[0] > 0, "PostgreSQL did not stream the transaction"
