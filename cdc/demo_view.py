@@ -4,9 +4,10 @@
 turns them into one ``Snapshot`` (totals, rates since the previous sample, replication
 lag, commit-to-applied latency percentiles); ``render_table`` and ``status_line`` present
 a snapshot, ``print_summary`` the closing report. The view only reads the stats objects,
-except for one duty: it trims the latency lists that capture and the workers append to,
-so that a long demo keeps a bounded amount of memory (the percentiles are over the
-newest ``LATENCY_WINDOW`` values).
+except for one duty: it takes the values out of the latency lists that capture and the
+workers append to, so that a long demo keeps a bounded amount of memory. The percentiles
+are over the values that arrived in the last ``LATENCY_WINDOW_S`` seconds, so the live view
+shows today's latency, not the start-up's (the first events wait for group joins).
 
 Invariants: rates are never negative (a counter that went backwards reads as 0/s); a
 percentile of an empty window is ``None`` and shown as a dash; nothing here prints a
@@ -16,6 +17,7 @@ secret (the view shows only counters, states and the broker/registry addresses g
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +28,26 @@ from rich.table import Table
 from cdc.capture import CaptureStats
 from cdc.worker import IntegrationStats
 
-LATENCY_WINDOW = 5000
-"""How many of the newest latency values are kept per stage."""
+LATENCY_WINDOW_S = 10.0
+"""The live percentiles are over the latencies that arrived in this many last seconds."""
 
 
-def trim(values: list[int] | None, *, keep: int = LATENCY_WINDOW) -> None:
-    """Drop all but the newest ``keep`` values, in place (the owners hold the same list)."""
-    if values is not None and len(values) > keep:
-        del values[: len(values) - keep]
+class LatencyWindow:
+    """Latency values of one stage from the last ``seconds``, taken from its owner's list."""
+
+    def __init__(self, seconds: float = LATENCY_WINDOW_S) -> None:
+        self.seconds = seconds
+        self._chunks: deque[tuple[float, list[int]]] = deque()
+
+    def take(self, values: list[int] | None, now: float) -> list[int]:
+        """Move the new ``values`` in (emptying the owner's list); the window's values."""
+        if values:
+            count = len(values)  # the owner may append meanwhile: take exactly these
+            self._chunks.append((now, values[:count]))
+            del values[:count]
+        while self._chunks and self._chunks[0][0] < now - self.seconds:
+            self._chunks.popleft()
+        return [value for _, chunk in self._chunks for value in chunk]
 
 
 def percentile(values: list[int] | None, fraction: float) -> int | None:
@@ -98,6 +112,11 @@ class DemoView:
         self._started = time.monotonic()
         self._last_t = self._started
         self._last: dict[str, int] = {}
+        self._windows: dict[str, LatencyWindow] = {}
+
+    def _latencies(self, key: str, values: list[int] | None, now: float) -> list[int]:
+        window = self._windows.setdefault(key, LatencyWindow())
+        return window.take(values, now)
 
     def _rate(self, key: str, value: int, dt: float) -> float:
         before = self._last.get(key, 0)
@@ -109,7 +128,7 @@ class DemoView:
         dt = now - self._last_t
         self._last_t = now
         cap = self._capture
-        trim(cap.latencies_us)
+        cap_latencies = self._latencies("capture", cap.latencies_us, now)
         written = self._rows_written()
         lag = max(0, int(cap.received_lsn) - int(cap.flushed_lsn))
         commit_age = None
@@ -121,7 +140,7 @@ class DemoView:
             stats = workers.get(name)
             if stats is None:
                 stats = IntegrationStats()
-            trim(stats.latencies_us)
+            latencies = self._latencies(name, stats.latencies_us, now)
             lines.append(
                 IntegrationLine(
                     name=name,
@@ -132,8 +151,8 @@ class DemoView:
                     circuit=stats.circuit,
                     paused=stats.paused,
                     rate=self._rate(f"applied:{name}", stats.applied, dt),
-                    p50_us=percentile(stats.latencies_us, 0.50),
-                    p99_us=percentile(stats.latencies_us, 0.99),
+                    p50_us=percentile(latencies, 0.50),
+                    p99_us=percentile(latencies, 0.99),
                     last_error=stats.last_error,
                 )
             )
@@ -146,8 +165,8 @@ class DemoView:
             connected=cap.connected,
             lag_bytes=lag,
             commit_age_s=commit_age,
-            capture_p50_us=percentile(cap.latencies_us, 0.50),
-            capture_p99_us=percentile(cap.latencies_us, 0.99),
+            capture_p50_us=percentile(cap_latencies, 0.50),
+            capture_p99_us=percentile(cap_latencies, 0.99),
             capture_error=cap.last_error,
             integrations=tuple(lines),
         )
@@ -166,7 +185,7 @@ def render_table(snap: Snapshot, *, title: str) -> Table:
     table = Table(title=title, caption=f"{snap.elapsed_s:.0f} s - Ctrl-C stops and checks")
     for column in ("stage", "total", "per second", "details"):
         table.add_column(column, justify="right" if column in ("total", "per second") else "left")
-    table.add_column("p50 / p99 latency", justify="right")
+    table.add_column("p50 / p99 latency, last 10 s", justify="right")
     table.add_row(
         "writer (rows)", str(snap.rows_written), f"{snap.write_rate:.0f}", "source database", ""
     )
