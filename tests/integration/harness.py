@@ -131,6 +131,18 @@ class CaptureEnv:
             time.sleep(0.1)
         raise AssertionError(f"capture did not start streaming:\n{self.log_text()}")
 
+    def kill_and_restart(
+        self, kills: int, rnd: random.Random, *, within: tuple[float, float]
+    ) -> None:
+        """kill -9 the newest capture ``kills`` times, each after a random pause ``within``."""
+        for _ in range(kills):
+            time.sleep(rnd.uniform(*within))
+            proc = self.procs[-1]
+            proc.kill()
+            proc.wait()
+            self.start()
+            self.wait_for_slot()
+
 
 @dataclass(frozen=True)
 class Event:

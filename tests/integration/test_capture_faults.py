@@ -100,15 +100,7 @@ def test_kill_9_at_random_moments_loses_no_committed_change(env: CaptureEnv) -> 
     env.wait_for_slot()
     writer = Writer(env.pg_dsn, changes=6000, pace=0.004)
     writer.start()
-    kills = 0
-    while kills < 10:
-        time.sleep(rnd.uniform(0.3, 1.5))
-        proc = env.procs[-1]
-        proc.kill()
-        proc.wait()
-        kills += 1
-        env.start()
-        env.wait_for_slot()
+    env.kill_and_restart(10, rnd, within=(0.3, 1.5))
     writer.join(300)
     assert writer.error is None and writer.result is not None
     events = _read_everything(env, writer.result)

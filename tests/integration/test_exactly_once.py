@@ -181,15 +181,7 @@ def test_twenty_kills_under_load_leave_each_change_exactly_once_for_read_committ
     env.wait_for_slot()
     writer = Writer(env.pg_dsn, pace=0.1)
     writer.start()
-    kills = 0
-    while kills < 20:
-        time.sleep(rnd.uniform(0.15, 0.7))
-        proc = env.procs[-1]
-        proc.kill()
-        proc.wait()
-        kills += 1
-        env.start()
-        env.wait_for_slot()
+    env.kill_and_restart(20, rnd, within=(0.15, 0.7))
     writer.stopping.set()
     writer.join(60)
     assert writer.error is None and writer.result is not None
