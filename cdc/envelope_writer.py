@@ -50,7 +50,9 @@ def string_bytes(s: str) -> bytes:
 class EnvelopeWriter:
     """Writes one relation's envelopes (value side) as framed Avro bytes."""
 
-    def __init__(self, encoder: RelationEncoder, *, header: bytes) -> None:
+    def __init__(self, encoder: RelationEncoder, *, header: bytes, snapshot: str = "false") -> None:
+        """``snapshot``: the ``source.snapshot`` value of every envelope written (``"false"``
+        for streamed changes; ``"true"``/``"incremental"`` for snapshot reads)."""
         self._encoder = encoder
         self._header = header
         self._row = parse_schema(encoder.value_row_schema)
@@ -60,8 +62,8 @@ class EnvelopeWriter:
             string_bytes(__version__) + string_bytes("postgresql") + string_bytes(encoder.prefix)
         )
         db = encoder.database
-        # snapshot: branch 0 of [enum-string, null] holding "false"; then db.
-        self._after_ts = _NULL + string_bytes("false") + string_bytes(db)
+        # snapshot: branch 0 of [enum-string, null] holding its value; then db.
+        self._after_ts = _NULL + string_bytes(snapshot) + string_bytes(db)
         self._table = string_bytes(rel.namespace) + string_bytes(rel.name)
         self._ops: dict[str, bytes] = {}
         self._tx: Any = None
