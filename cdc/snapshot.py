@@ -40,7 +40,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.checkpoint import Checkpoint, TxProgress
-from cdc.envelope import OP_READ, Change, TxContext
+from cdc.envelope import TxContext
 from cdc.envelope_writer import EnvelopeWriter
 from cdc.errors import SourceUnavailable, first_line
 from cdc.lsn import Lsn
@@ -439,7 +439,6 @@ class Snapshotter:
         assert publisher is not None and serializer is not None
         writer = self._writer(table, kind)
         enc = table.encoder
-        oid = enc.relation.oid
         now_us = time.time_ns() // 1000
         now_ms = now_us // 1000
         tx = TxContext(0, commit_lsn, now_us)
@@ -451,9 +450,8 @@ class Snapshotter:
         # Counted up front: a delivery report served while the producer's queue is full
         # must not find the chunk's count at zero before its last row is queued.
         Checkpoint.sent(progress, len(rows))
-        for n, row in enumerate(rows, 1):
-            change = Change(OP_READ, oid, commit_lsn, n, tx, None, row)
-            value = writer.write(change, table_seq=n, now_ms=now_ms)
+        values = writer.write_reads(rows, tx=tx, now_ms=now_ms)
+        for row, value in zip(rows, values, strict=True):
             produce(topic, serialize(key_schema, key_record(row)), value, callback)
         session.checkpoint.seal(progress, commit_lsn)
         session.stats.events += len(rows)
