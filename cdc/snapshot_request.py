@@ -138,7 +138,7 @@ def run_snapshot_command(
 
     tables = resolve_tables(config, names)
     request, statuses = asyncio.run(request_snapshot(config, tables))
-    out = Console(file=sys.stdout)
+    out = Console(file=sys.stdout, highlight=False)
     out.print(f"snapshot {request} requested: {', '.join(tables)}")
     if not wait:
         return 0

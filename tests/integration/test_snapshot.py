@@ -7,7 +7,9 @@ table's final state (deletes included), and no streamed change is missing or dou
 
 from __future__ import annotations
 
+import os
 import random
+import shlex
 import subprocess
 import sys
 import threading
@@ -228,3 +230,28 @@ def test_snapshot_command_refuses_a_table_that_is_not_captured(env: CaptureEnv) 
     )
     assert proc.returncode == 2
     assert "public.nope" in proc.stderr and "source.tables" in proc.stderr
+
+
+def test_on_a_terminal_the_snapshot_command_shows_rows_per_second_and_eta(
+    env: CaptureEnv,
+) -> None:
+    env.start(snapshot="never", snapshot_chunk_size=400)
+    env.wait_for_slot()
+    config = env.workdir / "cdcsync.yaml"
+    command = shlex.join(
+        [sys.executable, "-m", "cdc.cli", "snapshot", "--config", str(config), "items"]
+    )
+    done = subprocess.run(
+        ["script", "-qefc", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "160"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout
+    assert "ETA" in done.stdout and "rows/s" in done.stdout
+    assert f"{TABLE}: {ROWS:,} rows" in done.stdout
+    events = converge(env)
+    assert len(events) == ROWS
+    assert {e.value["source"]["snapshot"] for e in events if e.value} == {"incremental"}
