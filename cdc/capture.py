@@ -227,8 +227,6 @@ class _Session:
 
     async def close(self) -> None:
         self.spool.close()
-        with contextlib.suppress(Exception):
-            await self.snapshots.close()
         if self.publisher is not None and self.stream is not None:
             # Drain what is in flight so the final confirmation is as far as it can be.
             with contextlib.suppress(Exception):
@@ -236,6 +234,8 @@ class _Session:
                 self.publisher.poll(0)
                 if self.checkpoint.failure is None:
                     self.stream.confirm(self.checkpoint.flush_lsn)
+        with contextlib.suppress(Exception):
+            await self.snapshots.close()  # after the drain: saves what Kafka acknowledged
         if self.stream is not None:
             with contextlib.suppress(Exception):
                 await self.stream.close()

@@ -29,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -59,6 +60,7 @@ from cdc.snapshot_plan import (
     SnapshotSignal,
     Watermark,
     key_of,
+    wants_initial,
 )
 from cdc.source import TableName
 from cdc.state import StateStore
@@ -221,10 +223,7 @@ class Snapshotter:
         for table in self._tables:
             row = await self._store.snapshot_progress(table)
             key = None if row is None else ProgressKey.from_json(row.last_key)
-            fresh = mode != "never" and (
-                self._created_slot or (mode == "when_needed" and row is None)
-            )
-            if fresh:
+            if wants_initial(mode, created_slot=self._created_slot, ever_started=row is not None):
                 key = ProgressKey("initial", request, None)
                 await self._store.save_snapshot_progress(
                     table, last_key=key.to_json(), rows=0, done=False
@@ -235,6 +234,10 @@ class Snapshotter:
                 self._queue.append(_Job(table, key.kind, key.request, key.key, row.rows))
 
     async def close(self) -> None:
+        """Save the progress Kafka has acknowledged by now, then disconnect."""
+        if self._store is not None and self._saves:
+            with contextlib.suppress(Exception):
+                await self._save_acknowledged()
         if self._conn is not None:
             await self._conn.close()
         if self._store is not None:

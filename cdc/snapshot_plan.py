@@ -45,6 +45,18 @@ SOURCE_SNAPSHOT: Final[dict[str, str]] = {"initial": "true", "incremental": "inc
 _XID_SPAN: Final = 1 << 32
 
 
+def wants_initial(mode: str, *, created_slot: bool, ever_started: bool) -> bool:
+    """Whether capture starts an initial snapshot of a table at start-up.
+
+    ``initial``: when capture created the slot (the stream starts now; the rows that exist
+    must be read). ``when_needed``: that, or when the table was never snapshotted (no
+    ``snapshot_progress`` row: e.g. added to ``source.tables`` later). ``never``: no.
+    """
+    if mode == "never":
+        return False
+    return created_slot or (mode == "when_needed" and not ever_started)
+
+
 class SnapshotMessageError(ValueError):
     """A watermark or signal message whose content is not what we write."""
 

@@ -25,6 +25,7 @@ from cdc.snapshot_plan import (
     SnapshotSignal,
     Watermark,
     key_of,
+    wants_initial,
 )
 from cdc.snapshot_request import resolve_tables
 from cdc.source import TableName
@@ -169,3 +170,11 @@ def test_snapshot_request_names_tables_outside_source_tables() -> None:
     assert resolve_tables(config, ("a", "public.b", "public.a")) == ["public.a", "public.b"]
     with pytest.raises(ConfigError, match=r"public\.c: it is not in source\.tables"):
         resolve_tables(config, ("c",))
+
+
+def test_initial_snapshots_start_with_a_new_slot_or_when_needed_for_tables_never_read() -> None:
+    assert wants_initial("initial", created_slot=True, ever_started=True)
+    assert not wants_initial("initial", created_slot=False, ever_started=False)
+    assert wants_initial("when_needed", created_slot=False, ever_started=False)
+    assert not wants_initial("when_needed", created_slot=False, ever_started=True)
+    assert not wants_initial("never", created_slot=True, ever_started=False)
