@@ -471,10 +471,16 @@ class Snapshotter:
             tx = save.tx
             if tx is not None and (not tx.sealed or tx.pending > 0):
                 return
+            saves.popleft()
+            row = await store.snapshot_progress(save.table)
+            current = None if row is None else ProgressKey.from_json(row.last_key)
+            if current is not None and current.request != save.key.request:
+                # ``cdcsync snapshot`` asked again meanwhile: its row is not ours to
+                # overwrite (its signal follows in the stream and restarts the table).
+                continue
             await store.save_snapshot_progress(
                 save.table, last_key=save.key.to_json(), rows=save.rows, done=save.done
             )
-            saves.popleft()
 
     async def _take_signals(self) -> None:
         store = self._store

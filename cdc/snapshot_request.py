@@ -34,6 +34,8 @@ from cdc.snapshot_plan import SIGNAL_PREFIX, ProgressKey, SnapshotSignal
 from cdc.source import TableName, table_facts
 from cdc.state import StateStore
 
+_HINT_AFTER_S = 15.0
+
 
 @dataclass
 class TableStatus:
@@ -166,6 +168,7 @@ def run_snapshot_command(
         store = await StateStore.open(
             config.state_dsn().get_secret_value(), schema=config.state.schema_
         )
+        hinted = False
         async with store:
             while not stop.is_set():
                 await poll_progress(store, request, statuses)
@@ -177,6 +180,13 @@ def run_snapshot_command(
                     progress.update(task, completed=s.rows, total=total, rate=rate)
                 if all(s.done or s.superseded for s in statuses):
                     return
+                if not hinted and time.monotonic() - started > _HINT_AFTER_S:
+                    if not any(s.rows for s in statuses):
+                        progress.console.print(
+                            "no progress yet: is capture (cdcsync capture or run) running"
+                            " with this config? The request waits for it."
+                        )
+                    hinted = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval_s)
 
