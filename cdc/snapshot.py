@@ -86,6 +86,9 @@ ORDER BY a.attnum
 """
 
 
+_WATERMARK_TIMEOUT_S = 120.0
+
+
 class SnapshotError(SourceUnavailable):
     """A snapshot read failed (retryable: capture restarts and resumes)."""
 
@@ -166,6 +169,7 @@ class _Job:
     started: float = field(default_factory=time.monotonic)
     published: int = 0
     truncated: bool = False  # since the low watermark: the chunk read is void
+    waiting_since: float = 0.0  # when the awaited watermark was written
 
     def progress_key(self) -> ProgressKey:
         return ProgressKey(self.kind, self.request, self.last_key)
@@ -197,7 +201,7 @@ class Snapshotter:
         self._job: _Job | None = None
         self._saves: deque[_Save] = deque()
         self._signals: list[SnapshotSignal] = []
-        self._writers: dict[int, tuple[_Table, EnvelopeWriter]] = {}
+        self._writers: dict[tuple[int, str], tuple[_Table, EnvelopeWriter]] = {}
         self._session_id = uuid.uuid4().hex[:12]
         self._chunks = 0
 
@@ -338,6 +342,13 @@ class Snapshotter:
                 await self._emit(Watermark(job.chunk, high=False))
             elif job.phase == "read":
                 await self._read(job)
+            elif time.monotonic() - job.waiting_since > _WATERMARK_TIMEOUT_S:
+                # A watermark that never came back (it would have to be part of a
+                # transaction streamed in progress): read this chunk again.
+                log.warning(
+                    "%s: watermark %s did not come back; reading again", job.table, job.chunk
+                )
+                job.phase, job.buffer = "idle", None
         except psycopg.OperationalError as exc:
             raise SnapshotError(f"snapshot of {job.table}: {first_line(exc)}") from exc
 
@@ -354,6 +365,8 @@ class Snapshotter:
 
     async def _emit(self, mark: Watermark) -> None:
         assert self._conn is not None
+        if self._job is not None:
+            self._job.waiting_since = time.monotonic()
         await self._conn.execute(
             "SELECT pg_logical_emit_message(true, %s, %s)", (WATERMARK_PREFIX, mark.encode())
         )
@@ -380,13 +393,13 @@ class Snapshotter:
         await self._emit(Watermark(job.chunk, high=True))
 
     def _writer(self, table: _Table, kind: SnapshotKind) -> EnvelopeWriter:
-        oid = table.encoder.relation.oid
-        cached = self._writers.get(oid)
+        slot = (table.encoder.relation.oid, kind)
+        cached = self._writers.get(slot)
         if cached is None or cached[0] is not table:
             writer = EnvelopeWriter(
                 table.encoder, header=table.value.header, snapshot=SOURCE_SNAPSHOT[kind]
             )
-            cached = self._writers[oid] = (table, writer)
+            cached = self._writers[slot] = (table, writer)
         return cached[1]
 
     def _publish(self, job: _Job, commit_lsn: Lsn) -> None:
