@@ -462,13 +462,14 @@ class Snapshotter:
         callback = session._callback(progress)
         topic, key_schema = enc.topic, table.key
         assert key_schema is not None
-        serialize, produce, key_record = serializer.serialize, publisher.produce, enc.key_record
+        keys = serializer.serialize_many(key_schema, map(enc.key_record, rows))
+        values = writer.write_reads(rows, tx=tx, now_ms=now_ms)
         # Counted up front: a delivery report served while the producer's queue is full
         # must not find the chunk's count at zero before its last row is queued.
         Checkpoint.sent(progress, len(rows))
-        values = writer.write_reads(rows, tx=tx, now_ms=now_ms)
-        for row, value in zip(rows, values, strict=True):
-            produce(topic, serialize(key_schema, key_record(row)), value, callback)
+        produce = publisher.produce
+        for key, value in zip(keys, values, strict=True):
+            produce(topic, key, value, callback)
         session.checkpoint.seal(progress, commit_lsn)
         session.stats.events += len(rows)
         return progress
