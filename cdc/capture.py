@@ -61,6 +61,7 @@ from cdc.pgoutput import (
 from cdc.publisher import Publisher, producer_config
 from cdc.replication import ReplicationStream
 from cdc.slot_watch import SlotWatch, is_heartbeat
+from cdc.snapshot import Snapshotter
 from cdc.spool import TransactionSpool
 from cdc.types import DecimalHandling, PgType, TypeOptions, needs_catalog
 from schema_registry.client import RegistryClient
@@ -160,7 +161,7 @@ class Capture:
         )
         for warning in report.warnings:
             log.warning("%s", warning)
-        session = _Session(self, report.database)
+        session = _Session(self, report.database, created_slot=report.created_slot)
         try:
             await session.open()
             await session.loop(stop)
@@ -171,7 +172,7 @@ class Capture:
 class _Session:
     """One connection's worth of capture: fresh decoder, producer and checkpoint."""
 
-    def __init__(self, capture: Capture, database: str) -> None:
+    def __init__(self, capture: Capture, database: str, *, created_slot: bool = False) -> None:
         self.capture = capture
         self.cfg = capture.config
         self.stats = capture.stats
@@ -197,6 +198,7 @@ class _Session:
         self.table_seq: dict[int, int] = {}
         self.stream_xid: int | None = None
         self.now_ms = 0
+        self.snapshots = Snapshotter(self, created_slot=created_slot)
 
     async def open(self) -> None:
         cfg = self.cfg
@@ -242,6 +244,7 @@ class _Session:
             status_interval=cfg.source.status_interval_s,
         )
         self.checkpoint.flush_lsn = self.stream.flushed_lsn
+        await self.snapshots.open()
         self.stats.connected = True
         log.info("capture streaming from slot %s", cfg.source.slot)
 
@@ -256,7 +259,9 @@ class _Session:
                 await asyncio.to_thread(self.publisher.flush, 5.0)
                 self.publisher.poll(0)
                 if self.checkpoint.failure is None:
-                    self.stream.confirm(self._confirmable())
+                    self.stream.confirm(self.confirmable())
+        with contextlib.suppress(Exception):
+            await self.snapshots.close()  # after the drain: saves what Kafka acknowledged
         if self.stream is not None:
             with contextlib.suppress(Exception):
                 await self.stream.close()
@@ -276,7 +281,11 @@ class _Session:
         assert stream is not None and publisher is not None
         max_frames = self.cfg.source.max_batch_events
         while not stop.is_set():
-            busy = self.checkpoint.in_flight > 0 or (self.eos is not None and self.eos.open)
+            busy = (
+                self.checkpoint.in_flight > 0
+                or self.snapshots.busy
+                or (self.eos is not None and self.eos.open)
+            )
             frames = await stream.read(max_frames=max_frames, timeout=0.005 if busy else 0.5)
             if frames:
                 self.now_ms = time.time_ns() // 1_000_000
@@ -293,6 +302,7 @@ class _Session:
                         await self.replay_streamed(msg, stop)
                     else:
                         self.dispatch(msg, frame.wal_start)
+            await self.snapshots.step()
             publisher.poll(0)
             publisher.check()
             cp = self.checkpoint
@@ -303,7 +313,7 @@ class _Session:
                 await asyncio.to_thread(eos.commit)
             if self.tx is None and self.stream_xid is None and cp.in_flight == 0:
                 cp.idle_advance(stream.server_wal_end)
-            confirmable = self._confirmable()
+            confirmable = self.confirmable()
             stream.confirm(confirmable)
             self.stats.flushed_lsn = confirmable
             self.stats.received_lsn = stream.received_lsn
@@ -318,7 +328,7 @@ class _Session:
                 self.stats.retained_wal_bytes = watch.retained_bytes
             await self.backpressure(stop)
 
-    def _confirmable(self) -> Lsn:
+    def confirmable(self) -> Lsn:
         flush = self.checkpoint.flush_lsn
         return flush if self.eos is None else self.eos.confirmable(flush)
 
@@ -359,6 +369,8 @@ class _Session:
         elif kind is LogicalMessage:
             if self.stream_xid is not None and msg.transactional:
                 self.spool.append(self.stream_xid, lsn, msg)
+            elif self.snapshots.on_message(msg):
+                pass  # a snapshot watermark or signal
             elif is_heartbeat(msg) and self.watch is not None:
                 self.watch.on_heartbeat(msg)
             # Other logical messages are not published.
@@ -424,6 +436,12 @@ class _Session:
         table = self.tables.get(msg.relation_oid)
         if table is None:
             raise DecodeError(f"change for relation {msg.relation_oid} before its Relation message")
+        if self.snapshots.watches(msg.relation_oid):
+            self.snapshots.on_change(
+                tx.xid,
+                None if isinstance(msg, Delete) else msg.new,
+                None if isinstance(msg, Insert) else msg.old,
+            )
         seq = self._next(msg.relation_oid)
         if isinstance(msg, Insert):
             self.emit(table, Change.from_insert(msg, lsn=lsn, seq=seq, tx=tx))
@@ -486,7 +504,7 @@ class _Session:
         progress = self._progress()
         callback = self._callback(progress)
         eos = self.eos
-        headers = None if eos is None else eos.event_headers(self._confirmable())
+        headers = None if eos is None else eos.event_headers(self.confirmable())
         Checkpoint.sent(progress)
         publisher.produce(enc.topic, key_bytes, value_bytes, callback, headers=headers)
         self.stats.events += 1
@@ -504,6 +522,7 @@ class _Session:
         if tx is None:
             raise DecodeError("truncate outside a transaction")
         for oid in msg.relation_oids:
+            self.snapshots.on_truncate(oid)
             table = self.tables.get(oid)
             if table is None:
                 continue  # a table outside the publication's schema cache: nothing to say

@@ -216,6 +216,23 @@ def replay(
     run_replay_command(config, name, request, quiet=quiet, as_json=as_json)
 
 
+@cli.command()
+@_config_option
+@click.argument("tables", nargs=-1, required=True)
+@click.option("--no-wait", is_flag=True, help="Request the snapshot and exit at once.")
+@click.option("--quiet", is_flag=True, help="No progress bar (still waits, unless --no-wait).")
+def snapshot(
+    config_path: str | None, tables: tuple[str, ...], *, no_wait: bool, quiet: bool
+) -> None:
+    """Read TABLE... again as op=r events while streaming goes on (incremental, resumable)."""
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.snapshot_request import run_snapshot_command  # noqa: PLC0415
+
+    config = load_config(config_path)
+    _setup_logging(config.logging.level, config.logging.format)
+    sys.exit(run_snapshot_command(config, tables, wait=not no_wait, quiet=quiet))
+
+
 @cli.group()
 def dlq() -> None:
     """An integration's dead letters: list them, replay them through the current mapper."""

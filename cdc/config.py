@@ -118,6 +118,10 @@ class SourceConfig(Section):
     ``on_incompatible_schema``: ``stop`` halts capture with an error naming the columns when
     the registry rejects a changed table schema; ``continue`` sets that subject's
     compatibility to NONE, registers the new schema and goes on (consumers must cope).
+
+    ``snapshot``: ``initial`` reads every table (``op=r`` events) when capture creates the
+    slot; ``when_needed`` also reads a table that was never snapshotted; ``never`` reads
+    only on ``cdcsync snapshot``. Reads go in primary-key chunks of ``snapshot_chunk_size``.
     """
 
     secret_fields = ("dsn",)
@@ -129,6 +133,7 @@ class SourceConfig(Section):
     create_slot: bool = True
     create_publication: bool = True
     snapshot: Literal["initial", "never", "when_needed"] = "initial"
+    snapshot_chunk_size: int = Field(default=20_000, ge=1)
     decimal_handling: Literal["precise", "double", "string"] = "precise"
     tombstones_on_delete: bool = True
     on_incompatible_schema: Literal["stop", "continue"] = "stop"

@@ -16,12 +16,14 @@ the paths apart.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from fastavro import parse_schema, schemaless_writer
 
 from cdc import __version__
-from cdc.envelope import Change, RelationEncoder
+from cdc.envelope import OP_READ, Change, RelationEncoder, TxContext
+from cdc.pgoutput import TupleValues
 from schema_registry.serde import RecordEncodeError
 
 _NULL: Final = b"\x00"
@@ -50,7 +52,9 @@ def string_bytes(s: str) -> bytes:
 class EnvelopeWriter:
     """Writes one relation's envelopes (value side) as framed Avro bytes."""
 
-    def __init__(self, encoder: RelationEncoder, *, header: bytes) -> None:
+    def __init__(self, encoder: RelationEncoder, *, header: bytes, snapshot: str = "false") -> None:
+        """``snapshot``: the ``source.snapshot`` value of every envelope written (``"false"``
+        for streamed changes; ``"true"``/``"incremental"`` for snapshot reads)."""
         self._encoder = encoder
         self._header = header
         self._row = parse_schema(encoder.value_row_schema)
@@ -60,8 +64,8 @@ class EnvelopeWriter:
             string_bytes(__version__) + string_bytes("postgresql") + string_bytes(encoder.prefix)
         )
         db = encoder.database
-        # snapshot: branch 0 of [enum-string, null] holding "false"; then db.
-        self._after_ts = _NULL + string_bytes("false") + string_bytes(db)
+        # snapshot: branch 0 of [enum-string, null] holding its value; then db.
+        self._after_ts = _NULL + string_bytes(snapshot) + string_bytes(db)
         self._table = string_bytes(rel.namespace) + string_bytes(rel.name)
         self._ops: dict[str, bytes] = {}
         self._tx: Any = None
@@ -96,6 +100,45 @@ class EnvelopeWriter:
         self._tx_mid += _BRANCH1 + long_bytes(tx.xid)
         self._tx_tail = _NULL + _BRANCH1 + long_bytes(commit)
         self._tx_block = _BRANCH1 + string_bytes(f"{tx.xid}:{commit}")
+
+    def write_reads(
+        self, rows: Iterable[TupleValues], *, tx: TxContext, now_ms: int
+    ) -> Iterator[bytes]:
+        """Framed ``op=r`` values of ``rows``, all at ``tx.commit_lsn``, numbered from 1.
+
+        The batch form of ``write`` for snapshot chunks: everything but the row and its
+        position is the same for the whole chunk, so it is assembled once. Equal to
+        ``write(Change(OP_READ, oid, tx.commit_lsn, n, tx, None, row), table_seq=n, ...)``.
+        """
+        enc = self._encoder
+        lsn = tx.commit_lsn
+        probe = Change(OP_READ, enc.relation.oid, lsn, 1, tx, None, ())
+        self._set_tx(probe)
+        self._now_ms = -1
+        now = _BRANCH1 + long_bytes(now_ms) + _BRANCH1 + long_bytes(now_ms * 1000)
+        head = self._header + _NULL + _BRANCH1
+        middle = b"".join(
+            (
+                self._tx_head,
+                _BRANCH1,
+                string_bytes(f'["{self._commit_text}","{int(lsn)}"]'),
+                self._tx_mid,
+                _BRANCH1,
+                long_bytes(int(lsn)),
+                self._tx_tail,
+                string_bytes(OP_READ),
+                now,
+                self._tx_block,
+            )
+        )
+        row_bytes, row_record = self._row_bytes, enc.row_record
+        for n, row in enumerate(rows, 1):
+            unavailable: list[str] = []
+            after = row_bytes(row_record(row, unavailable=unavailable))
+            if unavailable:
+                raise RecordEncodeError("a snapshot row cannot hold unchanged TOAST values")
+            seq = long_bytes(n)
+            yield b"".join((head, after, middle, seq, seq, _NULL))
 
     def write(self, change: Change, *, table_seq: int, now_ms: int) -> bytes:
         """The framed value of ``change``; equal to encoding ``encoder.envelope(...)``."""

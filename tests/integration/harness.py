@@ -22,10 +22,12 @@ from typing import Any
 
 import psycopg
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+
+from cdc.exactly_once import Position, positions_topic
 
 
 def spawn_cdcsync(
@@ -142,6 +144,46 @@ class CaptureEnv:
             proc.wait()
             self.start()
             self.wait_for_slot()
+
+
+@dataclass
+class EosEnv(CaptureEnv):
+    """A capture environment whose config turns exactly-once on."""
+
+    def config(self, **source_overrides: Any) -> dict[str, Any]:
+        config = super().config(**source_overrides)
+        config["kafka"]["exactly_once"] = True
+        return config
+
+    def positions(self) -> list[Position]:
+        """Every record on the positions topic, read_committed, in offset order."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"positions-{self.slot}",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
+        out: list[Position] = []
+        try:
+            consumer.assign([TopicPartition(positions_topic(self.prefix), 0, OFFSET_BEGINNING)])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return out
+                    continue
+                value = msg.value()
+                if msg.key() == self.slot.encode() and value is not None:
+                    out.append(Position.decode(value))
+            raise AssertionError("the positions topic could not be read to its end")
+        finally:
+            consumer.close()
 
 
 @dataclass(frozen=True)

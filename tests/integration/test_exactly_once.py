@@ -20,20 +20,18 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc.exactly_once import TXN_HEADER, Position, positions_topic
+from cdc.exactly_once import TXN_HEADER
 from tests.integration.harness import (
     WORKLOAD_DDL,
-    CaptureEnv,
+    EosEnv,
     Event,
     EventReader,
     Expected,
@@ -44,46 +42,6 @@ from tests.integration.harness import (
 )
 
 TABLES = ["public.customers", "public.orders"]
-
-
-@dataclass
-class EosEnv(CaptureEnv):
-    """A capture environment whose config turns exactly-once on."""
-
-    def config(self, **source_overrides: Any) -> dict[str, Any]:
-        config = super().config(**source_overrides)
-        config["kafka"]["exactly_once"] = True
-        return config
-
-    def positions(self) -> list[Position]:
-        """Every record on the positions topic, read_committed, in offset order."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"positions-{self.slot}",
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }
-        )
-        out: list[Position] = []
-        try:
-            consumer.assign([TopicPartition(positions_topic(self.prefix), 0, OFFSET_BEGINNING)])
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        return out
-                    continue
-                value = msg.value()
-                if msg.key() == self.slot.encode() and value is not None:
-                    out.append(Position.decode(value))
-            raise AssertionError("the positions topic could not be read to its end")
-        finally:
-            consumer.close()
 
 
 @pytest.fixture
