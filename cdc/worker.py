@@ -590,6 +590,11 @@ class SyncWorker:
                 msgs = await asyncio.to_thread(_next_batch, consumer)
                 if not msgs:
                     continue
+                if not self._resumed.is_set():
+                    # Paused while this batch was being fetched: it waits for the resume.
+                    await self._paused(stop)
+                    if stop.is_set():
+                        break
                 await self.applier.handle(msgs, stop)
                 await asyncio.to_thread(self._commit, consumer, msgs)
         except KafkaException as exc:
