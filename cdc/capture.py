@@ -36,6 +36,7 @@ from cdc.config import Config
 from cdc.envelope import OP_DELETE, OP_UPDATE, Change, RelationEncoder, TxContext
 from cdc.envelope_writer import EnvelopeWriter
 from cdc.errors import BrokerUnavailable, DecodeError, IncompatibleSchemaError, RetryableError
+from cdc.inbound_config import ORIGIN_HEADER
 from cdc.lsn import ZERO, Lsn
 from cdc.metrics import LatencyHistogram
 from cdc.pgoutput import (
@@ -45,6 +46,7 @@ from cdc.pgoutput import (
     Delete,
     Insert,
     LogicalMessage,
+    Origin,
     Relation,
     StreamAbort,
     StreamCommit,
@@ -188,6 +190,8 @@ class _Session:
         self.table_seq: dict[int, int] = {}
         self.stream_xid: int | None = None
         self.now_ms = 0
+        # The Kafka headers of the transaction's events: its replication origin, if any.
+        self.headers: list[tuple[str, str | bytes | None]] | None = None
 
     async def open(self) -> None:
         cfg = self.cfg
@@ -328,13 +332,18 @@ class _Session:
             elif is_heartbeat(msg) and self.watch is not None:
                 self.watch.on_heartbeat(msg)
             # Other logical messages are not published.
-        # Origin and Type messages need no action: types are read from the catalog.
+        elif kind is Origin and self.stream_xid is None:
+            # A write made under a replication origin (cdcsync's inbound apply, or another
+            # replicator): its events say so in a header, so sync can avoid echoes.
+            self.headers = [(ORIGIN_HEADER, msg.name.encode())]
+        # Type messages need no action: types are read from the catalog.
 
     def begin(self, tx: TxContext) -> None:
         self.tx = tx
         self.progress = None
         self.seq = 0
         self.table_seq = {}
+        self.headers = None
 
     def commit(self, end_lsn: Lsn) -> None:
         if self.progress is not None:
@@ -445,7 +454,7 @@ class _Session:
         progress = self._progress()
         callback = self._callback(progress)
         Checkpoint.sent(progress)
-        publisher.produce(enc.topic, key_bytes, value_bytes, callback)
+        publisher.produce(enc.topic, key_bytes, value_bytes, callback, headers=self.headers)
         self.stats.events += 1
         if (
             change.op == OP_DELETE
@@ -453,7 +462,7 @@ class _Session:
             and self.cfg.source.tombstones_on_delete
         ):
             Checkpoint.sent(progress)
-            publisher.produce(enc.topic, key_bytes, None, callback)
+            publisher.produce(enc.topic, key_bytes, None, callback, headers=self.headers)
             self.stats.tombstones += 1
 
     def on_truncate(self, msg: Truncate, lsn: Lsn) -> None:

@@ -187,6 +187,7 @@ def _sync_metrics(sync: Sync) -> Iterator[Metric]:
         applied.add_metric([name], s.applied)
         skipped.add_metric([name, "older"], s.older)
         skipped.add_metric([name, "duplicate"], s.duplicate)
+        skipped.add_metric([name, "echo"], s.echo)
         retried.add_metric([name], s.retried)
         dead.add_metric([name], s.dead_lettered)
         records.add_metric([name], s.records)
