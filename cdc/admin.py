@@ -385,6 +385,7 @@ def _integrations_status(sync: Sync) -> dict[str, Any]:
             "applied": s.applied,
             "older": s.older,
             "duplicate": s.duplicate,
+            "echo": s.echo,
             "retried": s.retried,
             "dead_lettered": s.dead_lettered,
             "records": s.records,
@@ -397,6 +398,9 @@ def _integrations_status(sync: Sync) -> dict[str, Any]:
             "apply_latency_p99_s": _json_seconds(s.apply_latency.quantile_s(0.99)),
             "checks": [asdict(c) for c in s.checks],
         }
+        inbound = sync.inbound_workers.get(name)
+        if inbound is not None:
+            out[name]["inbound"] = asdict(inbound.stats)
     return out
 
 
