@@ -41,6 +41,8 @@ class InboundEnv:
     def create(cls, sync: SyncEnv) -> InboundEnv:
         with psycopg.connect(sync.dsn, autocommit=True) as conn:
             conn.execute(INBOUND_SCHEMA_SQL)
+            # Two sinks creating their tables in one new schema at once may collide.
+            conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
         return cls(sync)
 
     @property
