@@ -142,7 +142,9 @@ class InboundApplier:
         store = await StateStore.open(dsn, schema=self.config.state.schema_)
         await store.close()
         try:
-            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, application_name=f"cdcsync-inbound-{self.name}"
+            )
         except psycopg.OperationalError as exc:
             raise SourceUnavailable(
                 f"inbound {self.name}: source database: {redact_dsn(first_line(exc))}"

@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,8 +75,12 @@ class InboundEnv:
         config["admin"] = {"listen": f"127.0.0.1:{self.port}"}
         return config
 
+    @property
+    def config_path(self) -> Path:
+        return self.sync.capture.workdir / "inbound.yaml"
+
     def start_sync(self) -> subprocess.Popen[bytes]:
-        path = self.sync.capture.workdir / "inbound.yaml"
+        path = self.config_path
         path.write_text(yaml.safe_dump(self.config()))
         proc = spawn_cdcsync(
             "sync",
@@ -116,6 +121,14 @@ class InboundEnv:
                 f"SELECT idempotency_key, outcome FROM {STATE_SCHEMA}.inbound_changes"
             ).fetchall()
         return {str(k): str(v) for k, v in rows}
+
+    def dead_letters(self) -> list[str]:
+        """The errors of the CRM's inbound dead letters."""
+        with psycopg.connect(self.sync.dsn) as conn:
+            rows = conn.execute(
+                f"SELECT error FROM {STATE_SCHEMA}.dead_letters WHERE integration = 'crm.inbound'"
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def wait_outcomes(self, keys: set[str], *, timeout: float = 60) -> dict[str, str]:
         deadline = time.monotonic() + timeout

@@ -6,8 +6,12 @@ sync as child processes, the test CRM over HTTP. See ``inbound_harness``.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,12 +21,13 @@ import psycopg
 import pytest
 
 from tests.integration.inbound_harness import (
+    INBOUND_SECRET,
     STATE_SCHEMA,
     CrmClient,
     InboundEnv,
     wait_for_endpoint,
 )
-from tests.integration.sync_harness import SyncEnv, run_workload
+from tests.integration.sync_harness import CRM_SECRET, SyncEnv, run_workload
 
 
 @pytest.fixture
@@ -177,6 +182,13 @@ def test_kill_9_during_inbound_apply_loses_nothing_and_applies_nothing_twice(
             first.send_signal(signal.SIGKILL)  # the changes just accepted are being applied
             first.wait()
             env.start_sync()
+        if n == 16:
+            # The database drops the worker's connection: it reconnects and goes on.
+            with psycopg.connect(env.sync.dsn, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = 'cdcsync-inbound-crm'"
+                )
     outcomes = env.wait_outcomes(set(emails))
     assert set(outcomes.values()) <= {"applied", "lost"}
     with psycopg.connect(env.sync.dsn) as conn:
@@ -190,4 +202,56 @@ def test_kill_9_during_inbound_apply_loses_nothing_and_applies_nothing_twice(
         assert writes.get(email, 0) == (1 if outcomes[key] == "applied" else 0), email
     env.wait_all_equal()
     assert "Traceback" not in env.sync.sync_log()
+    crm.close()
+
+
+def _cdcsync(env: InboundEnv, *args: str) -> str:
+    """Run a cdcsync command against the running sync's config; its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cdc.cli", *args, "--config", str(env.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CRM_SECRET": CRM_SECRET, "CRM_INBOUND_SECRET": INBOUND_SECRET},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_a_change_the_database_refuses_is_dead_lettered_and_applies_once_replayed(
+    env: InboundEnv,
+) -> None:
+    crm = _started(env, customers=4)
+    with psycopg.connect(env.sync.dsn) as conn:
+        row = conn.execute("SELECT customer_id FROM orders ORDER BY id LIMIT 1").fetchone()
+    assert row is not None
+    customer = str(row[0])
+    contact = env.sync.crm.store.contact(customer)
+    assert contact is not None
+    # The CRM deletes a contact whose customer still has orders: the foreign key refuses.
+    key = crm.post(contact.id, {"updated_at": "2031-01-01T00:00:00Z"}, method="DELETE")
+    deadline = time.monotonic() + 60
+    while not env.dead_letters() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (letter,) = json.loads(_cdcsync(env, "dlq", "list", "crm", "--inbound", "--json"))
+    assert "foreign key" in letter["error"]
+    assert letter["key"] == f"contact/{contact.id}"
+    assert key not in env.outcomes()
+    assert customer in env.sync.source_customers()
+    # Fixed in the application; the dead letter goes back on the queue and applies once.
+    with psycopg.connect(env.sync.dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM orders WHERE customer_id = %s", (int(customer),))
+    assert "1 inbound dead letters re-enqueued" in _cdcsync(
+        env, "dlq", "replay", "crm", "--inbound"
+    )
+    assert env.wait_outcomes({key})[key] == "deleted"
+    assert customer not in env.sync.source_customers()
+    assert "0 inbound dead letters re-enqueued" in _cdcsync(
+        env, "dlq", "replay", "crm", "--inbound"
+    )
+    deadline = time.monotonic() + 60
+    while customer in env.profiles() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert customer not in env.profiles(), (env.status(), env.sync.sync_log()[-3000:])
     crm.close()
