@@ -154,7 +154,8 @@ async def accept(
             latencies.append(time.perf_counter() - started)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         # Warm up: the first request creates the topic and connects the producer.
         await client_once(session, url, requests[0])
         started = time.perf_counter()
@@ -227,8 +228,10 @@ def one_run(
 
     port = free_port()
     data = make_config(dsn, broker.bootstrap, f"bench{uuid.uuid4().hex[:6]}", port)
-    ready = multiprocessing.Event()
-    server = multiprocessing.Process(target=serve, args=(data, ready), daemon=True)
+    # Spawned, not forked: this process already runs librdkafka threads after a run.
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Event()
+    server = spawn.Process(target=serve, args=(data, ready), daemon=True)
     server.start()
     try:
         if not ready.wait(30):

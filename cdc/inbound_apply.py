@@ -228,6 +228,14 @@ class InboundApplier:
             raise SourceUnavailable(
                 f"inbound {self.name}: source database: {redact_dsn(first_line(exc))}"
             ) from None
+        except (psycopg.IntegrityError, psycopg.DataError):
+            raise  # this change is refused: the caller dead-letters it
+        except psycopg.Error as exc:
+            # Privileges, a missing column: the setup is wrong, not this change.
+            raise ConfigError(
+                f"integrations.{self.name}.inbound: applying to {self.inbound.table} failed: "
+                f"{first_line(exc)}"
+            ) from None
 
     def _columns(self, change: InboundChange, origin: Origin) -> dict[str, Any]:
         if change.op == "delete":

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -149,6 +150,10 @@ def test_a_change_written_back_by_the_crm_reaches_profiles_but_is_not_sent_back_
         raise AssertionError(f"profiles={env.profiles()} status={env.status()}")
     # Both reached profiles; the CRM's sync skipped them: it was asked nothing.
     assert env.sync.crm.store.stats().requests == requests_before
+    metrics = httpx.get(env.url + "/metrics", timeout=5).text
+    assert 'cdcsync_skipped_total{integration="crm",reason="echo"} 2.0' in metrics
+    assert 'cdcsync_skipped_total{integration="profiles",reason="echo"} 0.0' in metrics
+    assert 'cdcsync_inbound_changes_total{integration="crm",outcome="applied"} 2.0' in metrics
     assert env.sync.crm.store.contact(str(row[0])) is None
     assert env.all_equal() is False  # only the CRM-made row is missing on the CRM side
     source = env.sync.source_customers()
