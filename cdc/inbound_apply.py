@@ -259,6 +259,12 @@ class InboundApplier:
         origin: Origin,
         columns: dict[str, Any],
     ) -> tuple[str, str | None]:
+        # Under a session origin, logical decoding reports the origin's timestamp as the
+        # commit time: without this, the events would say 2000-01-01 (and a delete, whose
+        # version is its commit time, would lose to every older write).
+        await conn.execute(
+            "SELECT pg_replication_origin_xact_setup('0/0'::pg_lsn, clock_timestamp())"
+        )
         marked = await conn.execute(
             sql.SQL(
                 "INSERT INTO {}.inbound_changes (integration, idempotency_key, entity,"

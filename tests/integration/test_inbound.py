@@ -21,6 +21,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.integration.harness import Event, EventReader
 from tests.integration.inbound_harness import (
     INBOUND_SECRET,
     STATE_SCHEMA,
@@ -57,6 +58,10 @@ def _started(env: InboundEnv, *, customers: int) -> CrmClient:
     run_workload(env.sync.dsn, customers=customers, orders=5, seed=11)
     env.wait_all_equal()
     return CrmClient(env)
+
+
+def _email(event: Event) -> object:
+    return ((event.value or {}).get("after") or {}).get("email")
 
 
 def _app_writes(dsn: str, ids: list[str], *, count: int, seed: int) -> None:
@@ -150,6 +155,22 @@ def test_a_change_written_back_by_the_crm_reaches_profiles_but_is_not_sent_back_
         raise AssertionError(f"profiles={env.profiles()} status={env.status()}")
     # Both reached profiles; the CRM's sync skipped them: it was asked nothing.
     assert env.sync.crm.store.stats().requests == requests_before
+    # The written-back change's event carries its real commit time (not the origin's 0).
+    reader = EventReader(
+        env.sync.capture.bootstrap,
+        env.sync.capture.registry_url,
+        [env.sync.capture.topic("public.customers")],
+    )
+    try:
+        events = reader.read_until(
+            lambda evs: any(_email(e) == "desk-fix@example.com" for e in evs),
+            timeout=30,
+        )
+    finally:
+        reader.close()
+    (echo,) = [e for e in events if _email(e) == "desk-fix@example.com"]
+    assert echo.value is not None
+    assert abs(echo.value["source"]["ts_ms"] / 1000 - time.time()) < 600
     metrics = httpx.get(env.url + "/metrics", timeout=5).text
     assert 'cdcsync_skipped_total{integration="crm",reason="echo"} 2.0' in metrics
     assert 'cdcsync_skipped_total{integration="profiles",reason="echo"} 0.0' in metrics
@@ -258,5 +279,5 @@ def test_a_change_the_database_refuses_is_dead_lettered_and_applies_once_replaye
     deadline = time.monotonic() + 60
     while customer in env.profiles() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert customer not in env.profiles(), (env.status(), env.sync.sync_log()[-3000:])
+    assert customer not in env.profiles(), env.status()["integrations"]["profiles"]
     crm.close()
