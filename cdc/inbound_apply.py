@@ -151,6 +151,11 @@ class InboundApplier:
             ) from None
         try:
             await self._prepare(conn, stop)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            await conn.close()
+            raise SourceUnavailable(
+                f"inbound {self.name}: source database: {redact_dsn(first_line(exc))}"
+            ) from None
         except BaseException:
             await conn.close()
             raise
@@ -196,7 +201,9 @@ class InboundApplier:
             except pg_errors.ObjectInUse as exc:
                 # Held by another session: a previous process's backend not yet gone,
                 # or a second worker of this integration. Wait for it.
-                log.info("inbound %s: origin busy (%s); waiting", self.name, first_line(exc))
+                (log.info if delay == 0.1 else log.debug)(
+                    "inbound %s: origin busy (%s); waiting", self.name, first_line(exc)
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 if stop.is_set():

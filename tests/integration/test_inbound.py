@@ -199,15 +199,31 @@ def test_kill_9_during_inbound_apply_loses_nothing_and_applies_nothing_twice(
     first = env.sync.sync_procs[-1]
     rng = random.Random(9)
     emails: dict[str, str] = {}
-    for n in range(24):
-        email = f"kill{n}@example.com"
-        key = crm.edit(rng.choice(keys), email=email)
+
+    def edit(n: int, contact: str) -> None:
+        key = crm.edit(contact, email=f"kill{n}@example.com")
         assert key is not None
-        emails[key] = email
-        if n == 8:
-            first.send_signal(signal.SIGKILL)  # the changes just accepted are being applied
-            first.wait()
-            env.start_sync()
+        emails[key] = f"kill{n}@example.com"
+
+    for n in range(6):
+        edit(n, rng.choice(keys))
+    # The application holds a row; the change to it stops inside its apply transaction
+    # (marker written, waiting for the row lock) when sync is killed.
+    blocker = psycopg.connect(env.sync.dsn)
+    try:
+        blocker.execute("SELECT 1 FROM customers WHERE id = %s FOR UPDATE", (int(keys[0]),))
+        edit(6, keys[0])
+        _wait_for_lock_wait(env)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        env.start_sync()
+        for n in range(7, 12):
+            edit(n, rng.choice(keys))
+    finally:
+        blocker.rollback()  # the killed apply's transaction now fails; nothing of it stays
+        blocker.close()
+    for n in range(12, 24):
+        edit(n, rng.choice(keys))
         if n == 16:
             # The database drops the worker's connection: it reconnects and goes on.
             with psycopg.connect(env.sync.dsn, autocommit=True) as conn:
@@ -229,6 +245,21 @@ def test_kill_9_during_inbound_apply_loses_nothing_and_applies_nothing_twice(
     env.wait_all_equal()
     assert "Traceback" not in env.sync.sync_log()
     crm.close()
+
+
+def _wait_for_lock_wait(env: InboundEnv, timeout: float = 30) -> None:
+    """Until the inbound worker's database session waits for a row lock."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(env.sync.dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'cdcsync-inbound-crm' AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if row is not None and row[0] > 0:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"the inbound worker never waited for the lock:\n{env.sync.sync_log()}")
 
 
 def _cdcsync(env: InboundEnv, *args: str) -> str:
