@@ -160,7 +160,7 @@ class InboundRoute:
                     f"invalid {entity} delete: a delete body holds only {cfg.version_field!r}",
                     fields=[{"field": name, "message": "not allowed"} for name in unknown],
                 )
-            version_us = now_us if raw is None else self._version(raw, entity)
+            version_us = now_us if raw is None else self._version(raw, entity, now_us=now_us)
             op: Op = "delete"
         else:
             try:
@@ -185,7 +185,7 @@ class InboundRoute:
                     f"invalid {entity}: version field {cfg.version_field!r} is required",
                     fields=[{"field": cfg.version_field, "message": "required"}],
                 )
-            version_us = self._version(raw, entity)
+            version_us = self._version(raw, entity, now_us=now_us)
             op = "upsert"
         return InboundChange(
             integration=self.name,
@@ -198,15 +198,23 @@ class InboundRoute:
             fields=fields,
         )
 
-    def _version(self, raw: object, entity: str) -> int:
+    def _version(self, raw: object, entity: str, *, now_us: int) -> int:
+        field_name = self.config.version_field
         try:
-            return microseconds(raw, column=self.config.version_field)
+            version = microseconds(raw, column=field_name)
         except MappingError as exc:
             raise InboundRejected(
-                422,
-                f"invalid {entity}: {exc}",
-                fields=[{"field": self.config.version_field, "message": str(exc)}],
+                422, f"invalid {entity}: {exc}", fields=[{"field": field_name, "message": str(exc)}]
             ) from None
+        limit = self.config.max_future_s
+        if limit is not None and version > now_us + int(limit * 1_000_000):
+            message = f"more than {limit:g}s in the future (is the sender's clock right?)"
+            raise InboundRejected(
+                422,
+                f"invalid {entity}: {field_name}: {message}",
+                fields=[{"field": field_name, "message": message}],
+            )
+        return version
 
 
 def _json_object(body: bytes, *, optional: bool) -> dict[str, Any]:

@@ -68,6 +68,9 @@ class InboundConfig(Section):
     group_id: str | None = None
     dead_letter_topic: TopicName | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=64)
+    # A change versioned further than this in the future is refused (422): a skewed clock
+    # would otherwise win against every later write. None: no limit.
+    max_future_s: float | None = Field(default=300.0, ge=0)
     # Seconds the endpoint waits for Kafka's acknowledgement before answering 503.
     enqueue_timeout_s: float = Field(default=10.0, gt=0)
 

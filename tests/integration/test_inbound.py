@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -58,6 +59,10 @@ def _started(env: InboundEnv, *, customers: int) -> CrmClient:
     run_workload(env.sync.dsn, customers=customers, orders=5, seed=11)
     env.wait_all_equal()
     return CrmClient(env)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def _email(event: Event) -> object:
@@ -130,7 +135,7 @@ def test_a_change_written_back_by_the_crm_reaches_profiles_but_is_not_sent_back_
     # A contact created in the CRM becomes a new customer, linked through the identity map.
     created = crm.post(
         "crm-made-1",
-        {"name": "New In CRM", "email": "new@example.com", "updated_at": "2030-01-01T00:00:00Z"},
+        {"name": "New In CRM", "email": "new@example.com", "updated_at": _now()},
     )
     outcomes = env.wait_outcomes({accepted, created})
     assert (outcomes[accepted], outcomes[created]) == ("applied", "created")
@@ -287,7 +292,7 @@ def test_a_change_the_database_refuses_is_dead_lettered_and_applies_once_replaye
     contact = env.sync.crm.store.contact(customer)
     assert contact is not None
     # The CRM deletes a contact whose customer still has orders: the foreign key refuses.
-    key = crm.post(contact.id, {"updated_at": "2031-01-01T00:00:00Z"}, method="DELETE")
+    key = crm.post(contact.id, {"updated_at": _now()}, method="DELETE")
     deadline = time.monotonic() + 60
     while not env.dead_letters() and time.monotonic() < deadline:
         time.sleep(0.2)

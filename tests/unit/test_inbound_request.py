@@ -16,7 +16,7 @@ from mappers.inbound import InboundChange
 
 SECRET = "inbound-signing-secret"
 TOKEN = "inbound-bearer-token"
-NOW_US = 1_700_000_000_000_000
+NOW_US = 1_780_000_000_000_000  # 2026-05-28, after the bodies' versions
 
 
 def config(**inbound: Any) -> Config:
@@ -113,6 +113,15 @@ def test_a_missing_or_naive_version_is_422() -> None:
             parse(route(), data)
         assert info.value.status == 422
         assert [f["field"] for f in info.value.fields or []] == ["updated_at"]
+
+
+def test_a_version_far_in_the_future_is_422_unless_allowed() -> None:
+    future = body(updated_at="2027-01-01T00:00:00Z")
+    with pytest.raises(InboundRejected) as info:
+        parse(route(), future)
+    assert info.value.status == 422
+    assert "future" in info.value.error
+    assert parse(route(max_future_s=400 * 86_400), future).version_us > NOW_US
 
 
 def test_no_idempotency_key_or_no_json_object_is_400() -> None:
