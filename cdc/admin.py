@@ -10,6 +10,8 @@ Endpoints (JSON unless noted):
 - ``GET /status``: counters, positions, circuit and pause state, health-check history.
 - ``POST /integrations/{name}/pause`` and ``/resume``: stop or restart consuming one
   integration; the others go on.
+- ``POST|PUT|DELETE /inbound/{integration}/{entity}/{external_id}``: external changes
+  (``cdc.inbound``), authenticated per integration rather than by ``admin.token``.
 
 With ``admin.token`` set, every endpoint except /health and /ready asks for
 ``Authorization: Bearer TOKEN`` (401 otherwise). The listener binds ``admin.listen``
@@ -46,6 +48,7 @@ from starlette.routing import Route
 
 from cdc.config import Config
 from cdc.errors import ConfigError, FatalError, RetryableError, first_line
+from cdc.inbound import InboundEndpoint
 from cdc.metrics import RuntimeCollector
 from cdc.publisher import producer_config
 from cdc.secrets import redact_dsn
@@ -140,6 +143,7 @@ class AdminApi:
         self._token = None if token is None else token.get_secret_value().encode()
         self.port = 0
         self._sock: socket.socket | None = None
+        self.inbound = InboundEndpoint.from_config(config)
         self.app = Starlette(
             routes=[
                 Route("/health", self.health),
@@ -148,6 +152,8 @@ class AdminApi:
                 Route("/status", self.status),
                 Route("/integrations/{name}/pause", self.pause, methods=["POST"]),
                 Route("/integrations/{name}/resume", self.resume, methods=["POST"]),
+                # Inbound changes authenticate per integration, not with the admin token.
+                *(self.inbound.routes() if self.inbound is not None else []),
             ]
         )
 
@@ -204,6 +210,7 @@ class AdminApi:
         return {
             "capture": None if self.capture is None else _capture_status(self.capture),
             "integrations": {} if self.sync is None else _integrations_status(self.sync),
+            "inbound": {} if self.inbound is None else self.inbound.status(),
             "dependencies": {
                 name: [asdict(r) for r in history] for name, history in self.probes.history.items()
             },
@@ -266,6 +273,8 @@ class AdminApi:
                 await probes
             sock.close()
             self._sock = None
+            if self.inbound is not None:
+                self.inbound.close()
 
 
 class _QuietServer(uvicorn.Server):
@@ -377,6 +386,7 @@ def _integrations_status(sync: Sync) -> dict[str, Any]:
             "applied": s.applied,
             "older": s.older,
             "duplicate": s.duplicate,
+            "echo": s.echo,
             "retried": s.retried,
             "dead_lettered": s.dead_lettered,
             "records": s.records,
@@ -389,6 +399,9 @@ def _integrations_status(sync: Sync) -> dict[str, Any]:
             "apply_latency_p99_s": _json_seconds(s.apply_latency.quantile_s(0.99)),
             "checks": [asdict(c) for c in s.checks],
         }
+        inbound = sync.inbound_workers.get(name)
+        if inbound is not None:
+            out[name]["inbound"] = asdict(inbound.stats)
     return out
 
 

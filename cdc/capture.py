@@ -41,6 +41,7 @@ from cdc.envelope import OP_DELETE, OP_UPDATE, Change, RelationEncoder, TxContex
 from cdc.envelope_writer import EnvelopeWriter
 from cdc.errors import BrokerUnavailable, DecodeError, IncompatibleSchemaError, RetryableError
 from cdc.exactly_once import BatchPolicy, ExactlyOnce, TransactionalPublisher, positions_topic
+from cdc.inbound_config import ORIGIN_HEADER
 from cdc.lsn import ZERO, Lsn
 from cdc.metrics import LatencyHistogram
 from cdc.pgoutput import (
@@ -50,6 +51,7 @@ from cdc.pgoutput import (
     Delete,
     Insert,
     LogicalMessage,
+    Origin,
     Relation,
     StreamAbort,
     StreamCommit,
@@ -199,6 +201,8 @@ class _Session:
         self.stream_xid: int | None = None
         self.now_ms = 0
         self.snapshots = Snapshotter(self, created_slot=created_slot)
+        # The Kafka headers of the transaction's events: its replication origin, if any.
+        self.headers: list[tuple[str, str | bytes | None]] | None = None
 
     async def open(self) -> None:
         cfg = self.cfg
@@ -374,7 +378,11 @@ class _Session:
             elif is_heartbeat(msg) and self.watch is not None:
                 self.watch.on_heartbeat(msg)
             # Other logical messages are not published.
-        # Origin and Type messages need no action: types are read from the catalog.
+        elif kind is Origin and self.stream_xid is None:
+            # A write made under a replication origin (cdcsync's inbound apply, or another
+            # replicator): its events say so in a header, so sync can avoid echoes.
+            self.headers = [(ORIGIN_HEADER, msg.name.encode())]
+        # Type messages need no action: types are read from the catalog.
 
     def begin(self, tx: TxContext) -> None:
         self.tx = tx
@@ -384,6 +392,7 @@ class _Session:
             self.stats.skipped_transactions += 1
         self.seq = 0
         self.table_seq = {}
+        self.headers = None
 
     def commit(self, end_lsn: Lsn) -> None:
         if self.progress is not None:
@@ -504,7 +513,10 @@ class _Session:
         progress = self._progress()
         callback = self._callback(progress)
         eos = self.eos
-        headers = None if eos is None else eos.event_headers(self.confirmable())
+        headers = self.headers
+        if eos is not None:
+            txn = eos.event_headers(self.confirmable())
+            headers = txn if headers is None else [*txn, *headers]
         Checkpoint.sent(progress)
         publisher.produce(enc.topic, key_bytes, value_bytes, callback, headers=headers)
         self.stats.events += 1

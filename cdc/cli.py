@@ -243,15 +243,23 @@ def dlq() -> None:
 @click.argument("name")
 @click.option("--pending", is_flag=True, help="Only those not replayed yet.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def dlq_list(config_path: str | None, name: str, *, pending: bool, as_json: bool) -> None:
+@click.option("--inbound", is_flag=True, help="The dead letters of NAME's inbound changes.")
+def dlq_list(
+    config_path: str | None, name: str, *, pending: bool, as_json: bool, inbound: bool
+) -> None:
     """List integration NAME's dead letters with their errors."""
     import json  # noqa: PLC0415
 
     from cdc.config import load_config  # noqa: PLC0415
-    from cdc.dlq import list_dead_letters, print_dead_letters  # noqa: PLC0415
+    from cdc.dlq import dead_letter_rows, list_dead_letters, print_dead_letters  # noqa: PLC0415
+    from cdc.inbound_dlq import list_inbound_dead_letters  # noqa: PLC0415
 
     config = load_config(config_path)
-    rows = asyncio.run(list_dead_letters(config, name, include_replayed=not pending))
+    if inbound:
+        letters = list_inbound_dead_letters(config, name, include_replayed=not pending)
+        rows = dead_letter_rows(asyncio.run(letters))
+    else:
+        rows = asyncio.run(list_dead_letters(config, name, include_replayed=not pending))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -263,15 +271,31 @@ def dlq_list(config_path: str | None, name: str, *, pending: bool, as_json: bool
 @click.argument("name")
 @click.option("--id", "ids", type=int, multiple=True, help="Only this dead letter (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def dlq_replay(config_path: str | None, name: str, *, ids: tuple[int, ...], as_json: bool) -> None:
+@click.option(
+    "--inbound", is_flag=True, help="Put NAME's inbound dead letters back on its inbound queue."
+)
+def dlq_replay(
+    config_path: str | None, name: str, *, ids: tuple[int, ...], as_json: bool, inbound: bool
+) -> None:
     """Re-apply NAME's pending dead letters (default: all) through the current mapper and sink."""
     import json  # noqa: PLC0415
 
     from cdc.config import load_config  # noqa: PLC0415
     from cdc.dlq import replay_dead_letters  # noqa: PLC0415
+    from cdc.inbound_dlq import requeue  # noqa: PLC0415
 
     config = load_config(config_path)
     _setup_logging(config.logging.level, config.logging.format)
+    if inbound:
+        requeued = asyncio.run(requeue(config, name, ids=ids or None))
+        if as_json:
+            click.echo(json.dumps(requeued.as_dict(), indent=2))
+        else:
+            click.echo(f"{name}: {len(requeued.requeued)} inbound dead letters re-enqueued")
+            if requeued.not_pending:
+                listed = ", ".join(map(str, requeued.not_pending))
+                click.echo(f"  not pending (unknown or already replayed): {listed}")
+        return
     result = asyncio.run(replay_dead_letters(config, name, ids=ids or None))
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))

@@ -81,6 +81,7 @@ from cdc.config_fields import (
 )
 from cdc.config_sources import LoadContext, Origins, apply_env, describe_errors, read_yaml
 from cdc.errors import ConfigError
+from cdc.inbound_config import InboundConfig
 
 __all__ = [
     "AdminConfig",
@@ -365,6 +366,8 @@ class IntegrationConfig(Section):
     enabled: bool = True
     # Seconds between the sink's health probes (0: no periodic probe).
     health_check_interval_s: float = Field(default=15.0, ge=0)
+    # External systems writing back (``cdc.inbound_config``); None: outbound only.
+    inbound: InboundConfig | None = None
 
 
 class StateConfig(Section):

@@ -192,6 +192,7 @@ def _sync_metrics(sync: Sync) -> Iterator[Metric]:
         applied.add_metric([name], s.applied)
         skipped.add_metric([name, "older"], s.older)
         skipped.add_metric([name, "duplicate"], s.duplicate)
+        skipped.add_metric([name, "echo"], s.echo)
         retried.add_metric([name], s.retried)
         dead.add_metric([name], s.dead_lettered)
         records.add_metric([name], s.records)
@@ -200,6 +201,22 @@ def _sync_metrics(sync: Sync) -> Iterator[Metric]:
         paused.add_metric([name], 1.0 if s.paused else 0.0)
         latency.add_metric([name], s.apply_latency.buckets(), sum_value=s.apply_latency.sum_s)
     yield from (applied, skipped, retried, dead, records, failed_checks, circuit, paused, latency)
+    inbound = CounterMetricFamily(
+        "cdcsync_inbound_changes",
+        "Inbound changes by what became of them (applied, lost to a newer write, ...).",
+        labels=[*labels, "outcome"],
+    )
+    for name, inbound_worker in sync.inbound_workers.items():
+        i = inbound_worker.stats
+        for outcome, value in (
+            ("applied", i.applied),
+            ("lost", i.lost),
+            ("duplicate", i.duplicate),
+            ("other", i.other),
+            ("dead_lettered", i.dead_lettered),
+        ):
+            inbound.add_metric([name, outcome], value)
+    yield inbound
 
 
 __all__ = ["CIRCUIT_VALUES", "LatencyHistogram", "RuntimeCollector"]

@@ -13,6 +13,8 @@ publication):
   where it landed, until it is marked replayed; a failed replay counts in
   ``replay_attempts`` and replaces ``error`` with the new one.
 - ``snapshot_progress``: per table, the last primary key read, rows read, done.
+- ``inbound_changes``: per (integration, Idempotency-Key), what became of an inbound change
+  (``applied``, ``lost`` to a newer write, ...); written by ``cdc.inbound_apply``.
 
 Invariants:
 
@@ -100,6 +102,27 @@ MIGRATIONS: Final[tuple[LiteralString, ...]] = (
     ALTER TABLE {schema}.dead_letters
         ADD COLUMN replay_attempts integer NOT NULL DEFAULT 0,
         ADD COLUMN last_replay_at timestamptz;
+    """,
+    # Inbound changes (cdc.inbound_apply): one row per Idempotency-Key, written in the same
+    # source-database transaction as the change itself; and the identity map read backwards.
+    """
+    CREATE TABLE {schema}.inbound_changes (
+        integration text NOT NULL,
+        idempotency_key text NOT NULL,
+        entity text NOT NULL,
+        external_id text NOT NULL,
+        key text,
+        op text NOT NULL,
+        outcome text NOT NULL,
+        version_us bigint NOT NULL,
+        topic text NOT NULL,
+        partition integer NOT NULL,
+        "offset" bigint NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (integration, idempotency_key)
+    );
+    CREATE INDEX identities_by_external_id
+        ON {schema}.identities (integration, entity, external_id);
     """,
 )
 

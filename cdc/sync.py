@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from cdc.config import Config
 from cdc.errors import ConfigError, RetryableError, first_line
+from cdc.inbound_apply import InboundWorker
 from cdc.sinks import Sink, build_sink
 from cdc.state import StateStore
 from cdc.worker import SyncWorker
@@ -65,6 +66,12 @@ class Sync:
         self.mappers = load_mappers(config, self.names)
         self.record_latency = record_latency
         self.workers: dict[str, SyncWorker] = {}
+        # Integrations that accept inbound changes also apply them (cdc.inbound_apply).
+        self.inbound_workers = {
+            name: InboundWorker(name, config)
+            for name in self.names
+            if config.integrations[name].inbound is not None
+        }
         self.ready = asyncio.Event()
 
     def pause(self, name: str) -> None:
@@ -103,7 +110,10 @@ class Sync:
                 )
             self.ready.set()
             log.info("sync running: %s", ", ".join(self.names))
-            await asyncio.gather(*(w.run(stop) for w in self.workers.values()))
+            await asyncio.gather(
+                *(w.run(stop) for w in self.workers.values()),
+                *(w.run(stop) for w in self.inbound_workers.values()),
+            )
         finally:
             for sink in sinks:
                 with contextlib.suppress(Exception):

@@ -45,6 +45,7 @@ from cdc.errors import (
     SinkUnavailable,
     first_line,
 )
+from cdc.inbound_config import ORIGIN_HEADER, origin_name
 from cdc.logs import ContextLogger
 from cdc.metrics import LatencyHistogram
 from cdc.publisher import Publisher, producer_config
@@ -78,6 +79,8 @@ class IntegrationStats:
     duplicate: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    # Events this integration itself wrote back (inbound), not sent to it again.
+    echo: int = 0
     records: int = 0
     waits: int = 0
     restarts: int = 0
@@ -162,6 +165,7 @@ class Applier:
         )
         self._dlq: Publisher | None = None
         self._keepalive = keepalive
+        self._own_origin = origin_name(name).encode()
         # Sink calls and health probes take turns (a probe may share the sink's connection).
         self._sink_lock = asyncio.Lock()
         self._opened_by_check = False
@@ -210,6 +214,9 @@ class Applier:
             value = msg.value()
             if value is None:
                 continue  # a tombstone: compaction's business, not an event
+            if _header(msg, ORIGIN_HEADER) == self._own_origin:
+                self.stats.echo += 1  # written back by this integration: no echo
+                continue
             origin = _origin(msg)
             try:
                 envelope = await self.deserializer.deserialize(value)
@@ -644,6 +651,14 @@ class SyncWorker:
 
 def _origin(msg: Message) -> Origin:
     return Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+
+def _header(msg: Message, name: str) -> bytes | None:
+    raw = msg.headers() or []
+    for key, value in raw.items() if isinstance(raw, dict) else raw:
+        if key == name:
+            return value.encode() if isinstance(value, str) else value
+    return None
 
 
 def _next_batch(consumer: Consumer) -> list[Message]:

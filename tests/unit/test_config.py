@@ -25,6 +25,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cdcsync.example.yaml
 EXAMPLE_ENV = {
     "CDCSYNC_SOURCE_DSN": "postgresql://cdc:example-src-pw@db:5432/app",
     "CRM_SECRET": "example-hmac-key",
+    "CRM_INBOUND_SECRET": "example-inbound-key",
     "CRM_AUTHORIZATION": "Bearer example-bearer",
     "ANALYTICS_DSN": "host=warehouse user=loader password='example an pw'",
     "CDCSYNC_ADMIN_TOKEN": "example-admin-token",
@@ -32,6 +33,7 @@ EXAMPLE_ENV = {
 EXAMPLE_SECRETS = [
     "example-src-pw",
     "example-hmac-key",
+    "example-inbound-key",
     "example-bearer",
     "example an pw",
     "example-admin-token",
