@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from psycopg import errors as pg_errors
 from psycopg import sql
 from pydantic import ValidationError
@@ -45,7 +45,6 @@ from cdc.errors import (
     BrokerUnavailable,
     ConfigError,
     MappingError,
-    RetryableError,
     SourceUnavailable,
     first_line,
 )
@@ -59,6 +58,7 @@ from cdc.logs import ContextLogger
 from cdc.publisher import Publisher, producer_config
 from cdc.secrets import redact_dsn
 from cdc.state import StateStore
+from cdc.worker import commit_offsets, group_consumer_config, next_batch, run_restarting
 from mappers.entity import Origin, microseconds
 from mappers.inbound import InboundChange, load_inbound_mapper, load_inbound_model
 
@@ -395,24 +395,7 @@ class InboundWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and apply until ``stop``; transient failures restart from the last commit."""
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                await self._run_once(stop)
-                return
-            except asyncio.CancelledError:
-                if stop.is_set():
-                    return
-                raise
-            except RetryableError as exc:
-                self.stats.restarts += 1
-                self.stats.last_error = first_line(exc)
-                self.log.warning(
-                    "inbound %s interrupted (%s); restarting in %.1fs", self.name, exc, delay
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 30.0)
+        await run_restarting(self._run_once, stop, self.stats, self.log, f"inbound {self.name}")
 
     def _publisher_for(self) -> Publisher:
         if self._publisher is None:
@@ -431,16 +414,16 @@ class InboundWorker:
             replication_factor=kafka.topic_replication_factor,
         )
         await self.applier.connect(stop)
-        consumer = Consumer(self._consumer_config())
+        consumer = Consumer(group_consumer_config(self.config, self.group_id))
         try:
             consumer.subscribe([self.topic])
             self.log.info("inbound %s: applying %s", self.name, self.topic)
             while not stop.is_set():
-                msgs = await asyncio.to_thread(_next_batch, consumer)
+                msgs = await asyncio.to_thread(next_batch, consumer, BATCH_SIZE)
                 if not msgs:
                     continue
                 await self._handle(msgs)
-                await asyncio.to_thread(self._commit, consumer, msgs)
+                await asyncio.to_thread(commit_offsets, consumer, msgs, self.log)
         except KafkaException as exc:
             raise BrokerUnavailable(f"inbound {self.name}: {first_line(exc)}") from exc
         finally:
@@ -449,24 +432,6 @@ class InboundWorker:
             await self.applier.close()
             if self._publisher is not None:
                 self._publisher.flush(5)
-
-    def _consumer_config(self) -> dict[str, Any]:
-        kafka = self.config.kafka
-        props: dict[str, Any] = {"fetch.wait.max.ms": 20, "session.timeout.ms": 10_000}
-        props.update(
-            (k, v)
-            for k, v in kafka.client_properties().items()
-            if not k.startswith(("linger.", "acks", "enable.idempotence", "batch.", "compression"))
-        )
-        props.update(
-            {
-                "group.id": self.group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-            }
-        )
-        return props
 
     async def _handle(self, msgs: Sequence[Message]) -> None:
         for msg in msgs:
@@ -547,24 +512,3 @@ class InboundWorker:
             raise BrokerUnavailable(f"dead-letter topic {self.dead_letter_topic}: {detail}")
         m = where[0][1]
         return m.partition(), m.offset()
-
-    def _commit(self, consumer: Consumer, msgs: Sequence[Message]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for msg in msgs:
-            if msg.error() is None:
-                last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-        if not offsets:
-            return
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            # The new owner of the partition re-reads them; the markers make that harmless.
-            self.log.warning("inbound %s: offset commit failed (%s)", self.name, exc)
-
-
-def _next_batch(consumer: Consumer) -> list[Message]:
-    first = consumer.poll(0.25)
-    if first is None:
-        return []
-    return [first, *consumer.consume(BATCH_SIZE - 1, 0)]

@@ -28,10 +28,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -545,47 +545,14 @@ class SyncWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and apply until ``stop``; transient failures restart from the last commit."""
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                await self._run_once(stop)
-                return
-            except asyncio.CancelledError:
-                if stop.is_set():
-                    return
-                raise
-            except RetryableError as exc:
-                self.stats.restarts += 1
-                self.stats.last_error = first_line(exc)
-                self.log.warning("%s interrupted (%s); restarting in %.1fs", self.name, exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 30.0)
-
-    def _consumer_config(self) -> dict[str, Any]:
-        kafka = self.config.kafka
-        # Defaults for low latency and quick group joins; the user's properties win.
-        props: dict[str, Any] = {"fetch.wait.max.ms": 20, "session.timeout.ms": 10_000}
-        props.update((k, v) for k, v in kafka.client_properties().items() if not _producer_only(k))
-        props.update(
-            {
-                "group.id": self.group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "max.poll.interval.ms": 600_000,
-                # Topics created after subscribing (a table's first event) are seen soon.
-                "topic.metadata.refresh.interval.ms": 5_000,
-            }
-        )
-        return props
+        await run_restarting(self._run_once, stop, self.stats, self.log, self.name)
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         try:
             await self.applier.sink.start()
         except SinkUnavailable as exc:
             raise SinkUnavailable(f"{self.name}: sink not ready: {first_line(exc)}") from exc
-        consumer = Consumer(self._consumer_config())
+        consumer = Consumer(group_consumer_config(self.config, self.group_id))
         self._consumer = consumer
         checks = asyncio.create_task(self._health_checks(stop))
         try:
@@ -594,7 +561,7 @@ class SyncWorker:
                 if not self._resumed.is_set():
                     await self._paused(stop)
                     continue
-                msgs = await asyncio.to_thread(_next_batch, consumer)
+                msgs = await asyncio.to_thread(next_batch, consumer)
                 if not msgs:
                     continue
                 if not self._resumed.is_set():
@@ -603,7 +570,7 @@ class SyncWorker:
                     if stop.is_set():
                         break
                 await self.applier.handle(msgs, stop)
-                await asyncio.to_thread(self._commit, consumer, msgs)
+                await asyncio.to_thread(commit_offsets, consumer, msgs, self.log)
         except KafkaException as exc:
             raise BrokerUnavailable(f"{self.name}: {first_line(exc)}") from exc
         finally:
@@ -632,22 +599,6 @@ class SyncWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._resumed.wait(), 1.0)
 
-    def _commit(self, consumer: Consumer, msgs: Sequence[Message]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for msg in msgs:
-            if msg.error() is None:
-                last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-        if not offsets:
-            return
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            # Lost the partitions in a rebalance: their new owner re-applies, harmlessly.
-            self.log.warning(
-                "%s: offset commit failed (%s); records will be re-applied", self.name, exc
-            )
-
 
 def _origin(msg: Message) -> Origin:
     return Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
@@ -661,12 +612,81 @@ def _header(msg: Message, name: str) -> bytes | None:
     return None
 
 
-def _next_batch(consumer: Consumer) -> list[Message]:
-    """Wait up to 0.25 s for a record, then take what else is already fetched."""
+class _Restartable(Protocol):
+    restarts: int
+    last_error: str | None
+
+
+async def run_restarting(
+    run_once: Callable[[asyncio.Event], Awaitable[None]],
+    stop: asyncio.Event,
+    stats: _Restartable,
+    logger: logging.LoggerAdapter[logging.Logger],
+    what: str,
+) -> None:
+    """``run_once`` until it returns or ``stop``; a ``RetryableError`` restarts it with backoff."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await run_once(stop)
+            return
+        except asyncio.CancelledError:
+            if stop.is_set():
+                return
+            raise
+        except RetryableError as exc:
+            stats.restarts += 1
+            stats.last_error = first_line(exc)
+            logger.warning("%s interrupted (%s); restarting in %.1fs", what, exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+
+
+def group_consumer_config(config: Config, group_id: str) -> dict[str, Any]:
+    """A consumer-group member's settings: manual commits, read_committed, from the start."""
+    kafka = config.kafka
+    # Defaults for low latency and quick group joins; the user's properties win.
+    props: dict[str, Any] = {"fetch.wait.max.ms": 20, "session.timeout.ms": 10_000}
+    props.update((k, v) for k, v in kafka.client_properties().items() if not _producer_only(k))
+    props.update(
+        {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "max.poll.interval.ms": 600_000,
+            # Topics created after subscribing (a table's first event) are seen soon.
+            "topic.metadata.refresh.interval.ms": 5_000,
+        }
+    )
+    return props
+
+
+def next_batch(consumer: Consumer, size: int = BATCH_SIZE) -> list[Message]:
+    """Wait up to 0.25 s for a record, then take what else is already fetched (``size`` max)."""
     first = consumer.poll(0.25)
     if first is None:
         return []
-    return [first, *consumer.consume(BATCH_SIZE - 1, 0)]
+    return [first, *consumer.consume(size - 1, 0)]
+
+
+def commit_offsets(
+    consumer: Consumer, msgs: Sequence[Message], logger: logging.LoggerAdapter[logging.Logger]
+) -> None:
+    """Commit, synchronously, the offsets after ``msgs`` (all handled)."""
+    last: dict[tuple[str, int], int] = {}
+    for msg in msgs:
+        if msg.error() is None:
+            last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
+    offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+    if not offsets:
+        return
+    try:
+        consumer.commit(offsets=offsets, asynchronous=False)
+    except KafkaException as exc:
+        # Lost the partitions in a rebalance: their new owner re-applies, harmlessly.
+        logger.warning("offset commit failed (%s); records will be re-applied", exc)
 
 
 _PRODUCER_ONLY = (

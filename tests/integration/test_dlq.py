@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +33,8 @@ from mappers.examples import customer_to_contact
 
 
 @pytest.fixture
-def env(
-    pg_dsn: str, kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path
-) -> Iterator[SyncEnv]:
-    e = SyncEnv.create(
-        pg_dsn=pg_dsn,
-        bootstrap=kafka_bootstrap,
-        registry_url=registry_url,
-        prefix=topic_prefix,
-        workdir=tmp_path,
-    )
-    try:
-        yield e
-    finally:
-        e.stop()
+def env(sync_env: SyncEnv) -> SyncEnv:
+    return sync_env
 
 
 def write_config(env: SyncEnv) -> Path:

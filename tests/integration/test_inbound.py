@@ -14,9 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -34,20 +32,8 @@ from tests.integration.sync_harness import CRM_SECRET, SyncEnv, run_workload
 
 
 @pytest.fixture
-def env(
-    pg_dsn: str, kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path
-) -> Iterator[InboundEnv]:
-    sync = SyncEnv.create(
-        pg_dsn=pg_dsn,
-        bootstrap=kafka_bootstrap,
-        registry_url=registry_url,
-        prefix=topic_prefix,
-        workdir=tmp_path,
-    )
-    try:
-        yield InboundEnv.create(sync)
-    finally:
-        sync.stop()
+def env(sync_env: SyncEnv) -> InboundEnv:
+    return InboundEnv.create(sync_env)
 
 
 def _started(env: InboundEnv, *, customers: int) -> CrmClient:

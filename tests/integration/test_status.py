@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +31,8 @@ def customer_to_contact(event, ctx):
 
 
 @pytest.fixture
-def env(
-    pg_dsn: str, kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path
-) -> Iterator[SyncEnv]:
-    e = SyncEnv.create(
-        pg_dsn=pg_dsn,
-        bootstrap=kafka_bootstrap,
-        registry_url=registry_url,
-        prefix=topic_prefix,
-        workdir=tmp_path,
-    )
-    try:
-        yield e
-    finally:
-        e.stop()
+def env(sync_env: SyncEnv) -> SyncEnv:
+    return sync_env
 
 
 def write_config(env: SyncEnv, *, admin_port: int, token: str | None = None) -> Path:

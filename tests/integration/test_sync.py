@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,20 +13,8 @@ from tests.integration.sync_harness import SyncEnv, run_workload
 
 
 @pytest.fixture
-def env(
-    pg_dsn: str, kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path
-) -> Iterator[SyncEnv]:
-    e = SyncEnv.create(
-        pg_dsn=pg_dsn,
-        bootstrap=kafka_bootstrap,
-        registry_url=registry_url,
-        prefix=topic_prefix,
-        workdir=tmp_path,
-    )
-    try:
-        yield e
-    finally:
-        e.stop()
+def env(sync_env: SyncEnv) -> SyncEnv:
+    return sync_env
 
 
 def _alive(env: SyncEnv) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, Message
@@ -22,20 +21,8 @@ from tests.integration.sync_harness import CRM_SECRET, SyncEnv, run_workload
 
 
 @pytest.fixture
-def env(
-    pg_dsn: str, kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path
-) -> Iterator[SyncEnv]:
-    e = SyncEnv.create(
-        pg_dsn=pg_dsn,
-        bootstrap=kafka_bootstrap,
-        registry_url=registry_url,
-        prefix=topic_prefix,
-        workdir=tmp_path,
-    )
-    try:
-        yield e
-    finally:
-        e.stop()
+def env(sync_env: SyncEnv) -> SyncEnv:
+    return sync_env
 
 
 async def _until(what: str, done: Callable[[], bool], timeout: float = 60) -> None:
@@ -56,7 +43,7 @@ def test_a_batch_fetched_while_pausing_waits_for_the_resume_and_is_then_applied(
         loop = asyncio.get_running_loop()
         sync = Sync(config, only=["crm"])
         paused_during_fetch = threading.Event()
-        fetch = cdc.worker._next_batch
+        fetch = cdc.worker.next_batch
 
         def fetch_then_pause(consumer: Consumer) -> list[Message]:
             msgs = fetch(consumer)
@@ -68,7 +55,7 @@ def test_a_batch_fetched_while_pausing_waits_for_the_resume_and_is_then_applied(
                 paused_during_fetch.set()
             return msgs
 
-        monkeypatch.setattr(cdc.worker, "_next_batch", fetch_then_pause)
+        monkeypatch.setattr(cdc.worker, "next_batch", fetch_then_pause)
         stop = asyncio.Event()
         task = asyncio.create_task(sync.run(stop))
         try:
