@@ -9,6 +9,7 @@ print secrets.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -181,10 +182,16 @@ def demo(duration: float | None, rate: float, keep: bool, log_level: str) -> Non
 @click.option("--dry-run", is_flag=True, help="Map and count what would be sent; change nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--inbound",
+    is_flag=True,
+    help="Replay NAME's inbound queue: its records are enqueued again and applied once each.",
+)
 def replay(
     config_path: str | None,
     name: str,
     *,
+    inbound: bool,
     from_beginning: bool,
     from_offsets: tuple[str, ...],
     from_timestamp: str | None,
@@ -213,6 +220,12 @@ def replay(
     )
     config = load_config(config_path)
     _setup_logging(config.logging.level, config.logging.format)
+    if inbound:
+        from cdc.inbound_replay import replay_inbound  # noqa: PLC0415
+
+        summary = replay_inbound(config, name, request)
+        click.echo(json.dumps(summary.as_dict(), indent=2) if as_json else summary.human())
+        return
     run_replay_command(config, name, request, quiet=quiet, as_json=as_json)
 
 
@@ -248,7 +261,6 @@ def dlq_list(
     config_path: str | None, name: str, *, pending: bool, as_json: bool, inbound: bool
 ) -> None:
     """List integration NAME's dead letters with their errors."""
-    import json  # noqa: PLC0415
 
     from cdc.config import load_config  # noqa: PLC0415
     from cdc.dlq import dead_letter_rows, list_dead_letters, print_dead_letters  # noqa: PLC0415

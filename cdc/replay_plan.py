@@ -139,16 +139,22 @@ def replay_consumer_config(config: Config, name: str) -> dict[str, Any]:
 
 
 def plan_replay(
-    config: Config, name: str, request: ReplayRequest, *, consumer: Consumer
+    config: Config,
+    name: str,
+    request: ReplayRequest,
+    *,
+    consumer: Consumer,
+    topics: Sequence[str] | None = None,
 ) -> list[PartitionRange]:
     """The ranges ``request`` means for integration ``name``; ``ReplayError`` when impossible.
 
+    ``topics``: the topics to plan over (default: the integration's own topics).
     Blocking (broker metadata and offset look-ups): call it from a thread.
     """
     if name not in config.integrations:
         known = ", ".join(sorted(config.integrations)) or "none"
         raise ConfigError(f"unknown integration {name!r} (configured: {known})")
-    topics = list(config.integrations[name].topics)
+    topics = list(config.integrations[name].topics if topics is None else topics)
     try:
         metadata = consumer.list_topics(timeout=_META_TIMEOUT_S)
     except KafkaException as exc:

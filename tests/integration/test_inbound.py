@@ -303,3 +303,51 @@ def test_a_change_the_database_refuses_is_dead_lettered_and_applies_once_replaye
         time.sleep(0.2)
     assert customer not in env.profiles(), env.status()["integrations"]["profiles"]
     crm.close()
+
+
+def test_replaying_the_inbound_queue_restores_what_a_database_restore_lost_and_only_that(
+    env: InboundEnv,
+) -> None:
+    crm = _started(env, customers=3)
+    key = crm.edit("1", email="from-crm@example.com")
+    assert key is not None
+    outcome = env.wait_outcomes({key})[key]
+    assert env.sync.source_customers()["1"]["email"] == "from-crm@example.com"
+    # A restore from a backup taken before that change: the row and the marker go back.
+    with psycopg.connect(env.sync.dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(
+            f"DELETE FROM {STATE_SCHEMA}.inbound_changes WHERE idempotency_key = %s", (key,)
+        )
+        conn.execute(
+            "UPDATE customers SET email = 'backup@example.com',"
+            " updated_at = '2000-01-01T00:00:00Z' WHERE id = 1"
+        )
+    dry = _cdcsync(env, "replay", "crm", "--inbound", "--from-beginning", "--dry-run")
+    assert "would be re-enqueued" in dry
+    assert key not in env.outcomes()
+    out = _cdcsync(env, "replay", "crm", "--inbound", "--from-beginning", "--json")
+    summary = json.loads(out)
+    assert summary["requeued"] == summary["read"] >= 1
+    assert env.wait_outcomes({key})[key] == outcome
+    assert env.sync.source_customers()["1"]["email"] == "from-crm@example.com"
+    # Replayed again: every change is already held, nothing moves.
+    marked = env.outcomes()
+    _cdcsync(env, "replay", "crm", "--inbound", "--from-beginning")
+    time.sleep(2)
+    assert env.outcomes() == marked
+    assert env.sync.source_customers()["1"]["email"] == "from-crm@example.com"
+    env.wait_all_equal()
+    crm.close()
+    refused = subprocess.run(
+        [
+            *(sys.executable, "-m", "cdc.cli", "replay", "profiles", "--inbound"),
+            *("--from-beginning", "--config", str(env.config_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CRM_SECRET": CRM_SECRET, "CRM_INBOUND_SECRET": INBOUND_SECRET},
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "integration 'profiles' has no inbound section" in refused.stderr
