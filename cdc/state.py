@@ -500,6 +500,22 @@ class StateStore:
             (table, None if last_key is None else Jsonb(last_key, dumps=_dumps), rows, done),
         )
 
+    async def snapshot_progresses(self) -> list[SnapshotProgress]:
+        """The progress of every table ever snapshotted, by table name."""
+        rows = await self._fetch(
+            self._q(
+                "SELECT table_name, last_key, rows, done, updated_at"
+                " FROM {schema}.snapshot_progress ORDER BY table_name"
+            ),
+            (),
+        )
+        return [
+            SnapshotProgress(
+                table=name, last_key=last_key, rows=int(count), done=bool(done), updated_at=at
+            )
+            for name, last_key, count, done, at in rows
+        ]
+
     async def snapshot_progress(self, table: str) -> SnapshotProgress | None:
         """The snapshot progress of ``table``, or None if it never started."""
         rows = await self._fetch(

@@ -10,7 +10,8 @@ JSON-ready dict (the admin API reuses it):
 - for capture: the slot's ``confirmed_flush_lsn``, ``restart_lsn``, whether it is active,
   lag in bytes (``pg_current_wal_lsn() - confirmed_flush_lsn``), WAL retained by the slot
   (``pg_current_wal_lsn() - restart_lsn``) and, while a walsender streams it, the lag in
-  seconds PostgreSQL measures (``pg_stat_replication.flush_lag``).
+  seconds PostgreSQL measures (``pg_stat_replication.flush_lag``); and per table ever
+  snapshotted, the rows read and whether the snapshot is done (the state store).
 
 ``collect_live(config)`` asks the running process's admin API (``GET /status``) for the
 live counters; ``None`` and one line saying why when no process answers within 2 s.
@@ -58,9 +59,13 @@ WHERE s.slot_name = %s
 
 async def collect_status(config: Config) -> dict[str, Any]:
     """The non-live status; see the module docstring."""
-    lag, dead, capture = await asyncio.gather(
-        asyncio.to_thread(_consumer_lag, config), _dead_letters(config), _slot(config)
+    lag, dead, capture, snapshots = await asyncio.gather(
+        asyncio.to_thread(_consumer_lag, config),
+        _dead_letters(config),
+        _slot(config),
+        _snapshots(config),
     )
+    capture["snapshots"] = snapshots
     integrations: dict[str, Any] = {}
     for name in config.integrations:
         integrations[name] = {**lag[name], "dead_letters": dead.get(name)}
@@ -158,6 +163,24 @@ async def _dead_letters(config: Config) -> dict[str, dict[str, Any]]:
     }
 
 
+async def _snapshots(config: Config) -> list[dict[str, Any]] | dict[str, str]:
+    """Per table snapshotted: rows read, done or not, when last saved."""
+    try:
+        state = await StateStore.open(state_dsn(config), schema=config.state.schema_)
+    except CdcsyncError as exc:
+        return {"error": first_line(exc)}
+    try:
+        progresses = await state.snapshot_progresses()
+    except CdcsyncError as exc:
+        return {"error": first_line(exc)}
+    finally:
+        await state.close()
+    return [
+        {"table": p.table, "rows": p.rows, "done": p.done, "updated_at": p.updated_at.isoformat()}
+        for p in progresses
+    ]
+
+
 async def _slot(config: Config) -> dict[str, Any]:
     source = config.source
     entry: dict[str, Any] = {"slot": source.slot, "exists": None, "error": None}
@@ -216,6 +239,12 @@ def print_status(status: dict[str, Any]) -> None:
             _bytes(capture["retained_wal_bytes"]),
         )
         console.print(table)
+    snapshots = capture.get("snapshots")
+    if isinstance(snapshots, dict):
+        console.print(f"  snapshots: {snapshots.get('error')}")
+    for snap in snapshots or []:
+        state = "done" if snap["done"] else "in progress"
+        console.print(f"  snapshot of {snap['table']}: {snap['rows']:,} rows, {state}")
     live = status.get("live") or {}
     live_integrations = live.get("integrations") or {}
     for name, entry in status["integrations"].items():

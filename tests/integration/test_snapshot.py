@@ -7,6 +7,7 @@ table's final state (deletes included), and no streamed change is missing or dou
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shlex
@@ -218,6 +219,16 @@ def test_incremental_snapshot_under_a_writer_survives_kill_9_and_matches_the_tab
     assert {e.value["source"]["snapshot"] for e in reads if e.value} == {"incremental"}
     assert len({e.key["id"] for e in reads if e.key}) > ROWS // 2
     assert len(streamed_identities(events)) == writer.changes
+    status = subprocess.run(
+        [sys.executable, "-m", "cdc.cli", "status", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    (snap,) = json.loads(status.stdout)["capture"]["snapshots"]
+    assert (snap["table"], snap["rows"], snap["done"]) == (TABLE, final_rows, True)
 
 
 def test_snapshot_command_refuses_a_table_that_is_not_captured(env: CaptureEnv) -> None:
