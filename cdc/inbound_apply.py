@@ -41,6 +41,7 @@ from psycopg import sql
 from pydantic import ValidationError
 
 from cdc.config import Config
+from cdc.consumer import commit_offsets, group_consumer_config, next_batch, run_restarting
 from cdc.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -58,7 +59,6 @@ from cdc.logs import ContextLogger
 from cdc.publisher import Publisher, producer_config
 from cdc.secrets import redact_dsn
 from cdc.state import StateStore
-from cdc.worker import commit_offsets, group_consumer_config, next_batch, run_restarting
 from mappers.entity import Origin, microseconds
 from mappers.inbound import InboundChange, load_inbound_mapper, load_inbound_model
 

@@ -28,8 +28,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from cdc.config import Config
+from cdc.consumer import producer_only
 from cdc.errors import BrokerUnavailable, ConfigError, ReplayError, first_line
-from cdc.worker import _producer_only
 
 __all__ = [
     "PartitionRange",
@@ -123,7 +123,7 @@ def replay_consumer_config(config: Config, name: str) -> dict[str, Any]:
     """A consumer of its own: unique group id, no commits, errors on out-of-range offsets."""
     kafka = config.kafka
     props: dict[str, Any] = {"fetch.wait.max.ms": 50}
-    props.update((k, v) for k, v in kafka.client_properties().items() if not _producer_only(k))
+    props.update((k, v) for k, v in kafka.client_properties().items() if not producer_only(k))
     props.update(
         {
             "group.id": f"cdcsync.replay.{name}.{uuid.uuid4().hex[:12]}",

@@ -31,12 +31,12 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicParti
 
 from cdc.admin import AdminError, AdminUnreachable, admin_url, call_admin
 from cdc.config import Config
+from cdc.consumer import producer_only
 from cdc.errors import CdcsyncError, first_line
 from cdc.replay_plan import end_offset, replay_consumer_config
 from cdc.secrets import redact_dsn
 from cdc.state import StateStore
 from cdc.sync import state_dsn
-from cdc.worker import _producer_only
 
 __all__ = ["collect_live", "collect_status", "full_status", "print_status"]
 
@@ -97,7 +97,7 @@ async def full_status(config: Config) -> dict[str, Any]:
 def _consumer_lag(config: Config) -> dict[str, dict[str, Any]]:
     result: dict[str, dict[str, Any]] = {}
     kafka = config.kafka
-    base = {k: v for k, v in kafka.client_properties().items() if not _producer_only(k)}
+    base = {k: v for k, v in kafka.client_properties().items() if not producer_only(k)}
     for name, integration in config.integrations.items():
         group = integration.group_id or f"cdcsync.{name}"
         entry: dict[str, Any] = {"group_id": group, "partitions": [], "lag": None, "error": None}

@@ -28,19 +28,19 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from cdc.config import Config, IntegrationConfig
+from cdc.consumer import commit_offsets, group_consumer_config, next_batch, run_restarting
 from cdc.errors import (
     BrokerUnavailable,
     FatalError,
     RelationPending,
-    RetryableError,
     SinkRejected,
     SinkUnavailable,
     first_line,
@@ -56,8 +56,6 @@ from mappers.entity import EntityOp, Mapper, Origin, TableEvent
 from schema_registry.serde import AvroDeserializer
 
 log = logging.getLogger("cdcsync.sync")
-
-BATCH_SIZE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,103 +608,6 @@ def _header(msg: Message, name: str) -> bytes | None:
         if key == name:
             return value.encode() if isinstance(value, str) else value
     return None
-
-
-class _Restartable(Protocol):
-    restarts: int
-    last_error: str | None
-
-
-async def run_restarting(
-    run_once: Callable[[asyncio.Event], Awaitable[None]],
-    stop: asyncio.Event,
-    stats: _Restartable,
-    logger: logging.LoggerAdapter[logging.Logger],
-    what: str,
-) -> None:
-    """``run_once`` until it returns or ``stop``; a ``RetryableError`` restarts it with backoff."""
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await run_once(stop)
-            return
-        except asyncio.CancelledError:
-            if stop.is_set():
-                return
-            raise
-        except RetryableError as exc:
-            stats.restarts += 1
-            stats.last_error = first_line(exc)
-            logger.warning("%s interrupted (%s); restarting in %.1fs", what, exc, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 30.0)
-
-
-def group_consumer_config(config: Config, group_id: str) -> dict[str, Any]:
-    """A consumer-group member's settings: manual commits, read_committed, from the start."""
-    kafka = config.kafka
-    # Defaults for low latency and quick group joins; the user's properties win.
-    props: dict[str, Any] = {"fetch.wait.max.ms": 20, "session.timeout.ms": 10_000}
-    props.update((k, v) for k, v in kafka.client_properties().items() if not _producer_only(k))
-    props.update(
-        {
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "max.poll.interval.ms": 600_000,
-            # Topics created after subscribing (a table's first event) are seen soon.
-            "topic.metadata.refresh.interval.ms": 5_000,
-        }
-    )
-    return props
-
-
-def next_batch(consumer: Consumer, size: int = BATCH_SIZE) -> list[Message]:
-    """Wait up to 0.25 s for a record, then take what else is already fetched (``size`` max)."""
-    first = consumer.poll(0.25)
-    if first is None:
-        return []
-    return [first, *consumer.consume(size - 1, 0)]
-
-
-def commit_offsets(
-    consumer: Consumer, msgs: Sequence[Message], logger: logging.LoggerAdapter[logging.Logger]
-) -> None:
-    """Commit, synchronously, the offsets after ``msgs`` (all handled)."""
-    last: dict[tuple[str, int], int] = {}
-    for msg in msgs:
-        if msg.error() is None:
-            last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
-    offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-    if not offsets:
-        return
-    try:
-        consumer.commit(offsets=offsets, asynchronous=False)
-    except KafkaException as exc:
-        # Lost the partitions in a rebalance: their new owner re-applies, harmlessly.
-        logger.warning("offset commit failed (%s); records will be re-applied", exc)
-
-
-_PRODUCER_ONLY = (
-    "linger.ms",
-    "batch.",
-    "compression.",
-    "acks",
-    "enable.idempotence",
-    "queue.buffering.",
-    "delivery.timeout.ms",
-    "message.timeout.ms",
-    "retries",
-    "transactional.id",
-    "max.in.flight",
-    "partitioner",
-)
-
-
-def _producer_only(key: str) -> bool:
-    return key.startswith(_PRODUCER_ONLY)
 
 
 __all__ = ["Applier", "HealthCheck", "IntegrationStats", "SyncWorker"]
