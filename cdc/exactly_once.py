@@ -317,9 +317,26 @@ def read_position(
 def _last_of(
     consumer: Consumer, topic: str, key: bytes, *, start: int, end: int, timeout: float
 ) -> Position | None:
+    found = positions_between(consumer, topic, key, start=start, end=end, timeout=timeout)
+    return found[-1] if found else None
+
+
+def positions_between(
+    consumer: Consumer,
+    topic: str,
+    key: bytes,
+    *,
+    start: int,
+    end: int | None = None,
+    timeout: float,
+) -> list[Position]:
+    """The positions of ``key`` at offsets ``[start, end)`` (``None``: to the end), in order.
+
+    ``consumer`` must have ``enable.partition.eof`` on (the end is where it reports EOF).
+    """
     consumer.assign([TopicPartition(topic, 0, start)])
     deadline = time.monotonic() + timeout
-    found: Position | None = None
+    found: list[Position] = []
     while time.monotonic() < deadline:
         msg = consumer.poll(0.5)
         if msg is None:
@@ -330,8 +347,9 @@ def _last_of(
                 return found
             raise BrokerUnavailable(f"cannot read the positions topic {topic}: {err.str()}")
         offset = msg.offset()
-        if offset is not None and offset >= end:
+        if end is not None and offset is not None and offset >= end:
             return found
-        if msg.key() == key and msg.value() is not None:
-            found = Position.decode(msg.value())  # type: ignore[arg-type]
+        value = msg.value()
+        if msg.key() == key and value is not None:
+            found.append(Position.decode(value))
     raise BrokerUnavailable(f"reading the positions topic {topic} timed out")

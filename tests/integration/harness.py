@@ -22,12 +22,12 @@ from typing import Any
 
 import psycopg
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from cdc.exactly_once import Position, positions_topic
+from cdc.exactly_once import Position, positions_between, positions_topic
 
 
 def spawn_cdcsync(
@@ -165,23 +165,14 @@ class EosEnv(CaptureEnv):
                 "enable.partition.eof": True,
             }
         )
-        out: list[Position] = []
         try:
-            consumer.assign([TopicPartition(positions_topic(self.prefix), 0, OFFSET_BEGINNING)])
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        return out
-                    continue
-                value = msg.value()
-                if msg.key() == self.slot.encode() and value is not None:
-                    out.append(Position.decode(value))
-            raise AssertionError("the positions topic could not be read to its end")
+            return positions_between(
+                consumer,
+                positions_topic(self.prefix),
+                self.slot.encode(),
+                start=OFFSET_BEGINNING,
+                timeout=30,
+            )
         finally:
             consumer.close()
 

@@ -32,18 +32,23 @@ TABLE = "public.items"
 def env(
     pg_dsn: str, kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path
 ) -> Iterator[CaptureEnv]:
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, n bigint)")
-        conn.execute(
-            "INSERT INTO items SELECT i, 'row ' || i, i * 10 FROM generate_series(1, %s) i",
-            (ROWS,),
-        )
+    create_items(pg_dsn)
     e = CaptureEnv(pg_dsn, kafka_bootstrap, registry_url, topic_prefix, [TABLE], tmp_path)
     yield e
     e.stop_all()
 
 
 ROWS = 3000
+
+
+def create_items(dsn: str) -> None:
+    """The ``items`` table with ``ROWS`` rows."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, n bigint)")
+        conn.execute(
+            "INSERT INTO items SELECT i, 'row ' || i, i * 10 FROM generate_series(1, %s) i",
+            (ROWS,),
+        )
 
 
 class Writer(threading.Thread):
@@ -272,12 +277,7 @@ def test_on_a_terminal_the_snapshot_command_shows_rows_per_second_and_eta(
 def test_with_exactly_once_the_initial_snapshot_is_read_once_inside_committed_transactions(
     pg_dsn: str, kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, n bigint)")
-        conn.execute(
-            "INSERT INTO items SELECT i, 'row ' || i, i * 10 FROM generate_series(1, %s) i",
-            (ROWS,),
-        )
+    create_items(pg_dsn)
     env = EosEnv(pg_dsn, kafka_bootstrap, registry_url, topic_prefix, [TABLE], tmp_path)
     try:
         env.start(snapshot="initial", snapshot_chunk_size=400)
