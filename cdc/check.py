@@ -5,7 +5,8 @@
 sentence that names the thing checked (the table, the slot, the integration) and, for a
 problem, what to do. The source database's checks live here (they reuse the read-only
 look-ups of ``cdc.source``, which capture runs at start); Kafka, the registry, the state
-store and the sinks are in ``cdc.check_services``.
+store, the sinks and the inbound side (table columns, replication origins) are in
+``cdc.check_services``.
 
 Severity: a *problem* is something that stops cdcsync from running or from capturing
 correctly (wal_level, privilege, a missing table, an unusable slot, an unreachable server);
@@ -134,6 +135,7 @@ async def run_checks(config: Config, *, timeout_s: float = 10.0) -> CheckReport:
         ("registry", "the registry", check_services.check_registry(config, timeout_s=timeout_s)),
         ("state store", "the state store", check_services.check_state(config, timeout_s=timeout_s)),
         ("sinks", "the sinks", check_services.check_sinks(config, timeout_s=timeout_s)),
+        ("inbound", "inbound", check_services.check_inbound(config, timeout_s=timeout_s)),
     ]
     # Each group bounds its own calls; this outer limit is only a safety net.
     results = await asyncio.gather(

@@ -29,6 +29,7 @@ from cdc.config import Config, HttpSinkConfig, KafkaSinkConfig, PostgresSinkConf
 from cdc.errors import RegistryError, RegistryUnavailable
 from cdc.publisher import admin_settings
 from cdc.secrets import redact_dsn
+from cdc.source import TableName
 from schema_registry.client import RegistryClient, RetryPolicy
 
 __all__ = ["check_kafka", "check_registry", "check_sinks", "check_state"]
@@ -294,3 +295,94 @@ async def _check_kafka_sink(
         return [Finding.problem(subject, f"cannot reach Kafka at {bootstrap}: {why}")]
     state = "exists" if sink.topic in meta.topics else "will be created (compacted)"
     return [Finding.ok(subject, f"Kafka at {bootstrap} answers; topic {sink.topic} {state}")]
+
+
+# --------------------------------------------------------------------------- inbound
+
+_ORIGIN_FUNCTIONS = (
+    "pg_replication_origin_create(text)",
+    "pg_replication_origin_session_setup(text)",
+)
+
+
+async def check_inbound(config: Config, *, timeout_s: float) -> list[Finding]:
+    """Per integration taking inbound changes: its table and columns, and replication origins.
+
+    The inbound worker writes under a replication origin (no echo), which needs a superuser
+    or EXECUTE on the origin functions; the table must hold the key and version columns.
+    """
+    wanted = {
+        name: integration.inbound
+        for name, integration in config.integrations.items()
+        if integration.enabled and integration.inbound is not None
+    }
+    if not wanted:
+        return []
+    dsn = config.source.dsn.get_secret_value()
+    try:
+        conn = await pg_connect(dsn, timeout_s)
+    except (psycopg.Error, TimeoutError) as exc:
+        shown = redact_dsn(dsn)
+        return [
+            Finding.problem(f"inbound {n}", f"cannot connect to {shown}: {pg_reason(exc)}")
+            for n in wanted
+        ]
+
+    async def inspect() -> list[Finding]:
+        cur = await conn.execute(
+            "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        role, superuser = str(row[0]), bool(row[1])
+        missing: list[str] = []
+        if not superuser:
+            for function in _ORIGIN_FUNCTIONS:
+                cur = await conn.execute(
+                    "SELECT has_function_privilege(current_user, %s, 'EXECUTE')", (function,)
+                )
+                allowed = await cur.fetchone()
+                if allowed is None or not allowed[0]:
+                    missing.append(function)
+        findings: list[Finding] = []
+        for name, inbound in wanted.items():
+            assert inbound is not None
+            subject = f"inbound {name}"
+            table = TableName.parse(str(inbound.table))
+            cur = await conn.execute(
+                "SELECT a.attname FROM pg_attribute a"
+                " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+                " AND a.attname = ANY(%s)",
+                (table.ident().as_string(conn), [inbound.key_column, inbound.version_column]),
+            )
+            found = {str(r[0]) for r in await cur.fetchall()}
+            absent = [c for c in (inbound.key_column, inbound.version_column) if c not in found]
+            if absent:
+                findings.append(
+                    Finding.problem(
+                        subject,
+                        f"table {table} lacks column(s) {', '.join(absent)} (or does not exist):"
+                        " inbound changes need the key and the version column",
+                    )
+                )
+            if missing:
+                findings.append(
+                    Finding.problem(
+                        subject,
+                        f"role {role} may not use replication origins, which inbound writes"
+                        f" need (no echo): GRANT EXECUTE ON FUNCTION {', '.join(missing)}"
+                        f" TO {role}, or connect as a superuser",
+                    )
+                )
+            if not absent and not missing:
+                findings.append(
+                    Finding.ok(
+                        subject,
+                        f"table {table} has {inbound.key_column} and {inbound.version_column};"
+                        f" role {role} may write under replication origin cdcsync_{name}",
+                    )
+                )
+        return findings
+
+    async with conn:
+        return await bounded("inbound", "the source database", inspect(), timeout_s=timeout_s)

@@ -30,6 +30,7 @@ from cdc.config import parse_config
 from cdc.crm import CrmServer
 from cdc.embedded import LocalPostgres, free_port
 from cdc.replication import ReplicationStream
+from mappers.examples_inbound import crm_inbound_config
 
 TIMEOUT_S = 3.0
 
@@ -506,3 +507,29 @@ def test_secrets_are_never_printed(setup: Setup, crm: CrmServer) -> None:
         for name, value in secrets.items():
             assert value not in output, f"{name} secret printed"
         assert "***" in output
+
+
+# --------------------------------------------------------------------------- inbound
+
+
+def test_inbound_needs_its_table_columns_and_a_role_that_may_use_replication_origins(
+    setup: Setup, crm: CrmServer
+) -> None:
+    crm_integration = integrations(setup, crm)["crm"]
+    inbound = crm_inbound_config(secret_env="UNUSED")
+    del inbound["secret_env"]
+    crm_integration["inbound"] = {**inbound, "secret": "s3cret", "table": "public.items"}
+    report = setup.check(integrations={"crm": crm_integration})
+    only(report, Status.PROBLEM, "inbound crm", "lacks column(s) updated_at")
+    setup.sql("ALTER TABLE items ADD COLUMN updated_at timestamptz")
+    report = setup.check(integrations={"crm": crm_integration})
+    only(report, Status.OK, "inbound crm", "replication origin cdcsync_crm")
+    role = f"r_{uuid.uuid4().hex[:8]}"
+    setup.sql(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        dsn = psycopg.conninfo.make_conninfo(setup.dsn, user=role)
+        report = setup.check(source={"dsn": dsn}, integrations={"crm": crm_integration})
+        line = only(report, Status.PROBLEM, "inbound crm", "may not use replication origins")
+        assert f"pg_replication_origin_session_setup(text) TO {role}" in line
+    finally:
+        setup.sql(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
