@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/sync.py [--events 20000] [--runs 3] [--rate 2000]
 [--live-seconds 10] [--customers N] [--session-timeout-ms 6000]
-[--consumer-property KEY=VALUE ...]``
+[--consumer-property KEY=VALUE ...] [--split]``
 
 Per run, on throwaway local servers (PostgreSQL, tansu, the registry, the CRM):
 1. the sample tables get ``--customers`` customers (default: ``--events``) and
@@ -26,7 +26,9 @@ Then, on the first run, live: capture (child process) and sync of both
 integrations (in process, ``record_latency=True``) run while a writer in its own
 process commits single-row transactions at ``--rate`` rows/s (synchronous_commit
 on; inserts and updates of orders and customers) for ``--live-seconds``; the
-source commit -> applied latency is reported per integration.
+source commit -> applied latency is reported per integration. With ``--split`` each
+integration's sync runs in a process of its own (as ``cdcsync sync --integration NAME``
+would), reporting its latencies to this one at the end.
 Medians over runs are printed; nothing is asserted.
 
 The sync consumers run with ``session.timeout.ms`` 6000 (``--session-timeout-ms``):
@@ -433,6 +435,99 @@ async def live_latency(
     return result
 
 
+def split_worker(
+    config: dict[str, Any],
+    args: argparse.Namespace,
+    name: str,
+    results: Any,
+    warm: Any,
+    measure: Any,
+    stop: Any,
+) -> None:
+    """One integration's sync in a process of its own (``--split``): report its latencies."""
+
+    async def main() -> list[int]:
+        sync = Sync(sync_config(config, args), only=[name], record_latency=True)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(sync.run(stopping))
+        try:
+            while name not in sync.workers or sync.workers[name].stats.applied == 0:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(POLL_S)
+            warm.set()  # the parent's probe row reached this integration's target
+            while not measure.is_set():
+                await asyncio.sleep(POLL_S)
+            latencies = sync.workers[name].stats.latencies_us
+            assert latencies is not None
+            latencies.clear()
+            while not stop.is_set():
+                await asyncio.sleep(POLL_S)
+            return list(latencies)
+        finally:
+            stopping.set()
+            await task
+
+    results.put((name, asyncio.run(main())))
+
+
+async def live_latency_split(
+    config: dict[str, Any],
+    config_path: Path,
+    log_path: Path,
+    args: argparse.Namespace,
+) -> dict[str, list[int]]:
+    """``live_latency`` with each integration in its own process (``cdcsync sync
+    --integration NAME`` each), as a deployment that scales sync out would run them."""
+    dsn = config["source"]["dsn"]
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    measure, stop = ctx.Event(), ctx.Event()
+    capture = start_capture(config_path, log_path)
+    workers: list[tuple[Any, Any]] = []
+    try:
+        for name in config["integrations"]:
+            warm = ctx.Event()
+            proc = ctx.Process(
+                target=split_worker, args=(config, args, name, results, warm, measure, stop)
+            )
+            proc.start()
+            workers.append((proc, warm))
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(
+                "UPDATE customers SET name = name || ' (probe)', updated_at = clock_timestamp()"
+                " WHERE id = 1"
+            )
+            await conn.execute("UPDATE orders SET status = 'probe' WHERE id = 1")
+        for _, warm in workers:
+            if not await asyncio.to_thread(warm.wait, 60):
+                raise RuntimeError("live (split): a sync process did not apply the probe")
+        measure.set()
+        writer = ctx.Process(
+            target=write_live,
+            args=(dsn, args.rate, args.live_seconds, args.customers, args.events),
+        )
+        writer.start()
+        await asyncio.to_thread(writer.join)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            if not await caught_up(conn, 60):
+                print("  live: analytics did not catch up within 60 s")
+        await asyncio.sleep(1)
+        stop.set()
+        found: dict[str, list[int]] = {}
+        for _ in workers:
+            name, values = await asyncio.to_thread(results.get, True, 60)
+            found[name] = values
+    finally:
+        stop.set()
+        for proc, _ in workers:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+        stop_process(capture)
+    return found
+
+
 def percentile(values: list[int], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(len(ordered) * fraction), len(ordered) - 1)] / 1000
@@ -483,7 +578,8 @@ def one_run(args: argparse.Namespace, run: int) -> tuple[dict[str, float], dict[
         )
         latencies: dict[str, list[int]] = {}
         if run == 0 and args.live_seconds > 0:
-            latencies = asyncio.run(live_latency(config, config_path, log_path, args))
+            live = live_latency_split if args.split else live_latency
+            latencies = asyncio.run(live(config, config_path, log_path, args))
         return figures, latencies
     finally:
         crm.stop()
@@ -503,6 +599,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--live-seconds", type=float, default=10)
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="live: each integration's sync in a process of its own (default: both in one)",
+    )
     parser.add_argument(
         "--session-timeout-ms",
         type=int,
@@ -551,6 +652,9 @@ def main() -> None:
         if tag == "http":
             server = med(r["http_crm_server_cpu"] / total for r in results) * 1e6
             print(f"  CRM server CPU per entity {server:.0f} us (the test CRM's own process)")
+    if latencies:
+        mode = "one sync process per integration" if args.split else "both in one sync process"
+        print(f"live ({mode}; capture in its own process)")
     for name, values in sorted(latencies.items()):
         if not values:
             print(f"live {args.rate} rows/s {name:<10} no events applied")
