@@ -379,14 +379,33 @@ async def caught_up(conn: psycopg.AsyncConnection[Any], timeout: float) -> bool:
     return False
 
 
-async def warm_up(dsn: str, sync: Sync, *, timeout: float) -> None:
-    """Touch a customer and an order; wait until both integrations applied something."""
+async def touch_probes(dsn: str) -> None:
+    """Update one customer and one order: each integration has a record to apply."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute(
             "UPDATE customers SET name = name || ' (probe)', updated_at = clock_timestamp()"
             " WHERE id = 1"
         )
         await conn.execute("UPDATE orders SET status = 'probe' WHERE id = 1")
+
+
+async def write_and_catch_up(dsn: str, args: argparse.Namespace) -> None:
+    """The live writer (its own process, so it shares no GIL), then wait for the targets."""
+    proc = multiprocessing.get_context("spawn").Process(
+        target=write_live,
+        args=(dsn, args.rate, args.live_seconds, args.customers, args.events),
+    )
+    proc.start()
+    await asyncio.to_thread(proc.join)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        if not await caught_up(conn, 60):
+            print("  live: analytics did not catch up within 60 s")
+    await asyncio.sleep(1)
+
+
+async def warm_up(dsn: str, sync: Sync, *, timeout: float) -> None:
+    """Touch a customer and an order; wait until both integrations applied something."""
+    await touch_probes(dsn)
     before = {name: w.stats.applied for name, w in sync.workers.items()}
     deadline = time.monotonic() + timeout
     while any(w.stats.applied <= before[n] for n, w in sync.workers.items()):
@@ -414,17 +433,7 @@ async def live_latency(
         for worker in sync.workers.values():
             if worker.stats.latencies_us is not None:
                 worker.stats.latencies_us.clear()
-        # The writer runs in its own process so that it does not share sync's GIL.
-        proc = multiprocessing.get_context("spawn").Process(
-            target=write_live,
-            args=(dsn, args.rate, args.live_seconds, args.customers, args.events),
-        )
-        proc.start()
-        await asyncio.to_thread(proc.join)
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            if not await caught_up(conn, 60):
-                print("  live: analytics did not catch up within 60 s")
-        await asyncio.sleep(1)
+        await write_and_catch_up(dsn, args)
     finally:
         stop.set()
         await task
@@ -493,26 +502,12 @@ async def live_latency_split(
             )
             proc.start()
             workers.append((proc, warm))
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            await conn.execute(
-                "UPDATE customers SET name = name || ' (probe)', updated_at = clock_timestamp()"
-                " WHERE id = 1"
-            )
-            await conn.execute("UPDATE orders SET status = 'probe' WHERE id = 1")
+        await touch_probes(dsn)
         for _, warm in workers:
             if not await asyncio.to_thread(warm.wait, 60):
                 raise RuntimeError("live (split): a sync process did not apply the probe")
         measure.set()
-        writer = ctx.Process(
-            target=write_live,
-            args=(dsn, args.rate, args.live_seconds, args.customers, args.events),
-        )
-        writer.start()
-        await asyncio.to_thread(writer.join)
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            if not await caught_up(conn, 60):
-                print("  live: analytics did not catch up within 60 s")
-        await asyncio.sleep(1)
+        await write_and_catch_up(dsn, args)
         stop.set()
         found: dict[str, list[int]] = {}
         for _ in workers:
