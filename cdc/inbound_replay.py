@@ -13,7 +13,9 @@ Invariants:
 - Planning (``cdc.replay_plan.plan_replay``) checks the whole request before anything is
   read; a bad request enqueues nothing.
 - Every record of the range is read before the first one is enqueued again, so the
-  replay never reads its own records (the topic it reads is the one it writes).
+  replay never reads its own records (the topic it reads is the one it writes). Without
+  an ``until``, a partition is read to the end it has when the replay reaches it, as
+  ``cdcsync replay`` does (a broker may under-report its end offsets).
 - Records are enqueued in their offset order per partition and each is acknowledged by
   Kafka (acks=all, idempotent producer) before the replay reports success.
 - ``dry_run`` reads and counts; it enqueues nothing.
@@ -108,8 +110,8 @@ def _read(
     ranges: list[PartitionRange],
     on_progress: Callable[[int, int], None] | None,
 ) -> list[Message]:
-    """Every record of ``ranges``, in offset order per partition (ends fixed when planned)."""
-    todo = {(r.topic, r.partition): r for r in ranges if r.size > 0}
+    """Every record of ``ranges``, in offset order per partition."""
+    todo = {(r.topic, r.partition): r for r in ranges if r.size > 0 or r.open_ended}
     if not todo:
         return []
     total = sum(r.size for r in todo.values())
@@ -132,14 +134,14 @@ def _read(
             raise BrokerUnavailable(f"inbound replay: reading failed: {err.str()}")
         wanted = todo.get(where)
         offset = msg.offset() or 0
-        if wanted is None or offset >= wanted.end:
+        if wanted is None or (offset >= wanted.end and not wanted.open_ended):
             todo.pop(where, None)
             continue
         records.append(msg)
         deadline = time.monotonic() + _READ_TIMEOUT_S
         if on_progress is not None:
-            on_progress(len(records), total)
-        if offset + 1 >= wanted.end:
+            on_progress(len(records), max(total, len(records)))
+        if offset + 1 >= wanted.end and not wanted.open_ended:
             todo.pop(where, None)
     return records
 
