@@ -59,11 +59,8 @@ WHERE s.slot_name = %s
 
 async def collect_status(config: Config) -> dict[str, Any]:
     """The non-live status; see the module docstring."""
-    lag, dead, capture, snapshots = await asyncio.gather(
-        asyncio.to_thread(_consumer_lag, config),
-        _dead_letters(config),
-        _slot(config),
-        _snapshots(config),
+    lag, (dead, snapshots), capture = await asyncio.gather(
+        asyncio.to_thread(_consumer_lag, config), _state_figures(config), _slot(config)
     )
     capture["snapshots"] = snapshots
     integrations: dict[str, Any] = {}
@@ -146,39 +143,33 @@ def _group_lag(consumer: Consumer, reader: Consumer, topics: list[str]) -> list[
     return rows + missing
 
 
-async def _dead_letters(config: Config) -> dict[str, dict[str, Any]]:
+async def _state_figures(
+    config: Config,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]] | dict[str, str]]:
+    """From one state store connection: dead-letter counts per integration, and per table
+    snapshotted the rows read, done or not, when last saved (or the error, in each)."""
     try:
         state = await StateStore.open(state_dsn(config), schema=config.state.schema_)
     except CdcsyncError as exc:
-        return {name: {"error": first_line(exc)} for name in config.integrations}
+        error = first_line(exc)
+        return {name: {"error": error} for name in config.integrations}, {"error": error}
     try:
         counts = await state.dead_letter_counts()
+        progresses = await state.snapshot_progresses()
     except CdcsyncError as exc:
-        return {name: {"error": first_line(exc)} for name in config.integrations}
+        error = first_line(exc)
+        return {name: {"error": error} for name in config.integrations}, {"error": error}
     finally:
         await state.close()
-    return {
+    dead = {
         name: {"pending": counts.get(name, (0, 0))[0], "replayed": counts.get(name, (0, 0))[1]}
         for name in config.integrations
     }
-
-
-async def _snapshots(config: Config) -> list[dict[str, Any]] | dict[str, str]:
-    """Per table snapshotted: rows read, done or not, when last saved."""
-    try:
-        state = await StateStore.open(state_dsn(config), schema=config.state.schema_)
-    except CdcsyncError as exc:
-        return {"error": first_line(exc)}
-    try:
-        progresses = await state.snapshot_progresses()
-    except CdcsyncError as exc:
-        return {"error": first_line(exc)}
-    finally:
-        await state.close()
-    return [
+    snapshots = [
         {"table": p.table, "rows": p.rows, "done": p.done, "updated_at": p.updated_at.isoformat()}
         for p in progresses
     ]
+    return dead, snapshots
 
 
 async def _slot(config: Config) -> dict[str, Any]:
