@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc.config import Config
-from cdc.errors import BrokerUnavailable, ConfigError
+from cdc.errors import ConfigError
 from cdc.inbound_config import inbound_topic
+from cdc.inbound_replay import REPLAYED_FROM_HEADER, enqueue
 from cdc.publisher import Publisher, producer_config
 from cdc.state import DeadLetter, StateStore
 
@@ -92,8 +93,12 @@ async def requeue(
         not_pending = tuple(i for i in dict.fromkeys(ids or ()) if i not in pending)
         if letters:
             topic = inbound_topic(config, name)
+            kafka = config.kafka
+            publisher = Publisher(
+                producer_config(kafka.bootstrap_servers, kafka.client_properties())
+            )
             for letter in letters:
-                await asyncio.to_thread(_produce, config, topic, letter)
+                await asyncio.to_thread(_produce, publisher, topic, letter)
                 await state.mark_replayed(label, [letter.id])
                 requeued.append(letter.id)
     finally:
@@ -101,20 +106,16 @@ async def requeue(
     return InboundRequeueResult(name, tuple(requeued), not_pending)
 
 
-def _produce(config: Config, topic: str, letter: DeadLetter) -> None:
+def _produce(publisher: Publisher, topic: str, letter: DeadLetter) -> None:
     if letter.payload is None:
         raise ConfigError(f"inbound dead letter {letter.id}: no payload kept, cannot replay")
-    kafka = config.kafka
-    publisher = Publisher(producer_config(kafka.bootstrap_servers, kafka.client_properties()))
-    delivered: list[Any] = []
-    publisher.produce(
+    key = None if letter.key is None else letter.key.encode()
+    headers: list[tuple[str, str | bytes | None]] = [
+        (REPLAYED_FROM_HEADER, str(letter.id).encode())
+    ]
+    enqueue(
+        publisher,
         topic,
-        None if letter.key is None else letter.key.encode(),
-        letter.payload,
-        lambda err, _msg: delivered.append(err),
-        headers=[("cdcsync.replayed_from", str(letter.id).encode())],
+        [(key, letter.payload, headers)],
+        what=f"inbound dead letter {letter.id}",
     )
-    publisher.flush(30)
-    if not delivered or delivered[0] is not None:
-        detail = delivered[0] if delivered else "no acknowledgement"
-        raise BrokerUnavailable(f"inbound dead letter {letter.id} not re-enqueued: {detail}")

@@ -24,7 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from cdc.inbound_config import inbound_topic
 from cdc.publisher import Publisher, producer_config
 from cdc.replay_plan import PartitionRange, ReplayRequest, plan_replay, replay_consumer_config
 
-__all__ = ["InboundReplaySummary", "replay_inbound"]
+__all__ = ["REPLAYED_FROM_HEADER", "InboundReplaySummary", "enqueue", "replay_inbound"]
 
 REPLAYED_FROM_HEADER = "cdcsync.replayed_from"
 _READ_TIMEOUT_S = 60.0
@@ -149,6 +149,26 @@ def _read(
 def _enqueue(config: Config, topic: str, records: list[Message]) -> int:
     kafka = config.kafka
     publisher = Publisher(producer_config(kafka.bootstrap_servers, kafka.client_properties()))
+    items: list[QueuedRecord] = []
+    for msg in records:
+        origin = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
+        raw: Any = msg.headers() or []
+        pairs = raw.items() if isinstance(raw, dict) else raw
+        headers = [(str(k), v) for k, v in pairs if k != REPLAYED_FROM_HEADER]
+        headers.append((REPLAYED_FROM_HEADER, origin.encode()))
+        items.append((msg.key(), msg.value(), headers))
+    enqueue(publisher, topic, items, what="inbound replay")
+    return len(items)
+
+
+QueuedRecord = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
+"""(key, value, headers) of a record to put on an inbound queue."""
+
+
+def enqueue(
+    publisher: Publisher, topic: str, records: Sequence[QueuedRecord], *, what: str
+) -> None:
+    """Produce ``records`` to ``topic`` and wait for every acknowledgement, else raise."""
     failures: list[str] = []
     acked = 0
 
@@ -159,18 +179,12 @@ def _enqueue(config: Config, topic: str, records: list[Message]) -> int:
         else:
             failures.append(err.str())
 
-    for msg in records:
-        origin = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
-        raw: Any = msg.headers() or []
-        pairs = raw.items() if isinstance(raw, dict) else raw
-        headers = [(str(k), v) for k, v in pairs if k != REPLAYED_FROM_HEADER]
-        headers.append((REPLAYED_FROM_HEADER, origin.encode()))
-        publisher.produce(topic, msg.key(), msg.value(), delivered, headers=headers)
+    for key, value, headers in records:
+        publisher.produce(topic, key, value, delivered, headers=headers)
     left = publisher.flush(60)
     if failures or left:
         detail = failures[0] if failures else f"{left} records unacknowledged"
         raise BrokerUnavailable(
-            f"inbound replay: {acked} of {len(records)} records re-enqueued on {topic};"
+            f"{what}: {acked} of {len(records)} records re-enqueued on {topic};"
             f" the rest failed ({detail}); running it again is safe"
         )
-    return acked
