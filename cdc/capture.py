@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from cdc.checkpoint import Checkpoint, TxProgress
 from cdc.config import Config
 from cdc.envelope import OP_DELETE, OP_UPDATE, Change, RelationEncoder, TxContext
 from cdc.envelope_writer import EnvelopeWriter
-from cdc.errors import BrokerUnavailable, DecodeError, IncompatibleSchemaError, RetryableError
+from cdc.errors import BrokerUnavailable, DecodeError, IncompatibleSchemaError
 from cdc.exactly_once import BatchPolicy, ExactlyOnce, TransactionalPublisher, positions_topic
 from cdc.inbound_config import ORIGIN_HEADER
 from cdc.lsn import ZERO, Lsn
@@ -62,6 +61,7 @@ from cdc.pgoutput import (
 )
 from cdc.publisher import Publisher, producer_config
 from cdc.replication import ReplicationStream
+from cdc.restart import run_restarting
 from cdc.slot_watch import SlotWatch, is_heartbeat
 from cdc.snapshot import Snapshotter
 from cdc.spool import TransactionSpool
@@ -131,23 +131,8 @@ class Capture:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Capture until ``stop`` is set; retry transient failures with backoff."""
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                await self._run_once(stop)
-                return
-            except RetryableError as exc:
-                self.stats.restarts += 1
-                self.stats.last_error = str(exc)
-                self.stats.connected = False
-                delay = backoff * (1 + random.random() / 2)
-                log.warning(
-                    "capture interrupted (%s); restarting from the slot in %.1fs", exc, delay
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                backoff = min(backoff * 2, 30.0)
+        """Capture until ``stop`` is set; restart from the slot after transient failures."""
+        await run_restarting(self._run_once, stop, self.stats, log, "capture")
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         cfg = self.config

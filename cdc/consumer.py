@@ -1,7 +1,5 @@
 """Consumer-group plumbing shared by the sync and inbound workers and the read-only tools.
 
-- ``run_restarting``: run a worker until stopped; a ``RetryableError`` restarts it after an
-  exponential pause (0.5 s doubling to 30 s), counted in its stats.
 - ``group_consumer_config``: a live group member's librdkafka settings (manual commits,
   ``read_committed``, from the earliest offset); the user's client properties apply except
   producer-only ones (``producer_only``).
@@ -13,50 +11,16 @@ Invariant: nothing here commits an offset the caller did not hand over as handle
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from cdc.config import Config
-from cdc.errors import RetryableError, first_line
 
 BATCH_SIZE = 500
 """Records a worker takes per batch by default."""
-
-
-class _Restartable(Protocol):
-    restarts: int
-    last_error: str | None
-
-
-async def run_restarting(
-    run_once: Callable[[asyncio.Event], Awaitable[None]],
-    stop: asyncio.Event,
-    stats: _Restartable,
-    logger: logging.LoggerAdapter[logging.Logger],
-    what: str,
-) -> None:
-    """``run_once`` until it returns or ``stop``; a ``RetryableError`` restarts it with backoff."""
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await run_once(stop)
-            return
-        except asyncio.CancelledError:
-            if stop.is_set():
-                return
-            raise
-        except RetryableError as exc:
-            stats.restarts += 1
-            stats.last_error = first_line(exc)
-            logger.warning("%s interrupted (%s); restarting in %.1fs", what, exc, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 30.0)
 
 
 def group_consumer_config(config: Config, group_id: str) -> dict[str, Any]:

@@ -27,6 +27,10 @@ Invariants:
 - Any failure of a transactional call (fenced, fatal, abortable, timed out)
   raises ``BrokerUnavailable``: capture is torn down and restarts, and the new
   producer's ``init_transactions`` aborts whatever the old one left open.
+  Aborting on the way out is only a courtesy that ends the open transaction
+  sooner for read_committed readers, so it waits at most ``ABORT_TIMEOUT_S``:
+  a fenced producer's abort may never be answered, and waiting the full
+  transaction timeout for it would stall capture for a minute.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ TXN_HEADER = "cdcsync.txn"
 _POSITIONS_SUFFIX = "cdcsync.positions"
 # How far back from the end of the positions topic the first read looks (doubled until found).
 _FIRST_WINDOW = 64
+ABORT_TIMEOUT_S = 5.0
 
 
 def positions_topic(prefix: str) -> str:
@@ -138,7 +143,7 @@ class TransactionalPublisher(Publisher):
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if isinstance(err, KafkaError) and err.txn_requires_abort():
-                self.abort_transaction(timeout)
+                self.abort_transaction(min(timeout, ABORT_TIMEOUT_S))
             raise _raise_broker("commit", exc) from exc
 
     def abort_transaction(self, timeout: float) -> None:
@@ -269,7 +274,7 @@ class ExactlyOnce:
 
     def abort(self) -> None:
         if self.open:
-            self.publisher.abort_transaction(self.timeout_s)
+            self.publisher.abort_transaction(min(self.timeout_s, ABORT_TIMEOUT_S))
             self.open = False
             self._last = None
 

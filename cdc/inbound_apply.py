@@ -41,7 +41,7 @@ from psycopg import sql
 from pydantic import ValidationError
 
 from cdc.config import Config
-from cdc.consumer import commit_offsets, group_consumer_config, next_batch, run_restarting
+from cdc.consumer import commit_offsets, group_consumer_config, next_batch
 from cdc.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -57,6 +57,7 @@ from cdc.inbound_config import (
 )
 from cdc.logs import ContextLogger
 from cdc.publisher import Publisher, producer_config
+from cdc.restart import run_restarting
 from cdc.secrets import redact_dsn
 from cdc.state import StateStore
 from mappers.entity import Origin, microseconds

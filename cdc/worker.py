@@ -36,7 +36,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from cdc.config import Config, IntegrationConfig
-from cdc.consumer import commit_offsets, group_consumer_config, next_batch, run_restarting
+from cdc.consumer import commit_offsets, group_consumer_config, next_batch
 from cdc.errors import (
     BrokerUnavailable,
     FatalError,
@@ -49,6 +49,7 @@ from cdc.inbound_config import ORIGIN_HEADER, origin_name
 from cdc.logs import ContextLogger
 from cdc.metrics import LatencyHistogram
 from cdc.publisher import Publisher, producer_config
+from cdc.restart import run_restarting
 from cdc.retry import Backoff, CircuitBreaker, CircuitState
 from cdc.sinks.base import Outcome, Sink
 from cdc.state import StateStore
