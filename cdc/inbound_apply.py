@@ -41,7 +41,7 @@ from psycopg import sql
 from pydantic import ValidationError
 
 from cdc.config import Config
-from cdc.consumer import commit_offsets, group_consumer_config, next_batch
+from cdc.consumer import BatchFeed, group_consumer_config
 from cdc.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -416,20 +416,20 @@ class InboundWorker:
         )
         await self.applier.connect(stop)
         consumer = Consumer(group_consumer_config(self.config, self.group_id))
+        feed = BatchFeed(consumer, self.log, BATCH_SIZE)
         try:
             consumer.subscribe([self.topic])
             self.log.info("inbound %s: applying %s", self.name, self.topic)
             while not stop.is_set():
-                msgs = await asyncio.to_thread(next_batch, consumer, BATCH_SIZE)
+                msgs = await feed.next()
                 if not msgs:
                     continue
                 await self._handle(msgs)
-                await asyncio.to_thread(commit_offsets, consumer, msgs, self.log)
+                feed.handled(msgs)
         except KafkaException as exc:
             raise BrokerUnavailable(f"inbound {self.name}: {first_line(exc)}") from exc
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(consumer.close)
+            await feed.close()
             await self.applier.close()
             if self._publisher is not None:
                 self._publisher.flush(5)

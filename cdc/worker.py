@@ -36,7 +36,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from cdc.config import Config, IntegrationConfig
-from cdc.consumer import commit_offsets, group_consumer_config, next_batch
+from cdc.consumer import BatchFeed, group_consumer_config
 from cdc.errors import (
     BrokerUnavailable,
     FatalError,
@@ -553,6 +553,7 @@ class SyncWorker:
             raise SinkUnavailable(f"{self.name}: sink not ready: {first_line(exc)}") from exc
         consumer = Consumer(group_consumer_config(self.config, self.group_id))
         self._consumer = consumer
+        feed = BatchFeed(consumer, self.log)
         checks = asyncio.create_task(self._health_checks(stop))
         try:
             consumer.subscribe(list(self.integration.topics))
@@ -560,7 +561,7 @@ class SyncWorker:
                 if not self._resumed.is_set():
                     await self._paused(stop)
                     continue
-                msgs = await asyncio.to_thread(next_batch, consumer)
+                msgs = await feed.next()
                 if not msgs:
                     continue
                 if not self._resumed.is_set():
@@ -569,7 +570,7 @@ class SyncWorker:
                     if stop.is_set():
                         break
                 await self.applier.handle(msgs, stop)
-                await asyncio.to_thread(commit_offsets, consumer, msgs, self.log)
+                feed.handled(msgs)
         except KafkaException as exc:
             raise BrokerUnavailable(f"{self.name}: {first_line(exc)}") from exc
         finally:
@@ -577,8 +578,7 @@ class SyncWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await checks
             self._consumer = None
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(consumer.close)
+            await feed.close()
             self.applier.close()
 
     async def _health_checks(self, stop: asyncio.Event) -> None:

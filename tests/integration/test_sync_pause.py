@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer, Message
 
-import cdc.worker
+import cdc.consumer
 from cdc.config import parse_config
 from cdc.sync import Sync
 from tests.integration.sync_harness import CRM_SECRET, SyncEnv, run_workload
@@ -43,10 +43,10 @@ def test_a_batch_fetched_while_pausing_waits_for_the_resume_and_is_then_applied(
         loop = asyncio.get_running_loop()
         sync = Sync(config, only=["crm"])
         paused_during_fetch = threading.Event()
-        fetch = cdc.worker.next_batch
+        fetch = cdc.consumer.next_batch
 
-        def fetch_then_pause(consumer: Consumer) -> list[Message]:
-            msgs = fetch(consumer)
+        def fetch_then_pause(consumer: Consumer, size: int) -> list[Message]:
+            msgs = fetch(consumer, size)
             if msgs and not paused_during_fetch.is_set():
                 # The pause request arrives after the records are fetched, before apply.
                 applied = threading.Event()
@@ -55,7 +55,7 @@ def test_a_batch_fetched_while_pausing_waits_for_the_resume_and_is_then_applied(
                 paused_during_fetch.set()
             return msgs
 
-        monkeypatch.setattr(cdc.worker, "next_batch", fetch_then_pause)
+        monkeypatch.setattr(cdc.consumer, "next_batch", fetch_then_pause)
         stop = asyncio.Event()
         task = asyncio.create_task(sync.run(stop))
         try:
