@@ -23,10 +23,11 @@ Per run, on throwaway local servers (PostgreSQL, tansu, the registry, the CRM):
 Each sync figure comes with the time to the first entity (start-up: state store,
 consumer group join) and this process's CPU time per entity.
 Then, on the first run, live: capture (child process) and sync of both
-integrations (in process, ``record_latency=True``) run while a writer in its own
-process commits single-row transactions at ``--rate`` rows/s (synchronous_commit
-on; inserts and updates of orders and customers) for ``--live-seconds``; the
-source commit -> applied latency is reported per integration. With ``--split`` each
+integrations (in process, ``record_latency=True``) run while pgbench commits
+single-row transactions at ``--rate`` rows/s (synchronous_commit on, Poisson
+arrivals; inserts and updates of orders and customers) for ``--live-seconds``; the
+source commit -> applied latency is reported per integration, with how busy the
+machine's cores were meanwhile. With ``--split`` each
 integration's sync runs in a process of its own (as ``cdcsync sync --integration NAME``
 would), reporting its latencies to this one at the end.
 Medians over runs are printed; nothing is asserted.
@@ -42,8 +43,8 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import random
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -63,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cdc.config import Config, parse_config
 from cdc.crm import CrmServer
-from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry
+from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin
 from cdc.sync import Sync
 from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
 
@@ -74,7 +75,11 @@ PUBLICATION = "cdcsync_bench"
 LIVE_ID_BASE = 10_000_000
 POLL_S = 0.05
 
-EXTRA_DDL = "CREATE TABLE marker (id int PRIMARY KEY);"
+EXTRA_DDL = f"""
+CREATE TABLE marker (id int PRIMARY KEY);
+CREATE SEQUENCE live_order_ids START {LIVE_ID_BASE};
+CREATE SEQUENCE live_customer_ids START {LIVE_ID_BASE};
+"""
 
 
 # --------------------------------------------------------------------------- source
@@ -325,46 +330,55 @@ async def backlog_postgres(config: Config, dsn: str, orders: int) -> dict[str, f
 # --------------------------------------------------------------------------- live latency
 
 
-def write_live(dsn: str, rate: int, seconds: float, customers: int, orders: int) -> None:
-    """Single-row transactions at ``rate`` rows/s, synchronously committed.
+# The live mix, one single-row transaction each: (weight in %, pgbench script).
+LIVE_SCRIPTS = {
+    "new_order": (
+        45,
+        "\\set c random(1, :customers)\n\\set a random(100, 99999)\n"
+        "INSERT INTO orders (id, customer_id, amount, status)"
+        " VALUES (nextval('live_order_ids'), :c, :a / 100.0, 'new');\n",
+    ),
+    "update_order": (
+        20,
+        "\\set o random(1, :orders)\n"
+        "UPDATE orders SET status = 'paid-' || clock_timestamp() WHERE id = :o;\n",
+    ),
+    "update_customer": (
+        25,
+        "\\set c random(1, :customers)\n"
+        "UPDATE customers SET email = 'live-' || clock_timestamp() || '@example.com',"
+        " updated_at = clock_timestamp() WHERE id = :c;\n",
+    ),
+    "new_customer": (
+        10,
+        "INSERT INTO customers (id, name, email)"
+        " SELECT v, 'Live ' || v, 'l' || v || '@example.com'"
+        " FROM nextval('live_customer_ids') v;\n",
+    ),
+}
 
-    Mix: 45% new orders (of customers the CRM already knows), 20% order updates,
-    25% customer updates, 10% new customers.
+
+def pgbench_command(
+    dsn: str, rate: int, seconds: float, customers: int, orders: int, scripts: Path
+) -> list[str]:
+    """pgbench committing the live mix at ``rate`` transactions/s (synchronous_commit on).
+
+    pgbench (C, shipped with PostgreSQL) generates the load so that the writer takes
+    little of the CPU the measured pipeline runs on; its schedule is Poisson at ``rate``.
     """
-    rng = random.Random(7)
-    interval = 1.0 / rate
-    next_order = next_customer = LIVE_ID_BASE
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        t_next = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            roll = rng.random()
-            if roll < 0.45:
-                conn.execute(
-                    "INSERT INTO orders (id, customer_id, amount, status)"
-                    " VALUES (%s, %s, %s, 'new')",
-                    (next_order, rng.randint(1, customers), rng.randint(100, 99_999) / 100),
-                )
-                next_order += 1
-            elif roll < 0.65:
-                conn.execute(
-                    "UPDATE orders SET status = %s WHERE id = %s",
-                    (f"paid-{i}", rng.randint(1, orders)),
-                )
-            elif roll < 0.90:
-                conn.execute(
-                    "UPDATE customers SET email = %s, updated_at = clock_timestamp() WHERE id = %s",
-                    (f"live{i}@example.com", rng.randint(1, customers)),
-                )
-            else:
-                conn.execute(
-                    "INSERT INTO customers (id, name, email) VALUES (%s, %s, %s)",
-                    (next_customer, f"Live {next_customer}", f"l{next_customer}@example.com"),
-                )
-                next_customer += 1
-            t_next += interval
-            delay = t_next - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+    pgbench = find_pg_bin() / "pgbench"
+    if not pgbench.exists():
+        found = shutil.which("pgbench")
+        if found is None:
+            raise SystemExit("the live load needs pgbench (shipped with PostgreSQL)")
+        pgbench = Path(found)
+    cmd = [str(pgbench), "-n", "-c", "4", "-j", "1", "-R", str(rate), "-T", str(round(seconds))]
+    cmd += ["-D", f"customers={customers}", "-D", f"orders={orders}"]
+    for name, (weight, text) in LIVE_SCRIPTS.items():
+        path = scripts / f"{name}.sql"
+        path.write_text(text)
+        cmd += ["-f", f"{path}@{weight}"]
+    return [*cmd, dsn]
 
 
 async def caught_up(conn: psycopg.AsyncConnection[Any], timeout: float) -> bool:
@@ -389,14 +403,37 @@ async def touch_probes(dsn: str) -> None:
         await conn.execute("UPDATE orders SET status = 'probe' WHERE id = 1")
 
 
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores, from /proc/stat (zeros where it does not exist)."""
+    try:
+        line = Path("/proc/stat").read_text().split("\n", 1)[0]
+        fields = [int(v) for v in line.split()[1:9]]  # guest time is already in user
+    except OSError:
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def machine_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 async def write_and_catch_up(dsn: str, args: argparse.Namespace) -> None:
-    """The live writer (its own process, so it shares no GIL), then wait for the targets."""
-    proc = multiprocessing.get_context("spawn").Process(
-        target=write_live,
-        args=(dsn, args.rate, args.live_seconds, args.customers, args.events),
+    """The live load (pgbench, so the writer takes little CPU), then wait for the targets."""
+    with tempfile.TemporaryDirectory() as scripts:
+        cmd = pgbench_command(
+            dsn, args.rate, args.live_seconds, args.customers, args.events, Path(scripts)
+        )
+        before = cpu_times()
+        done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {done.stderr.strip()}")
+    busy = machine_busy(before, cpu_times())
+    print(
+        f"  live: the machine's {os.cpu_count()} cores were {busy:.0%} busy while the writer ran"
+        " (every process: PostgreSQL, tansu, capture, sync, the CRM, the writer)"
     )
-    proc.start()
-    await asyncio.to_thread(proc.join)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         if not await caught_up(conn, 60):
             print("  live: analytics did not catch up within 60 s")
