@@ -41,9 +41,8 @@ def group_consumer_config(config: Config, group_id: str) -> dict[str, Any]:
     # Defaults for low latency and quick group joins; the user's properties win.
     # fetch.wait.max.ms: Apache Kafka answers a fetch as soon as data is there, so this only
     # bounds idle polling; a broker that holds every fetch this long (tansu) makes it a
-    # latency floor. At 50 ms rather than 20, bench/sync.py on 2 cores had p99 142-183 ms
-    # instead of 537 ms at 2,000 rows/s (fewer, larger batches: 90 % busy instead of 97 %)
-    # and still 50-78 ms at 1,000 rows/s.
+    # latency floor. 50 rather than 20 ms means fewer, larger batches, which on a loaded
+    # small machine lowers the tail more than the wait adds (bench/sync.py, docs/sizing.md).
     props: dict[str, Any] = {"fetch.wait.max.ms": FETCH_WAIT_MAX_MS, "session.timeout.ms": 10_000}
     props.update((k, v) for k, v in kafka.client_properties().items() if not producer_only(k))
     props.update(
