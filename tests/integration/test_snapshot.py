@@ -91,6 +91,12 @@ class Writer(threading.Thread):
         except BaseException as exc:
             self.error = exc
 
+    def finish(self) -> None:
+        """Stop writing; the writer must have ended without an error."""
+        self.stop.set()
+        self.join(30)
+        assert self.error is None
+
 
 def table_state(dsn: str) -> dict[int, tuple[str, int | None]]:
     with psycopg.connect(dsn) as conn:
@@ -150,6 +156,11 @@ def wait_progress(env: CaptureEnv, *, at_least: int = 0, done: bool = False) -> 
     raise AssertionError(f"snapshot progress stuck at {row}:\n{env.log_text()[-3000:]}")
 
 
+def snapshot_reads(events: list[Event]) -> list[Event]:
+    """The events a snapshot published (``op=r``)."""
+    return [e for e in events if e.value is not None and e.value["op"] == "r"]
+
+
 def streamed_identities(events: list[Event]) -> dict[tuple[int, int], dict[str, Any]]:
     """Streamed (non-snapshot) events by (commit LSN, order); duplicates must be copies."""
     seen: dict[tuple[int, int], dict[str, Any]] = {}
@@ -172,11 +183,9 @@ def test_initial_snapshot_reads_every_row_and_streaming_continues_without_gap_or
     writer.start()  # the slot exists: every change from here on must be streamed once
     wait_progress(env, done=True)
     time.sleep(0.5)
-    writer.stop.set()
-    writer.join(30)
-    assert writer.error is None
+    writer.finish()
     events = converge(env)
-    reads = [e for e in events if e.value is not None and e.value["op"] == "r"]
+    reads = snapshot_reads(events)
     assert {e.value["source"]["snapshot"] for e in reads if e.value} == {"true"}
     streamed = streamed_identities(events)
     assert {v["source"]["snapshot"] for v in streamed.values()} == {"false"}
@@ -216,11 +225,9 @@ def test_incremental_snapshot_under_a_writer_survives_kill_9_and_matches_the_tab
     assert f"{TABLE}: " in out.decode()
     assert "resuming the incremental snapshot" in env.log_text()
     assert final_rows >= rows
-    writer.stop.set()
-    writer.join(30)
-    assert writer.error is None
+    writer.finish()
     events = converge(env)
-    reads = [e for e in events if e.value is not None and e.value["op"] == "r"]
+    reads = snapshot_reads(events)
     assert {e.value["source"]["snapshot"] for e in reads if e.value} == {"incremental"}
     assert len({e.key["id"] for e in reads if e.key}) > ROWS // 2
     assert len(streamed_identities(events)) == writer.changes
@@ -288,7 +295,7 @@ def test_with_exactly_once_the_initial_snapshot_is_read_once_inside_committed_tr
         wait_progress(env, done=True)
         events = converge(env)
         committed = {p.txn for p in env.positions()}
-        reads = [e for e in events if e.value is not None and e.value["op"] == "r"]
+        reads = snapshot_reads(events)
         assert reads, "no snapshot reads were published"
         # Each read sits in a Kafka transaction that committed with a position record.
         txns = {(dict(e.headers).get(TXN_HEADER) or b"").decode() for e in reads}
