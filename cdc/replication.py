@@ -8,6 +8,11 @@ Invariants:
 - The flush position sent to the server only moves forward and is exactly
   what the caller passed to ``confirm`` (the checkpoint); this module never
   invents a position of its own.
+- A confirmed position reaches the server within ``CONFIRM_INTERVAL_S`` of the
+  first ``confirm`` or ``read`` after it (at once if none went out for that
+  long), not once per transaction: under a stream of small transactions a
+  status update per commit cost capture and the walsender more CPU than the
+  changes themselves.
 - A keepalive that requests a reply is answered before the next read returns,
   and a status update goes out at least every ``status_interval`` seconds, so
   the client is never the reason the walsender times out.
@@ -36,6 +41,9 @@ PG_EPOCH_OFFSET_US: Final = 946_684_800_000_000
 _XLOGDATA_HEADER: Final = struct.Struct(">cQQq")
 _KEEPALIVE: Final = struct.Struct(">cQqB")
 _STATUS: Final = struct.Struct(">cQQQqB")
+
+CONFIRM_INTERVAL_S: Final = 0.05
+"""The least time between two status updates that only move the flush position."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +109,8 @@ class ReplicationStream:
         self._received = Lsn(0)
         self._flushed = Lsn(0)
         self._server_wal_end = Lsn(0)
+        self._sent_flush = Lsn(0)
         self._last_status = 0.0
-        self._readable: asyncio.Event | None = None
 
     @property
     def received_lsn(self) -> Lsn:
@@ -175,7 +183,7 @@ class ReplicationStream:
             await conn.close()
             raise SourceSetupError(f"START_REPLICATION failed: {first_line(exc)}") from exc
         stream = cls(conn, status_interval=status_interval)
-        stream._flushed = start_lsn
+        stream._flushed = stream._sent_flush = start_lsn
         return stream
 
     async def read(self, *, max_frames: int = 2000, timeout: float = 1.0) -> list[XLogData]:
@@ -214,7 +222,8 @@ class ReplicationStream:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            await self._wait_readable(min(remaining, self._status_interval))
+            self.maybe_send_status()
+            await self._wait_readable(min(remaining, self._until_status_due()))
             try:
                 pgconn.consume_input()
             except psycopg.Error as exc:
@@ -223,30 +232,42 @@ class ReplicationStream:
         return frames
 
     async def _wait_readable(self, timeout: float) -> None:
+        """Wait until the socket is readable or ``timeout`` passed (a timer, not wait_for:
+        this runs once per read under a stream of small transactions)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         fd = self._pgconn.socket
 
-        def ready() -> None:
+        def wake() -> None:
             if not fut.done():
                 fut.set_result(None)
 
-        loop.add_reader(fd, ready)
+        loop.add_reader(fd, wake)
+        timer = loop.call_later(timeout, wake)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass
+            await fut
         finally:
+            timer.cancel()
             loop.remove_reader(fd)
 
     def confirm(self, flush: Lsn) -> None:
-        """Record the checkpoint's flush position; sent at once if it moved."""
-        if flush > self._flushed:
-            self._flushed = flush
-            self._send_status()
+        """Record the checkpoint's flush position; sent when due (``CONFIRM_INTERVAL_S``)."""
+        self._flushed = max(self._flushed, flush)
+        self.maybe_send_status()
+
+    def _until_status_due(self) -> float:
+        """Seconds until ``maybe_send_status`` would send (at least 1 ms)."""
+        interval = self._status_interval
+        if self._flushed > self._sent_flush:
+            interval = min(interval, CONFIRM_INTERVAL_S)
+        return max(0.001, self._last_status + interval - time.monotonic())
 
     def maybe_send_status(self) -> None:
-        if time.monotonic() - self._last_status >= self._status_interval:
+        """Send a status update if one is due: a flush position not yet sent, or the interval."""
+        since = time.monotonic() - self._last_status
+        if since >= self._status_interval or (
+            self._flushed > self._sent_flush and since >= CONFIRM_INTERVAL_S
+        ):
             self._send_status()
 
     def _send_status(self, *, reply: bool = False) -> None:
@@ -259,6 +280,7 @@ class ReplicationStream:
             self._pgconn.flush()
         except psycopg.Error as exc:
             raise SourceUnavailable(f"cannot send status update: {first_line(exc)}") from exc
+        self._sent_flush = self._flushed
         self._last_status = time.monotonic()
 
     async def close(self) -> None:
