@@ -13,7 +13,8 @@ Layout of the target (``config.table``, "schema.table"):
   with ``create_table`` the target table (and its schema) is created too, from the first
   upsert's pydantic model, and columns for new model fields are added as they appear.
 
-``apply(ops)`` runs in ONE transaction: it takes a transaction-scoped advisory lock per key
+``apply(ops)`` runs in ONE pipelined transaction (two round trips: BEGIN, locks and the
+version read; then the writes and COMMIT): it takes a transaction-scoped advisory lock per key
 (so concurrent writers of the same keys serialise), reads the versions held for the batch's
 keys (live row or tombstone), decides every operation's outcome in order in Python exactly
 as if the operations were applied one by one, then writes each key's final state with a few
@@ -236,7 +237,9 @@ class PostgresSink:
                 results[index] = rejection
             todo = [i for i, r in enumerate(results) if r is None]
             try:
-                async with conn.transaction():
+                # Pipelined: BEGIN, the locks and the version read travel together, then
+                # the writes and COMMIT; two round trips per batch instead of six.
+                async with conn.pipeline(), conn.transaction():
                     done = await self._apply_batch(conn, [ops[i] for i in todo])
                 for i, outcome in zip(todo, done, strict=True):
                     results[i] = outcome
