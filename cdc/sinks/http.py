@@ -42,12 +42,11 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 from urllib.parse import quote
 
-import aiohttp
 from pydantic import SecretStr
-from yarl import URL
 
 from cdc.config import HttpSinkConfig
 from cdc.errors import SinkRejected, SinkUnavailable
+from cdc.http_client import HttpClient, HttpTransportError
 from cdc.secrets import redact_dsn
 from cdc.sinks.base import Outcome, Result
 from cdc.state import StateStore
@@ -105,7 +104,7 @@ class _Answer:
 
 
 # A connection refused or reset, a malformed answer, a timeout: the target is unavailable.
-_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+_TRANSPORT_ERRORS = (HttpTransportError, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -133,7 +132,7 @@ class HttpSink:
         self.config = config
         self.integration = integration
         self.state = state
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpClient | None = None
         self._max_in_flight = max_in_flight
         self._limit: asyncio.Semaphore | None = None
         secret = config.secret.get_secret_value() if config.secret is not None else None
@@ -152,36 +151,22 @@ class HttpSink:
 
     async def start(self) -> None:
         self._limit = asyncio.Semaphore(self._max_in_flight)
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
-                connector=aiohttp.TCPConnector(limit=self._max_in_flight),
-                # Keep bodies and headers exactly as signed; no cookies between entities.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=True,
-            )
+        if self._client is None:
+            self._client = HttpClient(limit=self._max_in_flight, timeout_s=self.config.timeout_s)
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"sink {self.name!r} is not started")
-        return self._session
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
     async def _request(
         self, method: str, url: str, *, body: bytes | None, headers: dict[str, str] | None
     ) -> _Answer:
         """One request; transport failures and timeouts are raised as they come."""
-        target = URL(url, encoded=True)
-        if target.user is not None and any(h.lower() == "authorization" for h in headers or ()):
-            target = target.with_user(None)  # a configured Authorization header wins
-        async with self.session.request(method, target, data=body, headers=headers) as response:
-            content = await response.read()
-            return _Answer(response.status, content, response.headers.get("Retry-After"))
+        if self._client is None:
+            raise RuntimeError(f"sink {self.name!r} is not started")
+        response = await self._client.request(method, url, body=body, headers=headers)
+        return _Answer(response.status, response.content, response.headers.get("retry-after"))
 
     def _semaphore(self) -> asyncio.Semaphore:
         if self._limit is None:
@@ -308,6 +293,8 @@ class HttpSink:
             raise HttpUnavailable(
                 f"sink {self.name!r}: {what} failed: {self._describe(exc)}"
             ) from None
+        except ValueError as exc:  # e.g. a key with a line break cannot go in a header
+            return SinkRejected(f"sink {self.name!r}: {what} cannot be sent: {exc}"), None
         status = answer.status
         if answer.success or (delete and status == 404):
             log.debug("sink %s: %s -> HTTP %d", self.name, what, status)
