@@ -27,9 +27,9 @@ integrations (in process, ``record_latency=True``) run while pgbench commits
 single-row transactions at ``--rate`` rows/s (synchronous_commit on, Poisson
 arrivals; inserts and updates of orders and customers) for ``--live-seconds``; the
 source commit -> applied latency is reported per integration, with how busy the
-machine's cores were meanwhile. With ``--split`` each
-integration's sync runs in a process of its own (as ``cdcsync sync --integration NAME``
-would), reporting its latencies to this one at the end.
+machine's cores were meanwhile and how many cores each process of the pipeline used.
+With ``--split`` each integration's sync runs in a process of its own (as ``cdcsync sync
+--integration NAME`` would), reporting its latencies to this one at the end.
 Medians over runs are printed; nothing is asserted.
 
 The sync consumers run with ``session.timeout.ms`` 6000 (``--session-timeout-ms``):
@@ -74,6 +74,8 @@ SLOT = "cdcsync_bench"
 PUBLICATION = "cdcsync_bench"
 LIVE_ID_BASE = 10_000_000
 POLL_S = 0.05
+ROLE_PIDS: dict[int, str] = {}
+"""This script's child processes by pid, named for the live CPU figures."""
 
 EXTRA_DDL = f"""
 CREATE TABLE marker (id int PRIMARY KEY);
@@ -178,6 +180,7 @@ class CrmProcess:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=serve_crm, args=(child,), daemon=True)
         self._proc.start()
+        ROLE_PIDS[self._proc.pid or 0] = "CRM"
         if not self._conn.poll(30):
             raise RuntimeError("the CRM process did not start")
         self.url: str = self._conn.recv()
@@ -419,6 +422,58 @@ def machine_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
     return (after[0] - before[0]) / total if total > 0 else 0.0
 
 
+def process_role(pid: int) -> str | None:
+    """What one process is in the live pipeline (by name and command line), or None."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    if pid in ROLE_PIDS:
+        return ROLE_PIDS[pid]
+    if pid == os.getpid():
+        return "sync (this process)"
+    if comm == "postgres":
+        return "walsender" if "walsender" in cmdline else "postgres"
+    if comm in ("tansu", "pgbench"):
+        return comm
+    if "cdc.cli capture" in cmdline:
+        return "capture"
+    return None
+
+
+def process_ticks() -> dict[int, tuple[str, int]]:
+    """Per pipeline process: (role, user + system clock ticks so far)."""
+    found: dict[int, tuple[str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        role = process_role(pid)
+        if role is None:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        found[pid] = (role, int(fields[11]) + int(fields[12]))
+    return found
+
+
+async def cores_by_role(seconds: float) -> dict[str, float]:
+    """Cores each pipeline role used over the middle ``seconds`` - 1 s of the live load."""
+    await asyncio.sleep(0.5)
+    before, t0 = process_ticks(), time.monotonic()
+    await asyncio.sleep(max(0.5, seconds - 1.0))
+    after, elapsed = process_ticks(), time.monotonic() - t0
+    used: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid, (role, ticks) in after.items():
+        start = before[pid][1] if pid in before else 0
+        used[role] = used.get(role, 0.0) + (ticks - start) / tick / elapsed
+    return used
+
+
 async def write_and_catch_up(dsn: str, args: argparse.Namespace) -> None:
     """The live load (pgbench, so the writer takes little CPU), then wait for the targets."""
     with tempfile.TemporaryDirectory() as scripts:
@@ -426,7 +481,9 @@ async def write_and_catch_up(dsn: str, args: argparse.Namespace) -> None:
             dsn, args.rate, args.live_seconds, args.customers, args.events, Path(scripts)
         )
         before = cpu_times()
+        roles = asyncio.create_task(cores_by_role(args.live_seconds))
         done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True)
+        used = await roles
     if done.returncode != 0:
         raise RuntimeError(f"pgbench failed: {done.stderr.strip()}")
     busy = machine_busy(before, cpu_times())
@@ -434,6 +491,8 @@ async def write_and_catch_up(dsn: str, args: argparse.Namespace) -> None:
         f"  live: the machine's {os.cpu_count()} cores were {busy:.0%} busy while the writer ran"
         " (every process: PostgreSQL, tansu, capture, sync, the CRM, the writer)"
     )
+    shares = sorted(((r, c) for r, c in used.items() if c >= 0.005), key=lambda item: -item[1])
+    print("  live: cores used by " + ", ".join(f"{role} {cores:.2f}" for role, cores in shares))
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         if not await caught_up(conn, 60):
             print("  live: analytics did not catch up within 60 s")
@@ -538,6 +597,7 @@ async def live_latency_split(
                 target=split_worker, args=(config, args, name, results, warm, measure, stop)
             )
             proc.start()
+            ROLE_PIDS[proc.pid or 0] = f"sync {name}"
             workers.append((proc, warm))
         await touch_probes(dsn)
         for _, warm in workers:
