@@ -18,9 +18,11 @@ version read; then the writes and COMMIT): it takes a transaction-scoped advisor
 (so concurrent writers of the same keys serialise), reads the versions held for the batch's
 keys (live row or tombstone), decides every operation's outcome in order in Python exactly
 as if the operations were applied one by one, then writes each key's final state with a few
-batched statements (row deletes, tombstone upserts and deletes, and one ``INSERT ... ON
-CONFLICT DO UPDATE`` executemany per set of columns). The statements keep their own version
-guards (``WHERE target._cdc_version < EXCLUDED._cdc_version``), so a row never moves back.
+batched statements (row deletes, tombstone upserts and deletes, and per set of columns one
+``INSERT ... SELECT * FROM unnest(arrays) ON CONFLICT DO UPDATE``; a single row, or columns
+whose type has no array type or is one, go as ``VALUES`` rows instead). The statements keep
+their own version guards (``WHERE target._cdc_version < EXCLUDED._cdc_version``), so a row
+never moves back.
 
 - Upsert: applied only if its version is newer than both the live row's and the tombstone's;
   it sets only the fields present (fields in ``unavailable`` keep the row's value), and it
@@ -193,6 +195,8 @@ class PostgresSink:
         self._lock_seed = zlib.crc32(config.table.encode())
         self._conn: Connection | None = None
         self._columns: set[str] | None = None  # the target's columns, None until known
+        # Per column, the SQL of its array type when rows can be sent as arrays (unnest).
+        self._array_types: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.name!r}, table={self._config.table!r})"
@@ -368,22 +372,41 @@ class PostgresSink:
             groups.setdefault(columns, []).append(row)
         async with conn.cursor() as cur:
             for columns, rows in groups.items():
-                await cur.executemany(self._upsert_statement(columns), rows)
+                arrays = [self._array_types.get(c) for c in columns]
+                if len(rows) > 1 and all(arrays):
+                    # One statement for the group: a column of values per parameter.
+                    types = ["text[]", "bytea[]", *(a for a in arrays if a)]
+                    await cur.execute(
+                        self._upsert_statement(columns, unnest=types),
+                        [list(values) for values in zip(*rows, strict=True)],
+                    )
+                else:
+                    await cur.executemany(self._upsert_statement(columns), rows)
 
-    def _upsert_statement(self, columns: tuple[str, ...]) -> sql.Composed:
+    def _upsert_statement(
+        self, columns: tuple[str, ...], *, unnest: list[str] | None = None
+    ) -> sql.Composed:
+        """The guarded upsert of one row (``VALUES``), or of many (``unnest`` of arrays of
+        the given types)."""
         names = [sql.Identifier(c) for c in (KEY_COLUMN, VERSION_COLUMN, *columns)]
         updates = [
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
             for c in (VERSION_COLUMN, *columns)
         ]
+        if unnest is None:
+            rows = sql.SQL("VALUES ({})").format(sql.SQL(", ").join(sql.Placeholder() * len(names)))
+        else:
+            rows = sql.SQL("SELECT * FROM unnest({})").format(
+                sql.SQL(", ").join(sql.SQL("%s::" + a.replace("%", "%%")) for a in unnest)
+            )
         return sql.SQL(
-            "INSERT INTO {table} AS target ({names}) VALUES ({params})"
+            "INSERT INTO {table} AS target ({names}) {rows}"
             " ON CONFLICT ({key}) DO UPDATE SET {updates}"
             " WHERE target.{version} < EXCLUDED.{version}"
         ).format(
             table=self._table,
             names=sql.SQL(", ").join(names),
-            params=sql.SQL(", ").join(sql.Placeholder() * len(names)),
+            rows=rows,
             key=sql.Identifier(KEY_COLUMN),
             updates=sql.SQL(", ").join(updates),
             version=sql.Identifier(VERSION_COLUMN),
@@ -432,16 +455,24 @@ class PostgresSink:
         return rejected
 
     async def _read_columns(self, conn: Connection) -> set[str] | None:
-        """The target table's column names, or None if the table does not exist."""
+        """The target table's column names, or None if the table does not exist.
+
+        Also notes each column's array type (``_array_types``), for columns that are not
+        arrays themselves and have one: only those take part in ``unnest`` upserts.
+        """
         cursor = await conn.execute(
-            "SELECT a.attname FROM pg_catalog.pg_attribute a"
+            "SELECT a.attname, format_type(t.typarray, NULL),"
+            "  t.typarray <> 0 AND t.typcategory <> 'A'"
+            " FROM pg_catalog.pg_attribute a"
             " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
             " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
             " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
             (self._schema, self._table_name),
         )
-        names = {row[0] for row in await cursor.fetchall()}
-        return names or None
+        rows = await cursor.fetchall()
+        self._array_types = {name: array for name, array, usable in rows if usable}
+        return {row[0] for row in rows} or None
 
     async def _prepare(self, conn: Connection) -> None:
         """Check the target table (if it exists) and create the tombstone table."""

@@ -278,6 +278,40 @@ def test_create_table_derives_column_types_from_the_model(pg_dsn: str) -> None:
     assert Everything(**dict(zip(Everything.model_fields, row, strict=True))) == value
 
 
+def test_a_batch_of_many_rows_keeps_every_type_and_null_exactly(pg_dsn: str) -> None:
+    # Many rows of one column set go in one statement, a column of values per parameter.
+    values = [
+        Everything(
+            count=2**40 + n,
+            label=f"x{n}" if n % 3 else "",
+            amount=Decimal(f"{n}.000100"),
+            ratio=n / 7,
+            active=n % 2 == 0,
+            seen_at=dt.datetime(2024, 5, 1, 12, n, tzinfo=dt.UTC),
+            day=dt.date(2024, 5, 1 + n),
+            attrs={"n": n, "nested": [n, None]},
+            sizes=list(range(n)),
+            maybe=None if n % 2 else n,
+        )
+        for n in range(1, 9)
+    ]
+    results = apply_all(
+        sink_for(pg_dsn, "public.many"),
+        [
+            [upsert("first", 1, values[0])],
+            [upsert(f"k{n}", 10 + n, v) for n, v in enumerate(values)],
+        ],
+    )
+    assert results == [Outcome.APPLIED] * 9
+    found = rows(pg_dsn, "public.many", columns=", ".join(Everything.model_fields))
+    assert [
+        Everything(**dict(zip(Everything.model_fields, row, strict=True))) for row in found
+    ] == [
+        values[0],
+        *values,
+    ]
+
+
 def test_odd_identifiers_are_quoted_everywhere(pg_dsn: str) -> None:
     table = "my-schema.Order Items"
     results = apply_all(
