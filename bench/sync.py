@@ -65,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cdc.config import Config, parse_config
 from cdc.crm import CrmServer
 from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin
+from cdc.gcfreeze import freeze_now
 from cdc.sync import Sync
 from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
 
@@ -462,10 +463,11 @@ def process_ticks() -> dict[int, tuple[str, int]]:
 
 async def cores_by_role(seconds: float) -> dict[str, float]:
     """Cores each pipeline role used over the middle ``seconds`` - 1 s of the live load."""
+    # Read /proc in a thread: the in-process sync shares this event loop.
     await asyncio.sleep(0.5)
-    before, t0 = process_ticks(), time.monotonic()
+    before, t0 = await asyncio.to_thread(process_ticks), time.monotonic()
     await asyncio.sleep(max(0.5, seconds - 1.0))
-    after, elapsed = process_ticks(), time.monotonic() - t0
+    after, elapsed = await asyncio.to_thread(process_ticks), time.monotonic() - t0
     used: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for pid, (role, ticks) in after.items():
@@ -526,6 +528,7 @@ async def live_latency(
         # Capture streams and both consumer groups are joined once a probe reaches both
         # targets; what the probe took is not part of the figures.
         await warm_up(dsn, sync, timeout=60)
+        freeze_now()  # as the cdcsync commands do once their roles run (cdc.gcfreeze)
         for worker in sync.workers.values():
             if worker.stats.latencies_us is not None:
                 worker.stats.latencies_us.clear()
@@ -561,6 +564,7 @@ def split_worker(
                     task.result()
                 await asyncio.sleep(POLL_S)
             warm.set()  # the parent's probe row reached this integration's target
+            freeze_now()  # as the cdcsync commands do once their roles run (cdc.gcfreeze)
             while not measure.is_set():
                 await asyncio.sleep(POLL_S)
             latencies = sync.workers[name].stats.latencies_us

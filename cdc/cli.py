@@ -22,6 +22,7 @@ import click
 
 from cdc import __version__
 from cdc.errors import CdcsyncError, ConfigError
+from cdc.gcfreeze import freeze_when_ready
 
 if TYPE_CHECKING:
     from cdc.capture import Capture
@@ -397,6 +398,13 @@ def _run_roles(config: Config, *, capture: Capture | None = None, sync: Sync | N
             runs.append(role(capture.run(stop)))
         if sync is not None:
             runs.append(role(sync.run(stop)))
+
+        def ready() -> bool:
+            return (capture is None or capture.stats.connected) and (
+                sync is None or sync.ready.is_set()
+            )
+
+        runs.append(freeze_when_ready(ready, stop))
         await asyncio.gather(*runs)
 
     _run_until_signalled(main, shutdown_timeout_s=config.process.shutdown_timeout_s)
