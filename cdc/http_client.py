@@ -8,8 +8,8 @@ this one does only what the sink needs:
 - HTTP/1.1 keep-alive connections pooled per (scheme, host, port), at most ``limit`` open
   at once, one request at a time on each;
 - bodies sent as bytes with ``Content-Length``; answers delimited by ``Content-Length``,
-  chunked, or by the server closing the connection; gzip and deflate answers are decoded
-  (none is asked for);
+  chunked, or by the server closing the connection; informational (1xx) answers skipped;
+  gzip and deflate answers are decoded (none is asked for);
 - ``timeout_s`` bounds each request as a whole: connecting, sending and the whole answer;
 - ``user:password@`` in the URL becomes Basic authorization unless the caller passes an
   ``Authorization`` header;
@@ -129,6 +129,8 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if 100 <= self._parser.get_status_code() < 200:
+            return  # informational (e.g. 103 Early Hints): the answer is still to come
         self._complete(reusable=self._parser.should_keep_alive())
 
     # the exchange

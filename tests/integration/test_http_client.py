@@ -109,8 +109,10 @@ def test_an_idle_connection_the_server_closed_is_replaced_without_an_error() -> 
         b"HTTP/1.1 201 Created\r\nConnection: close\r\n\r\nhello world",
         b"HTTP/1.1 201 Created\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
         % (len(gzip.compress(b"hello world")), gzip.compress(b"hello world")),
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nContent-Length: 11\r\n\r\nhello world",
     ],
-    ids=["chunked", "until-close", "gzip"],
+    ids=["chunked", "until-close", "gzip", "after-early-hints"],
 )
 def test_answers_are_read_whole_however_they_are_framed(raw: bytes) -> None:
     async def reply(request: bytes, writer: asyncio.StreamWriter) -> None:
