@@ -27,7 +27,8 @@ integrations (in process, ``record_latency=True``) run while pgbench commits
 single-row transactions at ``--rate`` rows/s (synchronous_commit on, Poisson
 arrivals; inserts and updates of orders and customers) for ``--live-seconds``; the
 source commit -> applied latency is reported per integration, with how busy the
-machine's cores were meanwhile and how many cores each process of the pipeline used.
+machine's cores were meanwhile, how many cores each process of the pipeline used and
+(both integrations in this process) the garbage collector's longest pauses.
 With ``--split`` each integration's sync runs in a process of its own (as ``cdcsync sync
 --integration NAME`` would), reporting its latencies to this one at the end.
 Medians over runs are printed; nothing is asserted.
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing
 import os
 import resource
@@ -522,6 +524,38 @@ async def warm_up(dsn: str, sync: Sync, *, timeout: float) -> None:
         await asyncio.sleep(POLL_S)
 
 
+class GcPauses:
+    """The garbage collector's pauses in this process while in the ``with`` block."""
+
+    def __init__(self) -> None:
+        self.full: list[float] = []
+        self.young: list[float] = []
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        (self.full if info["generation"] == 2 else self.young).append(took)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def __str__(self) -> str:
+        def longest(pauses: list[float]) -> str:
+            return f"{max(pauses, default=0) * 1000:.1f} ms"
+
+        return (
+            f"garbage collections: {len(self.full)} full (longest {longest(self.full)}),"
+            f" {len(self.young)} young (longest {longest(self.young)})"
+        )
+
+
 async def live_latency(
     config: dict[str, Any],
     config_path: Path,
@@ -542,7 +576,9 @@ async def live_latency(
         for worker in sync.workers.values():
             if worker.stats.latencies_us is not None:
                 worker.stats.latencies_us.clear()
-        await write_and_catch_up(dsn, args)
+        with GcPauses() as pauses:
+            await write_and_catch_up(dsn, args)
+        print(f"  live: the sync process's {pauses}")
     finally:
         stop.set()
         await task
