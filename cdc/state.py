@@ -24,6 +24,9 @@ Invariants:
 - A stored version only moves forward: ``save_versions`` updates a key only when the new
   version is strictly greater (compared in SQL on the ``bytea``), in one statement.
 - Every identifier goes through ``psycopg.sql.Identifier``; every value is a parameter.
+- Lookups of many keys join ``unnest(keys)`` to the primary key, so each key is one index
+  probe whatever the table's statistics: as ``key = ANY(keys)``, a freshly filled table
+  (not yet analyzed) was read in full for every batch, costing 3-6 ms per 20,000 rows.
 - Connection failures raise ``StateUnavailable`` (retryable); messages never hold a password.
 """
 
@@ -313,10 +316,11 @@ class StateStore:
             return {}
         rows = await self._fetch(
             self._q(
-                "SELECT key, external_id FROM {schema}.identities"
-                " WHERE integration = %s AND entity = %s AND key = ANY(%s)"
+                "SELECT i.key, i.external_id FROM unnest(%s::text[]) AS k(key)"
+                " JOIN {schema}.identities AS i"
+                " ON i.integration = %s AND i.entity = %s AND i.key = k.key"
             ),
-            (integration, entity, list(keys)),
+            (list(set(keys)), integration, entity),
         )
         return {str(k): str(v) for k, v in rows}
 
@@ -330,10 +334,11 @@ class StateStore:
             return {}
         rows = await self._fetch(
             self._q(
-                "SELECT key, version, deleted FROM {schema}.versions"
-                " WHERE integration = %s AND entity = %s AND key = ANY(%s)"
+                "SELECT v.key, v.version, v.deleted FROM unnest(%s::text[]) AS k(key)"
+                " JOIN {schema}.versions AS v"
+                " ON v.integration = %s AND v.entity = %s AND v.key = k.key"
             ),
-            (integration, entity, list(set(keys))),
+            (list(set(keys)), integration, entity),
         )
         return {str(k): (Version.from_bytes(v), bool(d)) for k, v, d in rows}
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from cdc.state import MIGRATIONS, StateStore, StateUnavailable
@@ -205,3 +206,42 @@ def test_an_unreachable_database_is_reported_without_its_password(pg_dsn: str) -
     with pytest.raises(StateUnavailable) as caught:
         asyncio.run(main())
     assert "s3cr3t-pw" not in str(caught.value)
+
+
+def test_key_lookups_probe_the_index_even_before_the_table_is_analyzed(pg_dsn: str) -> None:
+    keys = [str(n) for n in range(20_000)]
+
+    async def body(store: StateStore) -> list[tuple[Any, Any]]:
+        versions = [(key, Version.from_lsn(n + 1, 0), False) for n, key in enumerate(keys)]
+        await store.save_versions("crm", "contact", items=versions)
+        await store.record_identities("crm", "contact", items=[(k, f"crm-{k}") for k in keys])
+        sent: list[tuple[Any, Any]] = []
+        fetch = store._fetch
+
+        async def recording(query: Any, params: Any) -> Any:
+            sent.append((query, params))
+            return await fetch(query, params)
+
+        store._fetch = recording  # type: ignore[method-assign]
+        wanted = ["5", "777", "19999", "absent"]
+        assert set(await store.versions("crm", "contact", keys=wanted)) == set(wanted[:3])
+        assert set(await store.external_ids("crm", "contact", keys=wanted)) == set(wanted[:3])
+        return sent
+
+    sent = run(pg_dsn, body, schema="lookups")
+    assert len(sent) == 2
+    with psycopg.connect(pg_dsn) as conn:
+        for query, params in sent:
+            explain = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + query
+            row = conn.execute(explain, params).fetchone()
+            assert row is not None
+            nodes = list(plan_nodes(row[0][0]["Plan"]))
+            # Each key is one probe: no node reads the integration's other rows.
+            assert not [n for n in nodes if n.get("Rows Removed by Filter", 0) > 0], nodes
+            assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from plan_nodes(child)
