@@ -30,7 +30,11 @@ Invariants:
   Aborting on the way out is only a courtesy that ends the open transaction
   sooner for read_committed readers, so it waits at most ``ABORT_TIMEOUT_S``:
   a fenced producer's abort may never be answered, and waiting the full
-  transaction timeout for it would stall capture for a minute.
+  transaction timeout for it would stall capture for a minute. A commit waits
+  at most ``COMMIT_TIMEOUT_S`` (a transaction holds at most
+  ``transaction_max_ms`` of changes, so a healthy broker commits it in well under
+  a second); one that timed out is not aborted either: the coordinator is not
+  answering, and the next producer's ``init_transactions`` ends it.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ _POSITIONS_SUFFIX = "cdcsync.positions"
 # How far back from the end of the positions topic the first read looks (doubled until found).
 _FIRST_WINDOW = 64
 ABORT_TIMEOUT_S = 5.0
+COMMIT_TIMEOUT_S = 10.0
 
 
 def positions_topic(prefix: str) -> str:
@@ -179,6 +184,9 @@ class ExactlyOnce:
         self._events = 0
         self._opened_at = 0.0
         self._safe_lsn = ZERO
+        # A transaction was aborted or its commit failed: this session confirms nothing past
+        # where that transaction began (capture restarts after it).
+        self._abandoned = False
         self._last: tuple[Lsn, Lsn] | None = None
         self._failure: str | None = None
 
@@ -246,8 +254,11 @@ class ExactlyOnce:
         return self.policy.due(events=self._events, age_ms=age_ms, idle=idle)
 
     def confirmable(self, flush_lsn: Lsn) -> Lsn:
-        """The LSN that may be confirmed: never inside an open (uncommitted) Kafka transaction."""
-        return min(flush_lsn, self._safe_lsn) if self.open else flush_lsn
+        """The LSN that may be confirmed: never inside an open (uncommitted) Kafka transaction,
+        nor inside one that was aborted or whose commit failed (its events are not in Kafka
+        for read_committed readers, although Kafka acknowledged them)."""
+        guarded = self.open or self._abandoned
+        return min(flush_lsn, self._safe_lsn) if guarded else flush_lsn
 
     def commit(self) -> None:
         """Write the position and commit (blocking: waits for every delivery)."""
@@ -258,7 +269,13 @@ class ExactlyOnce:
         self.publisher.produce(
             self.topic, self.slot.encode(), position.encode(), self._on_position_delivery
         )
-        self.publisher.commit_transaction(self.timeout_s)
+        try:
+            self.publisher.commit_transaction(min(self.timeout_s, COMMIT_TIMEOUT_S))
+        except BrokerUnavailable:
+            # Aborted already if the error asked for it; otherwise (timed out, fenced) the
+            # coordinator does not answer us: the next producer ends the transaction.
+            self._abandoned = True
+            raise
         if self._failure is not None:
             raise BrokerUnavailable(f"the position record was not delivered: {self._failure}")
         self.open = False
@@ -274,8 +291,10 @@ class ExactlyOnce:
 
     def abort(self) -> None:
         if self.open:
-            self.publisher.abort_transaction(min(self.timeout_s, ABORT_TIMEOUT_S))
+            if not self._abandoned:  # a failed commit already aborted it, or cannot
+                self.publisher.abort_transaction(min(self.timeout_s, ABORT_TIMEOUT_S))
             self.open = False
+            self._abandoned = True
             self._last = None
 
     def _on_position_delivery(self, err: Any, _msg: Any) -> None:

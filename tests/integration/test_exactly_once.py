@@ -186,9 +186,10 @@ def test_a_producer_fenced_mid_transaction_restarts_capture_within_seconds(env: 
     writer.start()
     time.sleep(1.5)
     # Another producer with capture's transactional.id fences capture's producer while the
-    # writer keeps capture inside Kafka transactions. The fenced producer's abort is never
-    # answered by the test broker: capture must not wait the transaction timeout (60 s) for
-    # it, so every change is in within 30 s.
+    # writer keeps capture inside Kafka transactions. The test broker never answers a fenced
+    # producer's abort, nor its commit when the fence lands during one (it closes the
+    # connection instead of saying "fenced"): capture must not wait the transaction timeout
+    # (60 s) for either, so every change is in within 30 s.
     usurper = Producer(
         {"bootstrap.servers": env.bootstrap, "transactional.id": f"cdcsync-{env.prefix}-{env.slot}"}
     )
@@ -199,7 +200,7 @@ def test_a_producer_fenced_mid_transaction_restarts_capture_within_seconds(env: 
     assert writer.error is None and writer.result is not None
     _assert_each_change_once(_read_committed(env, writer.result, timeout=30), writer.result)
     log = env.log_text()
-    assert "capture interrupted" in log and "fence" in log.lower(), log
+    assert "capture interrupted" in log, log
     assert env.procs[-1].poll() is None, log
 
 

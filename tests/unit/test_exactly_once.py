@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from cdc.config import load_config
-from cdc.errors import ConfigError, DecodeError
-from cdc.exactly_once import BatchPolicy, Position, positions_topic
+from cdc.errors import BrokerUnavailable, ConfigError, DecodeError
+from cdc.exactly_once import BatchPolicy, ExactlyOnce, Position, positions_topic
 from cdc.lsn import Lsn
 
 
@@ -52,3 +53,61 @@ def test_batching_keys_have_defaults_and_reject_nonsense(tmp_path: Path) -> None
     assert (config.kafka.transaction_max_events, config.kafka.transaction_max_ms) == (20_000, 100)
     with pytest.raises(ConfigError, match="transaction_max_events"):
         load_config(path, env={"CDCSYNC_KAFKA__TRANSACTION_MAX_EVENTS": "0"})
+
+
+class FakeTransactionalPublisher:
+    """The calls ``ExactlyOnce`` makes per transaction; ``commit_fails`` makes commits raise."""
+
+    def __init__(self, *, commit_fails: bool = False) -> None:
+        self.commit_fails = commit_fails
+        self.calls: list[str] = []
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def produce(self, topic: str, key: bytes, value: bytes, on_delivery: Any) -> None:
+        self.calls.append("produce")
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
+        if self.commit_fails:
+            raise BrokerUnavailable("Kafka transaction commit failed: timed out")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+
+
+def session(publisher: FakeTransactionalPublisher) -> ExactlyOnce:
+    eos = ExactlyOnce(
+        cast(Any, publisher), slot="s", topic="t", policy=BatchPolicy(max_events=10, max_ms=100)
+    )
+    eos.ensure_open(Lsn(100))  # the Kafka transaction begins with LSN 100 confirmable
+    eos.sealed(Lsn(150), Lsn(160))  # a PostgreSQL transaction inside it, acknowledged by Kafka
+    return eos
+
+
+def test_nothing_past_an_aborted_transaction_is_confirmed() -> None:
+    publisher = FakeTransactionalPublisher()
+    eos = session(publisher)
+    assert eos.confirmable(Lsn(160)) == Lsn(100)
+    eos.abort()
+    assert publisher.calls == ["begin", "abort"]
+    # Its events were acknowledged, yet aborted: confirming them would lose them.
+    assert eos.confirmable(Lsn(160)) == Lsn(100)
+
+
+def test_a_failed_commit_confirms_nothing_past_the_transaction_nor_waits_on_an_abort() -> None:
+    publisher = FakeTransactionalPublisher(commit_fails=True)
+    eos = session(publisher)
+    with pytest.raises(BrokerUnavailable):
+        eos.commit()
+    assert eos.confirmable(Lsn(160)) == Lsn(100)
+    eos.abort()  # at shutdown: the coordinator did not answer the commit, so no abort call
+    assert publisher.calls == ["begin", "produce", "commit"]
+    assert eos.confirmable(Lsn(160)) == Lsn(100)
+
+
+def test_a_committed_transaction_releases_its_position() -> None:
+    eos = session(FakeTransactionalPublisher())
+    eos.commit()
+    assert eos.confirmable(Lsn(160)) == Lsn(160)
