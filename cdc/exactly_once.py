@@ -30,11 +30,15 @@ Invariants:
   Aborting on the way out is only a courtesy that ends the open transaction
   sooner for read_committed readers, so it waits at most ``ABORT_TIMEOUT_S``:
   a fenced producer's abort may never be answered, and waiting the full
-  transaction timeout for it would stall capture for a minute. A commit waits
-  at most ``COMMIT_TIMEOUT_S`` (a transaction holds at most
-  ``transaction_max_ms`` of changes, so a healthy broker commits it in well under
-  a second); one that timed out is not aborted either: the coordinator is not
-  answering, and the next producer's ``init_transactions`` ends it.
+  transaction timeout for it would stall capture for a minute. A commit first
+  waits for its events' acknowledgements (up to the transaction timeout: a
+  streamed transaction can be large), then at most ``COMMIT_TIMEOUT_S`` for the
+  end of the transaction, which a healthy broker answers at once; a commit that
+  failed is not aborted again: the coordinator is not answering, and the next
+  producer's ``init_transactions`` ends the transaction.
+- After an abort or a failed commit, nothing past where that transaction began
+  is confirmed: Kafka acknowledged its events, but read_committed readers never
+  see them, so the slot must send them again.
 """
 
 from __future__ import annotations
@@ -269,6 +273,15 @@ class ExactlyOnce:
         self.publisher.produce(
             self.topic, self.slot.encode(), position.encode(), self._on_position_delivery
         )
+        # The events first, for as long as they take (a streamed transaction can be large);
+        # then only the end of the transaction is left, which a broker answers at once.
+        undelivered = self.publisher.flush(self.timeout_s)
+        if undelivered:
+            self._abandoned = True
+            raise BrokerUnavailable(
+                f"{undelivered} events of Kafka transaction {self.txn} were not acknowledged"
+                f" within {self.timeout_s:.0f} s"
+            )
         try:
             self.publisher.commit_transaction(min(self.timeout_s, COMMIT_TIMEOUT_S))
         except BrokerUnavailable:

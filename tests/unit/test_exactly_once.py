@@ -68,6 +68,10 @@ class FakeTransactionalPublisher:
     def produce(self, topic: str, key: bytes, value: bytes, on_delivery: Any) -> None:
         self.calls.append("produce")
 
+    def flush(self, timeout: float) -> int:
+        self.calls.append("flush")
+        return 0
+
     def commit_transaction(self, timeout: float) -> None:
         self.calls.append("commit")
         if self.commit_fails:
@@ -103,7 +107,7 @@ def test_a_failed_commit_confirms_nothing_past_the_transaction_nor_waits_on_an_a
         eos.commit()
     assert eos.confirmable(Lsn(160)) == Lsn(100)
     eos.abort()  # at shutdown: the coordinator did not answer the commit, so no abort call
-    assert publisher.calls == ["begin", "produce", "commit"]
+    assert publisher.calls == ["begin", "produce", "flush", "commit"]
     assert eos.confirmable(Lsn(160)) == Lsn(100)
 
 
