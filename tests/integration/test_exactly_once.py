@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -74,14 +76,18 @@ class Writer(threading.Thread):
             self.error = exc
 
 
-def _skipped_transactions(env: EosEnv) -> float:
-    """The live capture process's skipped-transactions counter, from its /metrics."""
+def _capture_metric(env: EosEnv, name: str) -> float:
+    """A sample of the newest capture process's /metrics."""
     url = re.findall(r"admin API on (http://\S+)", env.log_text())[-1]
     for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text):
         for sample in family.samples:
-            if sample.name == "cdcsync_capture_skipped_transactions_total":
+            if sample.name == name:
                 return float(sample.value)
-    raise AssertionError("no cdcsync_capture_skipped_transactions in /metrics")
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def _skipped_transactions(env: EosEnv) -> float:
+    return _capture_metric(env, "cdcsync_capture_skipped_transactions_total")
 
 
 def _txn(event: Event) -> str | None:
@@ -242,3 +248,56 @@ def test_a_streamed_transaction_is_published_whole_in_one_kafka_transaction(env:
                 break
             time.sleep(0.5)
     assert row is not None and row[0] > 0, "PostgreSQL did not stream the transaction"
+
+
+def test_stopping_inside_a_large_transaction_confirms_nothing_of_the_aborted_kafka_one(
+    env: EosEnv,
+) -> None:
+    # A large transaction is open while small ones commit, then it commits: PostgreSQL sends
+    # the small ones, then at once the large one (decoded meanwhile), so with a long
+    # transaction_max_ms they share one open Kafka transaction. Capture is stopped (SIGTERM)
+    # while the large one comes in and aborts that Kafka transaction on the way out. Kafka
+    # had acknowledged the small transactions' events, but they are aborted: confirming them
+    # to the slot would lose them. A new capture must send them again, each once.
+    config = env.config()
+    config["kafka"]["transaction_max_ms"] = 600_000
+    config["kafka"]["transaction_max_events"] = 10_000_000
+    path = env.workdir / "long-transactions.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (env.slot,))
+        conn.execute(f"CREATE PUBLICATION {env.publication} FOR TABLE customers, orders")
+    big = range(1_000_000, 1_300_000)
+    with psycopg.connect(env.pg_dsn) as conn:  # one transaction, committed on leaving
+        conn.execute(
+            "INSERT INTO orders SELECT g, 1, 2.50, 'big' FROM generate_series(%s, %s) g",
+            (big.start, big.stop - 1),
+        )
+        expected = run_workload(env.pg_dsn, changes=300, seed=5, tx_size=(1, 5))
+    expected.changes += len(big)
+    expected.ops.update({("orders", i): ["c"] for i in big})
+    # Decoding memory large enough that PostgreSQL sends the large transaction unstreamed.
+    env.procs.append(
+        spawn_cdcsync(
+            "capture",
+            path,
+            env.workdir / "capture.log",
+            env={"PGOPTIONS": "-c logical_decoding_work_mem=1GB"},
+        )
+    )
+    deadline = time.monotonic() + 60
+    while True:  # until capture is well inside the large transaction
+        assert time.monotonic() < deadline, env.log_text()
+        try:
+            if _capture_metric(env, "cdcsync_captured_events_total") > 10_000:
+                break
+        except (IndexError, httpx.HTTPError, AssertionError):
+            pass  # not serving yet
+        time.sleep(0.05)
+    capture = env.procs[-1]
+    capture.send_signal(signal.SIGTERM)
+    capture.wait(30)
+    assert "aborting" in env.log_text().lower() or capture.returncode == 0, env.log_text()
+    env.start()
+    env.wait_for_slot()
+    _assert_each_change_once(_read_committed(env, expected, timeout=120), expected)
