@@ -223,7 +223,7 @@ class ReplicationStream:
             if remaining <= 0:
                 break
             self.maybe_send_status()
-            await self._wait_readable(min(remaining, self._until_status_due()))
+            await self._wait_readable(min(remaining, max(0.001, self._status_due_in())))
             try:
                 pgconn.consume_input()
             except psycopg.Error as exc:
@@ -255,19 +255,17 @@ class ReplicationStream:
         self._flushed = max(self._flushed, flush)
         self.maybe_send_status()
 
-    def _until_status_due(self) -> float:
-        """Seconds until ``maybe_send_status`` would send (at least 1 ms)."""
+    def _status_due_in(self) -> float:
+        """Seconds until a status update is due (<= 0: now): ``CONFIRM_INTERVAL_S`` after the
+        last one while a flush position is unsent, else ``status_interval``."""
         interval = self._status_interval
         if self._flushed > self._sent_flush:
             interval = min(interval, CONFIRM_INTERVAL_S)
-        return max(0.001, self._last_status + interval - time.monotonic())
+        return self._last_status + interval - time.monotonic()
 
     def maybe_send_status(self) -> None:
-        """Send a status update if one is due: a flush position not yet sent, or the interval."""
-        since = time.monotonic() - self._last_status
-        if since >= self._status_interval or (
-            self._flushed > self._sent_flush and since >= CONFIRM_INTERVAL_S
-        ):
+        """Send a status update if one is due (``_status_due_in``)."""
+        if self._status_due_in() <= 0:
             self._send_status()
 
     def _send_status(self, *, reply: bool = False) -> None:
