@@ -134,7 +134,6 @@ class HttpSink:
         self.state = state
         self._client: HttpClient | None = None
         self._max_in_flight = max_in_flight
-        self._limit: asyncio.Semaphore | None = None
         secret = config.secret.get_secret_value() if config.secret is not None else None
         self._secret = secret.encode() if secret is not None else None
         self._headers: dict[str, str] = {}
@@ -150,8 +149,8 @@ class HttpSink:
             self._headers[header] = revealed
 
     async def start(self) -> None:
-        self._limit = asyncio.Semaphore(self._max_in_flight)
         if self._client is None:
+            # The client holds at most max_in_flight requests at once.
             self._client = HttpClient(limit=self._max_in_flight, timeout_s=self.config.timeout_s)
 
     async def close(self) -> None:
@@ -167,11 +166,6 @@ class HttpSink:
             raise RuntimeError(f"sink {self.name!r} is not started")
         response = await self._client.request(method, url, body=body, headers=headers)
         return _Answer(response.status, response.content, response.headers.get("retry-after"))
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        if self._limit is None:
-            self._limit = asyncio.Semaphore(self._max_in_flight)
-        return self._limit
 
     async def probe(self) -> None:
         """GET ``health_url`` when configured; any error or non-2xx is ``SinkUnavailable``."""
@@ -255,8 +249,7 @@ class HttpSink:
             if state.version is not None and op.version <= state.version:
                 results[index] = Outcome.OLDER if op.version < state.version else Outcome.DUPLICATE
                 continue
-            async with self._semaphore():
-                result, external_id = await self._send(op)
+            result, external_id = await self._send(op)
             results[index] = result
             if external_id is not None:
                 state.external_id = external_id
