@@ -63,12 +63,10 @@ class HttpResponse:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; ``exchange`` sends a request and waits for its answer."""
 
-    def __init__(self, pool_key: tuple[str, str, int]) -> None:
-        self.pool_key = pool_key
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = False
-        self.used = False
         self._parser = httptools.HttpResponseParser(self)
         self._answer: asyncio.Future[HttpResponse] | None = None
         self._received = False
@@ -155,7 +153,6 @@ class _Connection(asyncio.Protocol):
     async def exchange(self, request: bytes) -> HttpResponse:
         if self.closed or self.transport is None:
             raise HttpTransportError("the connection is closed")
-        self.used = True
         self.reusable = False
         self._received = False
         self._answer = asyncio.get_running_loop().create_future()
@@ -271,7 +268,7 @@ class HttpClient:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.create_connection(
-                lambda: _Connection(key),
+                _Connection,
                 host,
                 port,
                 ssl=self._ssl if secure else None,
