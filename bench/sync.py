@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import multiprocessing
 import os
@@ -207,8 +208,7 @@ class CrmProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by the CRM process (user + system)."""
-        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_ticks(self._proc.pid or 0) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self._conn.send("stop")
@@ -437,15 +437,15 @@ def machine_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
 
 def process_role(pid: int) -> str | None:
     """What one process is in the live pipeline (by name and command line), or None."""
+    if pid in ROLE_PIDS:
+        return ROLE_PIDS[pid]
+    if pid == os.getpid():
+        return "sync (this process)"
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return None
-    if pid in ROLE_PIDS:
-        return ROLE_PIDS[pid]
-    if pid == os.getpid():
-        return "sync (this process)"
     if comm == "postgres":
         return "walsender" if "walsender" in cmdline else "postgres"
     if comm in ("tansu", "pgbench"):
@@ -453,6 +453,12 @@ def process_role(pid: int) -> str | None:
     if "cdc.cli capture" in cmdline:
         return "capture"
     return None
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system clock ticks process ``pid`` used so far (OSError once it is gone)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def process_ticks() -> dict[int, tuple[str, int]]:
@@ -465,11 +471,8 @@ def process_ticks() -> dict[int, tuple[str, int]]:
         role = process_role(pid)
         if role is None:
             continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        found[pid] = (role, int(fields[11]) + int(fields[12]))
+        with contextlib.suppress(OSError):
+            found[pid] = (role, cpu_ticks(pid))
     return found
 
 
