@@ -43,9 +43,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdc.capture import Capture
+from cdc.capture.runtime import Capture
 from cdc.config import load_config
-from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin
+from cdc.demo.throwaway import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin
 
 DDL = """
 CREATE TABLE bench (id bigint PRIMARY KEY, n int NOT NULL, amount numeric(12,2),

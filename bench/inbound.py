@@ -36,12 +36,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdc.admin import AdminApi
 from cdc.config import Config, parse_config
-from cdc.embedded import LocalBroker, LocalPostgres
-from cdc.inbound import sign
-from cdc.inbound_apply import InboundWorker
-from cdc.state import StateStore
+from cdc.demo.throwaway import LocalBroker, LocalPostgres
+from cdc.inbound.apply import InboundWorker
+from cdc.inbound.endpoint import sign
+from cdc.ops.admin_api import AdminApi
+from cdc.state.store import StateStore
 from mappers.examples import SAMPLE_SCHEMA_SQL
 from mappers.examples_inbound import INBOUND_SCHEMA_SQL, crm_inbound_config
 

@@ -35,7 +35,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer as ConfluentAvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from cdc.embedded import LocalRegistry
+from cdc.demo.throwaway import LocalRegistry
 from schema_registry.client import RegistryClient, SchemaId
 from schema_registry.serde import AvroDeserializer, AvroSerializer, PreparedSchema
 

@@ -42,9 +42,9 @@ from sync import (  # type: ignore[import-not-found]  # bench/sync.py
 )
 
 from cdc.config import Config, parse_config
-from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry
-from cdc.replay import Replay, ReplayRequest, ReplaySummary
-from cdc.state import StateStore
+from cdc.demo.throwaway import LocalBroker, LocalPostgres, LocalRegistry
+from cdc.state.store import StateStore
+from cdc.sync.replay import Replay, ReplayRequest, ReplaySummary
 from mappers.examples import SAMPLE_SCHEMA_SQL
 
 

@@ -29,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry
+from cdc.demo.throwaway import LocalBroker, LocalPostgres, LocalRegistry
 
 DDL = """
 CREATE TABLE bench (id bigint PRIMARY KEY, n int NOT NULL, amount numeric(12,2),

@@ -66,10 +66,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cdc.config import Config, parse_config
-from cdc.crm import CrmServer
-from cdc.embedded import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin
-from cdc.gcfreeze import freeze_now
-from cdc.sync import Sync
+from cdc.core.gcfreeze import freeze_now
+from cdc.demo.crm import CrmServer
+from cdc.demo.throwaway import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin
+from cdc.sync.runtime import Sync
 from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
 
 CRM_SECRET = "bench-crm-secret"
@@ -198,7 +198,7 @@ class CrmProcess:
         return len(httpx.get(self.url + "/contacts", timeout=30).json()["contacts"])
 
     def freeze(self) -> None:
-        """Freeze the CRM's heap (``cdc.gcfreeze``) before the live phase: a full collection
+        """Freeze the CRM's heap (``cdc.core.gcfreeze``) before the live phase: a full collection
         over the backlog's contacts paused it for about 65 ms, and the CRM plays an external
         system whose own pauses are not what the benchmark measures."""
         self._conn.send("freeze")
@@ -575,7 +575,7 @@ async def live_latency(
         # Capture streams and both consumer groups are joined once a probe reaches both
         # targets; what the probe took is not part of the figures.
         await warm_up(dsn, sync, timeout=60)
-        freeze_now()  # as the cdcsync commands do once their roles run (cdc.gcfreeze)
+        freeze_now()  # as the cdcsync commands do once their roles run (cdc.core.gcfreeze)
         for worker in sync.workers.values():
             if worker.stats.latencies_us is not None:
                 worker.stats.latencies_us.clear()
@@ -613,7 +613,7 @@ def split_worker(
                     task.result()
                 await asyncio.sleep(POLL_S)
             warm.set()  # the parent's probe row reached this integration's target
-            freeze_now()  # as the cdcsync commands do once their roles run (cdc.gcfreeze)
+            freeze_now()  # as the cdcsync commands do once their roles run (cdc.core.gcfreeze)
             while not measure.is_set():
                 await asyncio.sleep(POLL_S)
             latencies = sync.workers[name].stats.latencies_us

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cdc import __version__
-from cdc.errors import CdcsyncError, ConfigError
-from cdc.gcfreeze import freeze_when_ready
+from cdc.core.errors import CdcsyncError, ConfigError
+from cdc.core.gcfreeze import freeze_when_ready
 
 if TYPE_CHECKING:
-    from cdc.capture import Capture
+    from cdc.capture.runtime import Capture
     from cdc.config import Config
-    from cdc.sync import Sync
+    from cdc.sync.runtime import Sync
 
 log = logging.getLogger("cdcsync")
 
@@ -56,7 +56,7 @@ def _config_option(func: Any) -> Any:
 
 
 def _setup_logging(level: str, fmt: str) -> None:
-    from cdc.logs import configure  # noqa: PLC0415
+    from cdc.core.logs import configure  # noqa: PLC0415
 
     configure(level=level, fmt=fmt)
 
@@ -65,7 +65,7 @@ def _setup_logging(level: str, fmt: str) -> None:
 @_config_option
 def capture(config_path: str | None) -> None:
     """Stream the source database's changes to Kafka (capture only)."""
-    from cdc.capture import Capture  # noqa: PLC0415
+    from cdc.capture.runtime import Capture  # noqa: PLC0415
     from cdc.config import load_config  # noqa: PLC0415
 
     config = load_config(config_path)
@@ -84,7 +84,7 @@ def capture(config_path: str | None) -> None:
 def sync(config_path: str | None, integrations: tuple[str, ...]) -> None:
     """Apply captured events to the integrations' targets (sync only)."""
     from cdc.config import load_config  # noqa: PLC0415
-    from cdc.sync import Sync  # noqa: PLC0415
+    from cdc.sync.runtime import Sync  # noqa: PLC0415
 
     config = load_config(config_path)
     _setup_logging(config.logging.level, config.logging.format)
@@ -95,9 +95,9 @@ def sync(config_path: str | None, integrations: tuple[str, ...]) -> None:
 @_config_option
 def run(config_path: str | None) -> None:
     """Capture and sync in one process."""
-    from cdc.capture import Capture  # noqa: PLC0415
+    from cdc.capture.runtime import Capture  # noqa: PLC0415
     from cdc.config import load_config  # noqa: PLC0415
-    from cdc.sync import Sync  # noqa: PLC0415
+    from cdc.sync.runtime import Sync  # noqa: PLC0415
 
     config = load_config(config_path)
     _setup_logging(config.logging.level, config.logging.format)
@@ -121,8 +121,8 @@ def resume(config_path: str | None, name: str) -> None:
 
 
 def _control(config_path: str | None, name: str, action: str) -> None:
-    from cdc.admin import call_admin  # noqa: PLC0415
     from cdc.config import load_config  # noqa: PLC0415
+    from cdc.ops.admin_api import call_admin  # noqa: PLC0415
 
     config = load_config(config_path)
     body = asyncio.run(call_admin(config, "POST", f"/integrations/{name}/{action}"))
@@ -154,7 +154,7 @@ def _control(config_path: str | None, name: str, action: str) -> None:
 )
 def demo(duration: float | None, rate: float, keep: bool, log_level: str) -> None:
     """Run the whole pipeline on throwaway servers with live progress; Ctrl-C cleans up."""
-    from cdc.demo import DemoOptions, run_demo  # noqa: PLC0415
+    from cdc.demo.runner import DemoOptions, run_demo  # noqa: PLC0415
 
     options = DemoOptions(duration_s=duration, rate=rate, keep=keep, log_level=log_level)
     sys.exit(run_demo(options))
@@ -204,7 +204,7 @@ def replay(
 ) -> None:
     """Re-apply a stretch of integration NAME's topics; the live group's offsets stay put."""
     from cdc.config import load_config  # noqa: PLC0415
-    from cdc.replay import (  # noqa: PLC0415
+    from cdc.sync.replay import (  # noqa: PLC0415
         ReplayRequest,
         TopicOffset,
         parse_timestamp,
@@ -222,7 +222,7 @@ def replay(
     config = load_config(config_path)
     _setup_logging(config.logging.level, config.logging.format)
     if inbound:
-        from cdc.inbound_replay import replay_inbound  # noqa: PLC0415
+        from cdc.inbound.replay import replay_inbound  # noqa: PLC0415
 
         summary = replay_inbound(config, name, request)
         click.echo(json.dumps(summary.as_dict(), indent=2) if as_json else summary.human())
@@ -239,8 +239,8 @@ def snapshot(
     config_path: str | None, tables: tuple[str, ...], *, no_wait: bool, quiet: bool
 ) -> None:
     """Read TABLE... again as op=r events while streaming goes on (incremental, resumable)."""
+    from cdc.capture.snapshot.request import run_snapshot_command  # noqa: PLC0415
     from cdc.config import load_config  # noqa: PLC0415
-    from cdc.snapshot_request import run_snapshot_command  # noqa: PLC0415
 
     config = load_config(config_path)
     _setup_logging(config.logging.level, config.logging.format)
@@ -264,8 +264,8 @@ def dlq_list(
     """List integration NAME's dead letters with their errors."""
 
     from cdc.config import load_config  # noqa: PLC0415
-    from cdc.dlq import dead_letter_rows, list_dead_letters, print_dead_letters  # noqa: PLC0415
-    from cdc.inbound_dlq import list_inbound_dead_letters  # noqa: PLC0415
+    from cdc.inbound.dead_letters import list_inbound_dead_letters  # noqa: PLC0415
+    from cdc.sync.dead_letters import dead_letter_rows, list_dead_letters, print_dead_letters  # noqa: PLC0415
 
     config = load_config(config_path)
     if inbound:
@@ -294,8 +294,8 @@ def dlq_replay(
     import json  # noqa: PLC0415
 
     from cdc.config import load_config  # noqa: PLC0415
-    from cdc.dlq import replay_dead_letters  # noqa: PLC0415
-    from cdc.inbound_dlq import requeue  # noqa: PLC0415
+    from cdc.inbound.dead_letters import requeue  # noqa: PLC0415
+    from cdc.sync.dead_letters import replay_dead_letters  # noqa: PLC0415
 
     config = load_config(config_path)
     _setup_logging(config.logging.level, config.logging.format)
@@ -334,7 +334,7 @@ def status(config_path: str | None, *, as_json: bool) -> None:
     import json  # noqa: PLC0415
 
     from cdc.config import load_config  # noqa: PLC0415
-    from cdc.status import full_status, print_status  # noqa: PLC0415
+    from cdc.ops.status import full_status, print_status  # noqa: PLC0415
 
     config = load_config(config_path)
     result = asyncio.run(full_status(config))
@@ -358,8 +358,8 @@ def check(config_path: str | None, as_json: bool, timeout: float) -> None:
     """Check the config and every server it names; exit 1 if something blocks running."""
     import json  # noqa: PLC0415
 
-    from cdc.check import run_checks  # noqa: PLC0415
     from cdc.config import load_config  # noqa: PLC0415
+    from cdc.ops.check.runner import run_checks  # noqa: PLC0415
 
     try:
         config = load_config(config_path)
@@ -389,7 +389,7 @@ def _run_roles(config: Config, *, capture: Capture | None = None, sync: Sync | N
 
         runs: list[Awaitable[None]] = []
         if config.admin.enabled:
-            from cdc.admin import AdminApi  # noqa: PLC0415
+            from cdc.ops.admin_api import AdminApi  # noqa: PLC0415
 
             api = AdminApi(config, capture=capture, sync=sync)
             api.bind()

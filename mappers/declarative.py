@@ -41,10 +41,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from cdc.config import DeclarativeMapping
-from cdc.errors import ConfigError, MappingError
-from mappers import loader
+from cdc.core.errors import ConfigError, MappingError
 from mappers.entity import EntityOp, MapContext, Mapper, Origin, TableEvent
 from mappers.expr import Expression, compile_expression, describe
+from mappers.references import load_callable
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -179,7 +179,7 @@ def _derived_model(entity: str, names: list[str], *, where: str) -> type[BaseMod
 
 
 def _load_model(ref: str, names: list[str], *, where: str) -> type[BaseModel]:
-    model = loader.load_callable(ref)
+    model = load_callable(ref)
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise ConfigError(f"{where}: {ref!r} is not a pydantic model class")
     declared = model.model_fields

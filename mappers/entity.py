@@ -29,8 +29,8 @@ from typing import Any, Final, Protocol
 
 from pydantic import BaseModel
 
-from cdc.errors import MappingError
-from cdc.lsn import Lsn
+from cdc.core.errors import MappingError
+from cdc.core.lsn import Lsn
 
 _VERSION: Final = struct.Struct(">QQI")
 _MAJOR_OFFSET: Final = 1 << 63

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict
 
-from cdc.errors import MappingError
+from cdc.core.errors import MappingError
 from mappers.declarative import partial_model, validate_model
 from mappers.entity import EntityOp, MapContext, TableEvent
 

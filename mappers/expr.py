@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
-from cdc.errors import ConfigError, MappingError
+from cdc.core.errors import ConfigError, MappingError
 
 Row = Mapping[str, Any]
 Evaluate = Callable[[Row], Any]

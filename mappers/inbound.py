@@ -24,8 +24,8 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel
 
-from cdc.errors import ConfigError, MappingError
-from mappers.loader import load_callable
+from cdc.core.errors import ConfigError, MappingError
+from mappers.references import load_callable
 
 __all__ = ["InboundChange", "InboundMapper", "Op", "load_inbound_mapper", "load_inbound_model"]
 

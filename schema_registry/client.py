@@ -1,8 +1,8 @@
 """Client of a Confluent-compatible schema registry, in two layers.
 
 ``RestClient`` speaks HTTP: one or more base URLs, optional basic auth,
-timeouts, and retries with exponential backoff and full jitter on connection
-errors and on 5xx/408/429 answers. It is the only place where httpx appears;
+timeouts, and retries with exponential backoff and jitter (``cdc.core.backoff``) on
+connection errors and on 5xx/408/429 answers. It is the only place where httpx appears;
 its failures are translated at this edge into the project's errors:
 
 * 409 -> ``IncompatibleSchema`` (an ``IncompatibleSchemaError`` carrying the
@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 
-from cdc.errors import ConfigError, IncompatibleSchemaError, RegistryError, RegistryUnavailable
+from cdc.core.backoff import BackoffPolicy
+from cdc.core.errors import ConfigError, IncompatibleSchemaError, RegistryError, RegistryUnavailable
 from schema_registry.compatibility import CompatibilityLevel
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ class Mode(StrEnum):
 class RetryPolicy:
     """How often and how patiently a request is retried.
 
-    Attempt ``n`` (from 0) waits a random time in ``[0, min(max_delay,
-    base_delay * 2**n)]`` before the next one ("full jitter"); a
+    Attempt ``n`` (from 0) waits as ``cdc.core.backoff.BackoffPolicy`` says for
+    ``base_delay`` doubling up to ``max_delay``, with full (+/- 100 %) jitter; a
     ``Retry-After`` header raises the wait up to ``max_delay``.
     """
 
@@ -93,11 +93,9 @@ class RetryPolicy:
     max_delay: float = 5.0
 
     def delay(self, attempt: int, *, retry_after: float | None = None) -> float:
-        cap = min(self.max_delay, self.base_delay * (2**attempt))
-        wait = random.uniform(0.0, cap)
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.max_delay))
-        return wait
+        policy = BackoffPolicy(self.base_delay, self.max_delay, jitter=1.0)
+        capped = None if retry_after is None else min(retry_after, self.max_delay)
+        return policy.delay(attempt + 1, retry_after=capped)
 
 
 @dataclass(frozen=True, slots=True)

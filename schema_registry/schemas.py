@@ -35,7 +35,7 @@ import avro.errors
 import avro.name
 import avro.schema
 
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 
 AVRO = "AVRO"
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})

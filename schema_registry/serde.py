@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from schema_registry.client import LruCache, RegistryClient, SchemaId, Subject, canonical_schema
 
 MAGIC_BYTE: Final = 0

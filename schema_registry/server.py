@@ -46,7 +46,7 @@ from schema_registry.service import (
     SchemaRequest,
     VersionInfo,
 )
-from schema_registry.storage import open_storage
+from schema_registry.storage_url import open_storage
 
 log = logging.getLogger(__name__)
 

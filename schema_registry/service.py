@@ -29,7 +29,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from cdc.errors import RegistryError
+from cdc.core.errors import RegistryError
 from schema_registry import schemas
 from schema_registry.compatibility import CompatibilityLevel, CompatibilityResult
 from schema_registry.compatibility import check_level_schemas as _check_level

@@ -1,4 +1,4 @@
-"""Registry storage: a small transactional interface, its SQLite implementation, ``open_storage``.
+"""Registry storage: a small transactional interface and its SQLite implementation.
 
 The service runs every operation inside one storage transaction: ``read()``
 for queries, ``write()`` for mutations. A write transaction holds the store's
@@ -33,9 +33,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
-
-from cdc.errors import ConfigError
 
 GLOBAL_SCOPE = ""
 
@@ -315,30 +312,3 @@ class SqliteStorage:
 
     def close(self) -> None:
         """Nothing to release: connections live only as long as their transaction."""
-
-
-def open_storage(url: str) -> Storage:
-    """Open the store named by ``sqlite:///path/file.db`` or ``postgresql://...``.
-
-    ``sqlite:///relative.db`` is relative to the working directory and
-    ``sqlite:////abs/path.db`` is absolute (SQLAlchemy's convention); the
-    path's parent directory must exist. A libpq ``key=value`` connection string
-    is accepted for PostgreSQL as well as a ``postgresql://`` URL.
-    """
-    scheme = urlsplit(url).scheme.lower()
-    if "://" not in url and "=" in url:
-        scheme = "postgresql"  # a libpq key=value connection string
-    if scheme == "sqlite":
-        if not url.lower().startswith("sqlite:///"):
-            raise ConfigError(f"registry storage {url!r}: expected sqlite:///PATH")
-        path = unquote(url[len("sqlite:///") :])
-        if not path:
-            raise ConfigError(f"registry storage {url!r}: the SQLite path is empty")
-        return SqliteStorage(path)
-    if scheme in ("postgresql", "postgres"):
-        from schema_registry.storage_pg import PostgresStorage  # noqa: PLC0415
-
-        return PostgresStorage(url)
-    raise ConfigError(
-        f"registry storage: unsupported URL scheme {scheme!r}; use sqlite:///PATH or postgresql://"
-    )

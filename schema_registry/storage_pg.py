@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from cdc.errors import RegistryUnavailable
+from cdc.core.errors import RegistryUnavailable
 from schema_registry.storage import DDL, SqlTx, Tx
 
 NAMESPACE = "schema_registry"

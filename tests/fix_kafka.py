@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cdc.embedded import EmbeddedServerError, LocalBroker
+from cdc.demo.throwaway import EmbeddedServerError, LocalBroker
 from tests.fix_servers import unavailable
 
 

@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from cdc.embedded import EmbeddedServerError, LocalPostgres
+from cdc.demo.throwaway import EmbeddedServerError, LocalPostgres
 from tests.fix_servers import unavailable
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cdc.embedded import EmbeddedServerError, LocalRegistry
+from cdc.demo.throwaway import EmbeddedServerError, LocalRegistry
 from tests.fix_servers import unavailable
 
 

@@ -27,7 +27,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from cdc.exactly_once import Position, positions_between, positions_topic
+from cdc.capture.exactly_once import Position, positions_between, positions_topic
 
 
 def spawn_cdcsync(

@@ -23,7 +23,7 @@ import httpx
 import psycopg
 import yaml
 
-from cdc.inbound import sign
+from cdc.inbound.endpoint import sign
 from mappers.examples_inbound import INBOUND_SCHEMA_SQL, crm_inbound_config
 from tests.integration.harness import spawn_cdcsync
 from tests.integration.sync_harness import CRM_SECRET, SyncEnv

@@ -2,7 +2,7 @@
 
 The source database gets the sample tables; capture and sync run as the real commands
 (child processes, so tests can kill them); the CRM is the real HTTP server of
-``cdc.crm``; the analytics target is a table in another schema of the same database
+``cdc.demo.crm``; the analytics target is a table in another schema of the same database
 (outside the publication).
 """
 
@@ -23,7 +23,7 @@ import psycopg
 import yaml
 from psycopg import sql
 
-from cdc.crm import CrmServer
+from cdc.demo.crm import CrmServer
 from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
 from tests.fix_pg import drop_database
 from tests.integration.harness import CaptureEnv, read_log, spawn_cdcsync, terminate

@@ -14,7 +14,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cdc.consumer import BatchFeed
+from cdc.kafka.consumer import BatchFeed
 
 LOG = logging.LoggerAdapter(logging.getLogger("test.batch_feed"), {})
 

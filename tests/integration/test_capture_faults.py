@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.embedded import LocalBroker
+from cdc.demo.throwaway import LocalBroker
 from tests.fix_pg import PgServer
 from tests.integration.harness import (
     WORKLOAD_DDL,

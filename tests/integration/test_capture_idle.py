@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc.embedded import LocalBroker
+from cdc.demo.throwaway import LocalBroker
 from tests.integration.harness import CaptureEnv, data_events, read_events
 
 

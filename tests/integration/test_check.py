@@ -25,11 +25,12 @@ import yaml
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from psycopg import sql
 
-from cdc.check import CheckReport, Status, run_checks
+from cdc.capture.replication import ReplicationStream
 from cdc.config import parse_config
-from cdc.crm import CrmServer
-from cdc.embedded import LocalPostgres, free_port
-from cdc.replication import ReplicationStream
+from cdc.demo.crm import CrmServer
+from cdc.demo.throwaway import LocalPostgres, free_port
+from cdc.ops.check.report import CheckReport, Status
+from cdc.ops.check.runner import run_checks
 from mappers.examples_inbound import crm_inbound_config
 
 TIMEOUT_S = 3.0

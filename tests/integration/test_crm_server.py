@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from cdc.crm import CrmServer
+from cdc.demo.crm import CrmServer
 from mappers.entity import Version
 
 

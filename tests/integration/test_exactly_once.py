@@ -30,7 +30,7 @@ import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc.exactly_once import TXN_HEADER
+from cdc.capture.exactly_once import TXN_HEADER
 from tests.integration.harness import (
     WORKLOAD_DDL,
     EosEnv,

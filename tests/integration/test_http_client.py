@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc.http_client import HttpClient, HttpTransportError
+from cdc.sync.sinks.http_client import HttpClient, HttpTransportError
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
 

@@ -14,11 +14,11 @@ import pytest
 from pydantic import BaseModel
 
 from cdc.config import HttpSinkConfig
-from cdc.crm import CrmServer
-from cdc.errors import SinkRejected, SinkUnavailable
-from cdc.sinks.base import Outcome
-from cdc.sinks.http import HttpSink, HttpUnavailable, parse_retry_after
-from cdc.state import StateStore
+from cdc.core.errors import SinkRejected, SinkUnavailable
+from cdc.demo.crm import CrmServer
+from cdc.state.store import StateStore
+from cdc.sync.sinks.base import Outcome
+from cdc.sync.sinks.http import HttpSink, HttpUnavailable, parse_retry_after
 from mappers.entity import EntityDelete, EntityOp, EntityUpsert, Version
 
 T = TypeVar("T")

@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from cdc.admin import AdminApi
 from cdc.config import parse_config
-from cdc.embedded import LocalBroker
-from cdc.inbound import sign
-from cdc.inbound_config import inbound_topic
+from cdc.config.names import inbound_topic
+from cdc.demo.throwaway import LocalBroker
+from cdc.inbound.endpoint import sign
+from cdc.ops.admin_api import AdminApi
 from mappers.examples_inbound import crm_inbound_config
 from tests.integration.inbound_harness import INBOUND_SECRET
 

@@ -15,10 +15,10 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # t
 from pydantic import BaseModel
 
 from cdc.config import KafkaSinkConfig
-from cdc.embedded import LocalBroker
-from cdc.errors import SinkUnavailable
-from cdc.sinks.base import Outcome
-from cdc.sinks.kafka import KafkaEntitySink
+from cdc.core.errors import SinkUnavailable
+from cdc.demo.throwaway import LocalBroker
+from cdc.sync.sinks.base import Outcome
+from cdc.sync.sinks.kafka import KafkaEntitySink
 from mappers.entity import EntityDelete, EntityUpsert, Origin, Version
 
 T = TypeVar("T")

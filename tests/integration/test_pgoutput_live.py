@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from cdc.pgoutput import Decoder, Insert, Relation, Update
+from cdc.capture.pgoutput import Decoder, Insert, Relation, Update
 from tests.tools.capture_pgoutput import (
     END_PREFIX,
     begin,

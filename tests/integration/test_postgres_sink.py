@@ -14,9 +14,9 @@ import pytest
 from pydantic import BaseModel
 
 from cdc.config import PostgresSinkConfig
-from cdc.errors import ConfigError, SinkRejected, SinkUnavailable
-from cdc.sinks.base import Outcome, Result
-from cdc.sinks.postgres import PostgresSink
+from cdc.core.errors import ConfigError, SinkRejected, SinkUnavailable
+from cdc.sync.sinks.base import Outcome, Result
+from cdc.sync.sinks.postgres import PostgresSink
 from mappers.entity import EntityDelete, EntityOp, EntityUpsert, Version
 from tests.fix_pg import PgServer
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cdc.embedded import LocalRegistry
+from cdc.demo.throwaway import LocalRegistry
 
 MEDIA = "application/vnd.schemaregistry.v1+json"
 ROW = {"type": "record", "name": "Row", "fields": [{"name": "id", "type": "long"}]}

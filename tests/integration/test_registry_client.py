@@ -25,8 +25,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer as ConfluentAv
 from confluent_kafka.schema_registry.avro import AvroSerializer as ConfluentAvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from cdc.embedded import LocalRegistry, free_port
-from cdc.errors import IncompatibleSchemaError, RegistryError, RegistryUnavailable
+from cdc.core.errors import IncompatibleSchemaError, RegistryError, RegistryUnavailable
+from cdc.demo.throwaway import LocalRegistry, free_port
 from schema_registry.client import (
     Compatibility,
     IncompatibleSchema,

@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from cdc.embedded import LocalRegistry
+from cdc.demo.throwaway import LocalRegistry
 
 SERVERS = 3
 CLIENTS = 6

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc.exactly_once import TXN_HEADER
+from cdc.capture.exactly_once import TXN_HEADER
 from tests.integration.harness import CaptureEnv, EosEnv, Event, EventReader
 
 TABLE = "public.items"

@@ -11,10 +11,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cdc import source
-from cdc.embedded import LocalPostgres
-from cdc.errors import SourceSetupError
-from cdc.replication import ReplicationStream
+from cdc.capture import source_setup as source
+from cdc.capture.replication import ReplicationStream
+from cdc.core.errors import SourceSetupError
+from cdc.demo.throwaway import LocalPostgres
 
 
 def prepare(dsn: str, **overrides: Any) -> source.SourceReport:

@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from cdc.state import MIGRATIONS, StateStore, StateUnavailable
+from cdc.state.store import MIGRATIONS, StateStore, StateUnavailable
 from mappers.entity import Origin, Version
 
 T = TypeVar("T")

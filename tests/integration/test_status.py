@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import yaml
 
-from cdc.embedded import free_port
+from cdc.demo.throwaway import free_port
 from tests.integration.harness import spawn_cdcsync
 from tests.integration.sync_harness import CRM_SECRET, SyncEnv
 

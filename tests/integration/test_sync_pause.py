@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer, Message
 
-import cdc.consumer
+import cdc.kafka.consumer
 from cdc.config import parse_config
-from cdc.sync import Sync
+from cdc.sync.runtime import Sync
 from tests.integration.sync_harness import CRM_SECRET, SyncEnv, run_workload
 
 
@@ -43,7 +43,7 @@ def test_a_batch_fetched_while_pausing_waits_for_the_resume_and_is_then_applied(
         loop = asyncio.get_running_loop()
         sync = Sync(config, only=["crm"])
         paused_during_fetch = threading.Event()
-        fetch = cdc.consumer.next_batch
+        fetch = cdc.kafka.consumer.next_batch
 
         def fetch_then_pause(consumer: Consumer, size: int) -> list[Message]:
             msgs = fetch(consumer, size)
@@ -55,7 +55,7 @@ def test_a_batch_fetched_while_pausing_waits_for_the_resume_and_is_then_applied(
                 paused_during_fetch.set()
             return msgs
 
-        monkeypatch.setattr(cdc.consumer, "next_batch", fetch_then_pause)
+        monkeypatch.setattr(cdc.kafka.consumer, "next_batch", fetch_then_pause)
         stop = asyncio.Event()
         task = asyncio.create_task(sync.run(stop))
         try:

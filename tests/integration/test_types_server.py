@@ -22,9 +22,8 @@ import fastavro
 import psycopg
 import pytest
 
-from cdc.errors import DecodeError
-from cdc.typeparse import days_from_civil
-from cdc.types import (
+from cdc.capture.encoding.pg_text import days_from_civil
+from cdc.capture.encoding.type_mapping import (
     NEGATIVE_INFINITY_DATE_DAYS,
     POSITIVE_INFINITY_DATE_DAYS,
     POSITIVE_INFINITY_TIMESTAMP_MICROS,
@@ -37,6 +36,7 @@ from cdc.types import (
     pg_types_from_rows,
     share_named_types,
 )
+from cdc.core.errors import DecodeError
 
 SETUP = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');

@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python -m tests.tools.capture_pgoutput [OUTPUT_DIR]
 
-It starts a throwaway PostgreSQL (``cdc.embedded.LocalPostgres``) with
+It starts a throwaway PostgreSQL (``cdc.demo.throwaway.LocalPostgres``) with
 ``logical_decoding_work_mem = 64kB`` so that large transactions are streamed,
 and records one fixture per scenario. For each scenario it creates the tables,
 then a replication slot, runs the workload, emits a non-transactional end
@@ -43,8 +43,7 @@ from typing import Any
 
 import psycopg
 
-from cdc.embedded import LocalPostgres
-from cdc.pgoutput import (
+from cdc.capture.pgoutput import (
     UNCHANGED,
     Begin,
     Commit,
@@ -64,6 +63,7 @@ from cdc.pgoutput import (
     Update,
     Value,
 )
+from cdc.demo.throwaway import LocalPostgres
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "pgoutput"
 END_PREFIX = "cdcsync-capture-end"

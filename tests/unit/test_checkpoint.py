@@ -3,8 +3,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.checkpoint import Checkpoint
-from cdc.lsn import Lsn
+from cdc.capture.checkpoint import Checkpoint
+from cdc.core.lsn import Lsn
 
 
 def test_flush_waits_for_every_event_of_the_transaction_to_be_acknowledged() -> None:

@@ -18,8 +18,8 @@ from cdc.config import (
     load_config,
     parse_config,
 )
-from cdc.errors import ConfigError
-from cdc.secrets import redact_dsn, redact_properties
+from cdc.core.errors import ConfigError
+from cdc.core.secrets import redact_dsn, redact_properties
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cdcsync.example.yaml"
 EXAMPLE_ENV = {

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from cdc.config import DeclarativeMapping
-from cdc.errors import ConfigError, MappingError, RelationPending
+from cdc.core.errors import ConfigError, MappingError, RelationPending
 from mappers.declarative import declarative_mapper
 from mappers.entity import EntityDelete, EntityUpsert, Origin, TableEvent, Version, microseconds
 from mappers.examples import Contact

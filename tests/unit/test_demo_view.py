@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdc.demo_view import LatencyWindow, percentile
+from cdc.demo.live_view import LatencyWindow, percentile
 
 
 def test_the_window_forgets_values_older_than_its_span() -> None:

@@ -24,11 +24,11 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from cdc.capture import Capture
+from cdc.capture.runtime import Capture
 from cdc.cli import cli
 from cdc.config import AdminConfig, Config, load_config
-from cdc.metrics import RuntimeCollector
-from cdc.sync import Sync
+from cdc.ops.metrics import RuntimeCollector
+from cdc.sync.runtime import Sync
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SAMPLE = DEPLOY / "cdcsync.yaml"

@@ -10,11 +10,11 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.envelope import Change, RelationEncoder, TxContext
-from cdc.envelope_writer import EnvelopeWriter, long_bytes
-from cdc.lsn import Lsn
-from cdc.pgoutput import UNCHANGED, Column, Relation
-from cdc.types import TypeOptions
+from cdc.capture.encoding.envelope import Change, RelationEncoder, TxContext
+from cdc.capture.encoding.envelope_writer import EnvelopeWriter, long_bytes
+from cdc.capture.encoding.type_mapping import TypeOptions
+from cdc.capture.pgoutput import UNCHANGED, Column, Relation
+from cdc.core.lsn import Lsn
 
 INT8, INT4, BOOL, TEXT, NUMERIC, TIMESTAMPTZ, JSONB = 20, 23, 16, 25, 1700, 1184, 3802
 

@@ -7,10 +7,10 @@ from typing import Any, cast
 
 import pytest
 
+from cdc.capture.exactly_once import BatchPolicy, ExactlyOnce, Position, positions_topic
 from cdc.config import load_config
-from cdc.errors import BrokerUnavailable, ConfigError, DecodeError
-from cdc.exactly_once import BatchPolicy, ExactlyOnce, Position, positions_topic
-from cdc.lsn import Lsn
+from cdc.core.errors import BrokerUnavailable, ConfigError, DecodeError
+from cdc.core.lsn import Lsn
 
 
 def test_a_position_round_trips_through_its_record() -> None:

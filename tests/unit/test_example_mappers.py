@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cdc.errors import MappingError, RelationPending
+from cdc.core.errors import MappingError, RelationPending
 from mappers.entity import EntityDelete, EntityUpsert, Origin, TableEvent, Version, microseconds
 from mappers.examples import (
     CRM_INTEGRATION,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cdc.gcfreeze import freeze_when_ready
+from cdc.core.gcfreeze import freeze_when_ready
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from cdc.config import Config, parse_config
-from cdc.errors import ConfigError, MappingError
-from cdc.inbound import InboundRejected, InboundRoute, sign
-from cdc.inbound_config import inbound_dead_letter_topic, inbound_group_id, inbound_topic
+from cdc.config.names import inbound_dead_letter_topic, inbound_group_id, inbound_topic
+from cdc.core.errors import ConfigError, MappingError
+from cdc.inbound.endpoint import InboundRejected, InboundRoute, sign
 from mappers.examples_inbound import crm_inbound_config
 from mappers.inbound import InboundChange
 

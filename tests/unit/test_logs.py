@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cdc.logs import ContextLogger, configure
+from cdc.core.logs import ContextLogger, configure
 
 DSN = "postgresql://cdc:hunter2-secret@db.example:5432/app"
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.lsn import Lsn
+from cdc.core.lsn import Lsn
 
 
 def test_lsn_parses_postgres_text_form_and_prints_it_back() -> None:

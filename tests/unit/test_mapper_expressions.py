@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.errors import ConfigError, MappingError
+from cdc.core.errors import ConfigError, MappingError
 from mappers.expr import MAX_DEPTH, Expression, compile_expression
 
 WHERE = "integrations.crm.mapper.where"

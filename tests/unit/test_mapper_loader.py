@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from cdc.config import DeclarativeMapping
-from cdc.errors import ConfigError, MappingError, RelationPending
+from cdc.core.errors import ConfigError, MappingError, RelationPending
 from mappers.entity import EntityDelete, EntityUpsert, Origin, TableEvent
 from mappers.examples import Contact
-from mappers.loader import load_callable, load_mapper
+from mappers.loader import load_mapper
+from mappers.references import load_callable
 
 _counter = itertools.count()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from cdc.metrics import LatencyHistogram
+from cdc.core.histogram import LatencyHistogram
 
 
 def test_buckets_are_cumulative_and_end_with_everything() -> None:

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from cdc.errors import DecodeError
-from cdc.lsn import Lsn
-from cdc.pgoutput import (
+from cdc.capture.pgoutput import (
     UNCHANGED,
     Begin,
     Commit,
@@ -35,6 +33,8 @@ from cdc.pgoutput import (
     Unchanged,
     Update,
 )
+from cdc.core.errors import DecodeError
+from cdc.core.lsn import Lsn
 from tests.tools.capture_pgoutput import (
     SCENARIOS,
     decoded_units,

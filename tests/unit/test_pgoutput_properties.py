@@ -13,9 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc.errors import DecodeError
-from cdc.lsn import Lsn
-from cdc.pgoutput import (
+from cdc.capture.pgoutput import (
     PG_EPOCH_OFFSET_US,
     UNCHANGED,
     Begin,
@@ -37,6 +35,8 @@ from cdc.pgoutput import (
     TypeInfo,
     Update,
 )
+from cdc.core.errors import DecodeError
+from cdc.core.lsn import Lsn
 
 # --- the test-side encoder ----------------------------------------------------
 

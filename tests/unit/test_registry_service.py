@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from schema_registry.service import RegistryService, RegistryServiceError, SchemaRequest
-from schema_registry.storage import open_storage
+from schema_registry.storage_url import open_storage
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cdc.errors import ReplayError
-from cdc.replay_plan import ReplayRequest, TopicOffset, parse_timestamp
+from cdc.core.errors import ReplayError
+from cdc.kafka.replay_plan import ReplayRequest, TopicOffset, parse_timestamp
 
 
 def test_a_topic_partition_offset_is_read_from_the_right() -> None:

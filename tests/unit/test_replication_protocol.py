@@ -8,9 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from cdc.errors import SourceUnavailable
-from cdc.lsn import Lsn
-from cdc.replication import (
+from cdc.capture.replication import (
     CONFIRM_INTERVAL_S,
     PG_EPOCH_OFFSET_US,
     Keepalive,
@@ -19,6 +17,8 @@ from cdc.replication import (
     parse_copy_data,
     standby_status_update,
 )
+from cdc.core.errors import SourceUnavailable
+from cdc.core.lsn import Lsn
 
 
 def test_xlogdata_frame_is_split_into_positions_and_payload() -> None:

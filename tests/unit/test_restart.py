@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from cdc import restart
-from cdc.errors import BrokerUnavailable, DecodeError
+from cdc.core import supervision as restart
+from cdc.core.backoff import BackoffPolicy
+from cdc.core.errors import BrokerUnavailable, DecodeError
 
 
 @dataclass
@@ -49,7 +51,9 @@ def run(
     script: Script, monkeypatch: pytest.MonkeyPatch, stats: Stats, *, jitter: float = 0.0
 ) -> None:
     monkeypatch.setattr(restart.asyncio, "wait_for", script.wait_for)
-    monkeypatch.setattr(restart.random, "random", lambda: jitter)
+    policy = BackoffPolicy(
+        restart.RESTART_BACKOFF.initial_s, restart.RESTART_BACKOFF.max_s, jitter=jitter
+    )
     asyncio.run(
         restart.run_restarting(
             script.run_once,
@@ -58,6 +62,8 @@ def run(
             logging.getLogger("test"),
             "capture",
             clock=script.clock,
+            backoff=policy,
+            rng=random.Random(3),
         )
     )
 
@@ -79,10 +85,14 @@ def test_a_failure_after_a_healthy_run_is_retried_after_the_first_pause(
     assert script.pauses == [0.5, 1, 2, 4, 0.5, 1]
 
 
-def test_jitter_adds_at_most_half_the_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    script = Script([0.1, 0.1])
-    run(script, monkeypatch, Stats(), jitter=0.999)
-    assert script.pauses == pytest.approx([0.5 * 1.4995, 1.4995])
+def test_jitter_moves_each_pause_by_at_most_its_fraction_and_spreads_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = Script([0.1] * 6)
+    run(script, monkeypatch, Stats(), jitter=restart.RESTART_BACKOFF.jitter)
+    bases = [0.5, 1, 2, 4, 8, 16]
+    assert all(0.75 * b <= p <= 1.25 * b for p, b in zip(script.pauses, bases, strict=True))
+    assert script.pauses != bases
 
 
 def test_an_error_that_is_not_retryable_ends_the_run() -> None:

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from cdc.config import CircuitConfig, RetryConfig
-from cdc.retry import Backoff, CircuitBreaker, CircuitState
+from cdc.core.backoff import Backoff
+from cdc.core.circuit_breaker import CircuitBreaker, CircuitState
 
 
 class FakeClock:

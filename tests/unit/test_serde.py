@@ -23,7 +23,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.errors import SchemaError
+from cdc.core.errors import SchemaError
 from schema_registry.client import RegistryClient
 from schema_registry.serde import (
     AvroDeserializer,

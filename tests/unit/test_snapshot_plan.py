@@ -9,14 +9,10 @@ from fastavro import schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.config import parse_config
-from cdc.envelope import OP_READ, Change, TxContext
-from cdc.envelope_writer import EnvelopeWriter
-from cdc.errors import ConfigError
-from cdc.lsn import Lsn
-from cdc.pgoutput import UNCHANGED, Column, Relation
-from cdc.snapshot import TableShape
-from cdc.snapshot_plan import (
+from cdc.capture.encoding.envelope import OP_READ, Change, TxContext
+from cdc.capture.encoding.envelope_writer import EnvelopeWriter
+from cdc.capture.pgoutput import UNCHANGED, Column, Relation
+from cdc.capture.snapshot.plan import (
     ChangeHistory,
     ChunkBuffer,
     PgSnapshot,
@@ -27,8 +23,12 @@ from cdc.snapshot_plan import (
     key_of,
     wants_initial,
 )
-from cdc.snapshot_request import resolve_tables
-from cdc.source import TableName
+from cdc.capture.snapshot.request import resolve_tables
+from cdc.capture.snapshot.runner import TableShape
+from cdc.capture.source_setup import TableName
+from cdc.config import parse_config
+from cdc.core.errors import ConfigError
+from cdc.core.lsn import Lsn
 from tests.unit.test_envelope_writer import ENCODER, RELATION, SCHEMA, int8, optional, text
 
 INT4, TEXT = 23, 25

@@ -4,8 +4,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdc.lsn import Lsn
-from cdc.spool import TransactionSpool
+from cdc.capture.spool import TransactionSpool
+from cdc.core.lsn import Lsn
 
 
 @dataclass(frozen=True)

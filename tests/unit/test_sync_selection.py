@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from cdc.config import parse_config
-from cdc.errors import ConfigError
-from cdc.sync import load_mappers, select_integrations
+from cdc.core.errors import ConfigError
+from cdc.sync.runtime import load_mappers, select_integrations
 
 
 def config(**integrations: Any) -> Any:

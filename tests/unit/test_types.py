@@ -14,15 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.errors import DecodeError, SchemaError
-from cdc.typeparse import (
+from cdc.capture.encoding.pg_text import (
     civil_from_days,
     days_from_civil,
     format_utc_timestamp,
     parse_timestamptz,
     timestamptz_to_utc_iso,
 )
-from cdc.types import (
+from cdc.capture.encoding.type_mapping import (
     NEGATIVE_INFINITY_TIMESTAMP_MICROS,
     POSITIVE_INFINITY_DATE_DAYS,
     POSITIVE_INFINITY_TIMESTAMP_MICROS,
@@ -37,6 +36,7 @@ from cdc.types import (
     pg_types_from_rows,
     share_named_types,
 )
+from cdc.core.errors import DecodeError, SchemaError
 
 DEFAULTS = TypeOptions()
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

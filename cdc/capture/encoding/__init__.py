@@ -1,0 +1,8 @@
+"""Row changes to Debezium-compatible envelopes and Avro bytes.
+
+Owns the PostgreSQL-to-Avro type mapping (``type_mapping``), the parsing of
+PostgreSQL's text output (``pg_text``), the envelope and its schemas
+(``envelope``) and the writer that emits Avro bytes directly
+(``envelope_writer``). Pure: no I/O. Imports ``cdc.core`` and the decoder's
+message types.
+"""

@@ -1,0 +1,667 @@
+"""PostgreSQL column types -> Avro schemas and values, with Debezium's defaults.
+
+The capture runtime builds one ``ColumnCodec`` per column of a relation from the
+column's type OID and typmod (from pgoutput's Relation message) and the catalog facts
+loaded with ``TYPE_CATALOG_SQL``; then it calls ``codec.decode(text)`` on every value,
+where ``text`` is the column's text output form (what ``SELECT col::text`` returns).
+The table of mappings is in docs/types.md.
+
+Invariants:
+
+- ``codec.avro_type`` is the non-null Avro type of the column, carrying Debezium's
+  ``connect.name`` / ``connect.parameters`` so that consumers written for Debezium work
+  unchanged; nullability is the caller's business (``decode`` never sees None).
+- ``codec.decode`` returns exactly what fastavro's writer accepts for ``avro_type`` and
+  raises only ``cdc.core.errors.DecodeError`` (naming the type and the truncated text).
+- ``codec.unavailable`` is a value valid for ``avro_type``, written in place of an
+  unchanged TOAST value: Debezium's placeholder for strings, bytes and arrays of them.
+- Unknown or unsupported types fall back to their text form as an Avro string; the only
+  error at codec-building time is ``SchemaError`` for a user-defined OID whose catalog
+  facts are missing.
+- Codecs are built once per column: all type dispatch happens in ``codec_for``, never
+  per value.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+from cdc.capture.encoding import pg_text as tp
+from cdc.core.errors import DecodeError, SchemaError
+
+__all__ = [
+    "TYPE_CATALOG_SQL",
+    "BinaryHandling",
+    "ColumnCodec",
+    "DecimalHandling",
+    "IntervalHandling",
+    "PgType",
+    "TypeOptions",
+    "codec_for",
+    "decode_failure",
+    "needs_catalog",
+    "pg_types_from_rows",
+    "share_named_types",
+]
+
+# Debezium's timestamp sentinels for 'infinity' / '-infinity' (pgjdbc's DATE_POSITIVE_INFINITY
+# and DATE_NEGATIVE_INFINITY read as microseconds) and the epoch days of the LocalDate values
+# it uses for infinite dates.
+POSITIVE_INFINITY_TIMESTAMP_MICROS = 9_223_372_036_825_200_000
+NEGATIVE_INFINITY_TIMESTAMP_MICROS = -9_223_372_036_832_400_000
+POSITIVE_INFINITY_DATE_DAYS = tp.days_from_civil(-5_877_611, 6, 21)
+NEGATIVE_INFINITY_DATE_DAYS = tp.days_from_civil(-5_877_611, 6, 22)
+
+# Confluent's AvroData precision for a Connect Decimal that declares none (money).
+_DEFAULT_DECIMAL_PRECISION = 64
+_FIRST_USER_OID = 10_000  # OIDs below this are assigned by initdb (built-in types)
+_TRUNCATE_AT = 60
+
+
+# --- catalog facts --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PgType:
+    """Catalog facts about one type, as loaded by TYPE_CATALOG_SQL."""
+
+    oid: int
+    namespace: str
+    name: str
+    # pg_type.typtype: b base, e enum, d domain, c composite, r range, m multirange, p pseudo
+    kind: str
+    category: str  # pg_type.typcategory
+    element_oid: int | None  # array element type (typelem when typcategory = 'A')
+    base_oid: int | None  # domain base type (typbasetype)
+    base_typmod: int  # the domain's typtypmod, -1 if none
+    enum_labels: tuple[str, ...]  # enum labels in sort order
+    delimiter: str = ","  # pg_type.typdelim: the array element separator
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> PgType:
+        """Build from one TYPE_CATALOG_SQL row (columns in the order of the SELECT list)."""
+        oid, namespace, name, kind, category, element, base, base_typmod, labels, delim = row
+        return cls(
+            oid=int(oid),
+            namespace=str(namespace),
+            name=str(name),
+            kind=str(kind),
+            category=str(category),
+            element_oid=int(element) if element else None,
+            base_oid=int(base) if base else None,
+            base_typmod=int(base_typmod) if base_typmod is not None else -1,
+            enum_labels=tuple(str(label) for label in labels or ()),
+            delimiter=str(delim or ","),
+        )
+
+    @property
+    def qualified_name(self) -> str:
+        return self.name if self.namespace == "pg_catalog" else f"{self.namespace}.{self.name}"
+
+
+TYPE_CATALOG_SQL = """
+WITH RECURSIVE wanted(oid) AS (
+    SELECT unnest(%s::int8[])::oid
+  UNION
+    SELECT ref.oid
+      FROM wanted
+      JOIN pg_catalog.pg_type t ON t.oid = wanted.oid
+     CROSS JOIN LATERAL (VALUES
+            (CASE WHEN t.typcategory = 'A' THEN t.typelem END),
+            (CASE WHEN t.typtype = 'd' THEN t.typbasetype END)) AS ref(oid)
+     WHERE ref.oid IS NOT NULL AND ref.oid <> 0
+)
+SELECT t.oid::int8,
+       n.nspname::text,
+       t.typname::text,
+       t.typtype::text,
+       t.typcategory::text,
+       CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem::int8 END,
+       CASE WHEN t.typtype = 'd' THEN t.typbasetype::int8 END,
+       t.typtypmod,
+       ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e
+              WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder),
+       t.typdelim::text
+  FROM pg_catalog.pg_type t
+  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+ WHERE t.oid IN (SELECT oid FROM wanted)
+"""
+
+
+def pg_types_from_rows(rows: Iterable[Sequence[Any]]) -> dict[int, PgType]:
+    """Catalog facts by OID from the rows TYPE_CATALOG_SQL returned."""
+    types = (PgType.from_row(row) for row in rows)
+    return {pg_type.oid: pg_type for pg_type in types}
+
+
+# --- options ----------------------------------------------------------------------------------
+
+
+class DecimalHandling(StrEnum):
+    """Debezium's decimal.handling.mode."""
+
+    PRECISE = "precise"
+    DOUBLE = "double"
+    STRING = "string"
+
+
+class IntervalHandling(StrEnum):
+    """Debezium's interval.handling.mode."""
+
+    NUMERIC = "numeric"  # io.debezium.time.MicroDuration (long microseconds)
+    STRING = "string"  # io.debezium.time.Interval (ISO 8601 P..Y..M..DT..H..M..S)
+
+
+class BinaryHandling(StrEnum):
+    """Debezium's binary.handling.mode."""
+
+    BYTES = "bytes"
+    BASE64 = "base64"
+    BASE64_URL_SAFE = "base64-url-safe"
+    HEX = "hex"
+
+
+@dataclass(frozen=True, slots=True)
+class TypeOptions:
+    """How values are represented; every default is Debezium's default."""
+
+    decimal_handling: DecimalHandling = DecimalHandling.PRECISE
+    interval_handling: IntervalHandling = IntervalHandling.NUMERIC
+    binary_handling: BinaryHandling = BinaryHandling.BYTES
+    money_fraction_digits: int = 2
+    unavailable_value: str = "__debezium_unavailable_value"
+    # Also mark date/time/timestamp columns with Avro logical types (date, time-micros,
+    # timestamp-micros); the values are the same numbers either way.
+    temporal_logical_types: bool = True
+
+
+# --- codecs ----------------------------------------------------------------------------------
+
+
+AvroType = dict[str, Any] | str
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnCodec:
+    """How one column's values become Avro: its schema, its decoder, its placeholder."""
+
+    avro_type: AvroType
+    decode: Callable[[str], Any]
+    unavailable: Any
+    pg_type_name: str
+
+
+def decode_failure(text: str, pg_type_name: str, reason: str | None = None) -> DecodeError:
+    """The DecodeError for text that cannot be read as the given type."""
+    shown = text if len(text) <= _TRUNCATE_AT else text[:_TRUNCATE_AT] + "..."
+    message = f"cannot read {shown!r} as {pg_type_name}"
+    if not reason:
+        return DecodeError(message)
+    if len(reason) > 2 * _TRUNCATE_AT:
+        reason = reason[: 2 * _TRUNCATE_AT] + "..."
+    return DecodeError(f"{message}: {reason}")
+
+
+def _guarded(
+    parse: Callable[[str], Any], pg_type_name: str, *, explain: bool = True
+) -> Callable[[str], Any]:
+    """Wrap a parser so that its ValueError becomes a DecodeError naming the type.
+
+    ``explain=False`` leaves out the parser's own message (Python's int() and float()
+    repeat the whole value in theirs).
+    """
+
+    def decode(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise decode_failure(text, pg_type_name, str(exc) if explain else None) from exc
+
+    return decode
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+def _semantic(base: str, name: str, **extra: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": base, "connect.version": 1, "connect.name": name}
+    schema.update(extra)
+    return schema
+
+
+def _placeholder_for(avro_type: AvroType, options: TypeOptions) -> Any:
+    base = avro_type if isinstance(avro_type, str) else avro_type["type"]
+    if base == "string":
+        return options.unavailable_value
+    if base == "bytes":
+        return options.unavailable_value.encode("utf-8")
+    if base in ("int", "long"):
+        return 0
+    if base in ("float", "double"):
+        return 0.0
+    if base == "boolean":
+        return False
+    if base == "record":  # VariableScaleDecimal
+        return {"scale": 0, "value": options.unavailable_value.encode("utf-8")}
+    raise AssertionError(f"no placeholder for {avro_type!r}")  # arrays are built separately
+
+
+def _codec(
+    avro_type: AvroType, decode: Callable[[str], Any], name: str, options: TypeOptions
+) -> ColumnCodec:
+    return ColumnCodec(
+        avro_type=avro_type,
+        decode=decode,
+        unavailable=_placeholder_for(avro_type, options),
+        pg_type_name=name,
+    )
+
+
+def _text_codec(name: str, options: TypeOptions, avro_type: AvroType = "string") -> ColumnCodec:
+    return _codec(avro_type, _identity, name, options)
+
+
+# numeric --------------------------------------------------------------------------------
+
+
+_SPECIAL_NUMERIC = {"NaN": "NAN", "Infinity": "POSITIVE_INFINITY", "-Infinity": "NEGATIVE_INFINITY"}
+_VARIABLE_SCALE_DECIMAL: dict[str, Any] = {
+    "type": "record",
+    "name": "VariableScaleDecimal",
+    "namespace": "io.debezium.data",
+    "fields": [{"name": "scale", "type": "int"}, {"name": "value", "type": "bytes"}],
+    "connect.doc": "Variable scaled decimal",
+    "connect.version": 1,
+    "connect.name": "io.debezium.data.VariableScaleDecimal",
+}
+
+
+def _decimal_schema(precision: int, scale: int, *, declare_precision: bool) -> dict[str, Any]:
+    parameters = {"scale": str(scale)}
+    if declare_precision:
+        parameters["connect.decimal.precision"] = str(precision)
+    return {
+        "type": "bytes",
+        "scale": scale,
+        "precision": max(precision, scale, 1),
+        "connect.version": 1,
+        "connect.parameters": parameters,
+        "connect.name": "org.apache.kafka.connect.data.Decimal",
+        "logicalType": "decimal",
+    }
+
+
+def _special_numeric_error(text: str, name: str) -> DecodeError:
+    return decode_failure(
+        text,
+        name,
+        "NaN and infinities cannot be an Avro decimal; "
+        "set decimal_handling to 'double' or 'string' to capture them",
+    )
+
+
+def _numeric_codec(typmod: int, name: str, options: TypeOptions) -> ColumnCodec:
+    mode = options.decimal_handling
+    if mode is DecimalHandling.DOUBLE:
+        return _codec("double", _guarded(float, name, explain=False), name, options)
+    if mode is DecimalHandling.STRING:
+
+        def as_string(text: str) -> str:
+            return _SPECIAL_NUMERIC.get(text, text)
+
+        return _codec("string", as_string, name, options)
+    constraint = tp.numeric_typmod(typmod)
+    if constraint is None:
+
+        def variable_scale(text: str) -> dict[str, Any]:
+            try:
+                unscaled, scale = tp.parse_numeric_unscaled(text)
+            except ValueError as exc:
+                if text in _SPECIAL_NUMERIC:
+                    raise _special_numeric_error(text, name) from exc
+                raise decode_failure(text, name) from exc
+            return {"scale": scale, "value": tp.twos_complement_bytes(unscaled)}
+
+        return _codec(copy.deepcopy(_VARIABLE_SCALE_DECIMAL), variable_scale, name, options)
+    precision, scale = constraint
+    # A negative scale (numeric(5,-2)) stores whole numbers: they travel with scale 0.
+    avro_scale = max(scale, 0)
+    avro_precision = precision - min(scale, 0)
+
+    def fixed_scale(text: str) -> Decimal:
+        try:
+            value = Decimal(text)
+        except InvalidOperation as exc:
+            raise decode_failure(text, name) from exc
+        if not value.is_finite():
+            raise _special_numeric_error(text, name)
+        return value
+
+    return _codec(
+        _decimal_schema(avro_precision, avro_scale, declare_precision=True),
+        fixed_scale,
+        name,
+        options,
+    )
+
+
+def _money_codec(options: TypeOptions) -> ColumnCodec:
+    name, digits = "money", options.money_fraction_digits
+
+    def plain(text: str) -> str:
+        return tp.parse_money(text, fraction_digits=digits)
+
+    mode = options.decimal_handling
+    if mode is DecimalHandling.DOUBLE:
+        return _codec("double", _guarded(lambda text: float(plain(text)), name), name, options)
+    if mode is DecimalHandling.STRING:
+        return _codec("string", _guarded(plain, name), name, options)
+    schema = _decimal_schema(_DEFAULT_DECIMAL_PRECISION, digits, declare_precision=False)
+    return _codec(schema, _guarded(lambda text: Decimal(plain(text)), name), name, options)
+
+
+# temporal --------------------------------------------------------------------------------
+
+
+def _date_codec(options: TypeOptions) -> ColumnCodec:
+    sentinels = {"infinity": POSITIVE_INFINITY_DATE_DAYS, "-infinity": NEGATIVE_INFINITY_DATE_DAYS}
+
+    def parse(text: str) -> int:
+        special = sentinels.get(text)
+        return tp.parse_date(text) if special is None else special
+
+    extra = {"logicalType": "date"} if options.temporal_logical_types else {}
+    schema = _semantic("int", "io.debezium.time.Date", **extra)
+    return _codec(schema, _guarded(parse, "date"), "date", options)
+
+
+def _time_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
+    name = _with_precision("time", typmod)
+    extra = {"logicalType": "time-micros"} if options.temporal_logical_types else {}
+    schema = _semantic("long", "io.debezium.time.MicroTime", **extra)
+    return _codec(schema, _guarded(tp.parse_time, name), name, options)
+
+
+def _timetz_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
+    name = _with_precision("timetz", typmod)
+
+    def parse(text: str) -> str:
+        return tp.format_utc_time(tp.parse_timetz(text))
+
+    return _codec(
+        _semantic("string", "io.debezium.time.ZonedTime"), _guarded(parse, name), name, options
+    )
+
+
+def _timestamp_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
+    name = _with_precision("timestamp", typmod)
+    sentinels = {
+        "infinity": POSITIVE_INFINITY_TIMESTAMP_MICROS,
+        "-infinity": NEGATIVE_INFINITY_TIMESTAMP_MICROS,
+    }
+
+    def parse(text: str) -> int:
+        special = sentinels.get(text)
+        return tp.parse_timestamp(text) if special is None else special
+
+    extra = {"logicalType": "timestamp-micros"} if options.temporal_logical_types else {}
+    schema = _semantic("long", "io.debezium.time.MicroTimestamp", **extra)
+    return _codec(schema, _guarded(parse, name), name, options)
+
+
+def _timestamptz_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
+    name = _with_precision("timestamptz", typmod)
+    digits = typmod if 1 <= typmod <= 6 else None
+
+    def parse(text: str) -> str:
+        if text in ("infinity", "-infinity"):
+            return text
+        return tp.timestamptz_to_utc_iso(text, fraction_digits=digits)
+
+    schema = _semantic("string", "io.debezium.time.ZonedTimestamp")
+    return _codec(schema, _guarded(parse, name), name, options)
+
+
+def _interval_codec(options: TypeOptions) -> ColumnCodec:
+    if options.interval_handling is IntervalHandling.STRING:
+        schema = _semantic("string", "io.debezium.time.Interval")
+        parse = _guarded(lambda t: tp.parse_interval(t).iso_string(), "interval")
+    else:
+        schema = _semantic("long", "io.debezium.time.MicroDuration")
+        parse = _guarded(lambda t: tp.parse_interval(t).approximate_micros(), "interval")
+    return _codec(schema, parse, "interval", options)
+
+
+_Builder = Callable[[int, TypeOptions], ColumnCodec]
+
+
+def _with_precision(name: str, typmod: int) -> str:
+    return f"{name}({typmod})" if typmod >= 0 else name
+
+
+# bytes -------------------------------------------------------------------------------------
+
+
+def _bytea_codec(options: TypeOptions) -> ColumnCodec:
+    mode = options.binary_handling
+    encode: Callable[[bytes], Any]
+    if mode is BinaryHandling.BYTES:
+        return _codec("bytes", _guarded(tp.parse_bytea, "bytea"), "bytea", options)
+    if mode is BinaryHandling.BASE64:
+        encode = lambda raw: base64.b64encode(raw).decode("ascii")  # noqa: E731
+    elif mode is BinaryHandling.BASE64_URL_SAFE:
+        encode = lambda raw: base64.urlsafe_b64encode(raw).decode("ascii")  # noqa: E731
+    else:
+        encode = bytes.hex
+    return _codec(
+        "string", _guarded(lambda text: encode(tp.parse_bytea(text)), "bytea"), "bytea", options
+    )
+
+
+# --- the built-in type table -----------------------------------------------------------------
+
+
+def _number(avro_type: AvroType, parse: Callable[[str], Any], name: str) -> _Builder:
+    return lambda _m, o: _codec(avro_type, _guarded(parse, name, explain=False), name, o)
+
+
+def _named_text(name: str, connect_name: str | None = None) -> _Builder:
+    schema: AvroType = _semantic("string", connect_name) if connect_name else "string"
+    return lambda _m, o: _text_codec(name, o, schema)
+
+
+_BUILDERS: dict[int, _Builder] = {
+    16: lambda _m, o: _codec("boolean", _guarded(tp.parse_bool, "boolean"), "boolean", o),
+    17: lambda _m, o: _bytea_codec(o),
+    18: _named_text('"char"'),
+    19: _named_text("name"),
+    20: _number("long", int, "bigint"),
+    21: _number({"type": "int", "connect.type": "int16"}, int, "smallint"),
+    23: _number("int", int, "integer"),
+    25: _named_text("text"),
+    26: _number("long", int, "oid"),
+    114: _named_text("json", "io.debezium.data.Json"),
+    142: _named_text("xml", "io.debezium.data.Xml"),
+    700: _number("float", float, "real"),
+    701: _number("double", float, "double precision"),
+    790: lambda _m, o: _money_codec(o),
+    1042: lambda m, o: _text_codec(f"bpchar({m - 4})" if m >= 4 else "bpchar", o),
+    1043: lambda m, o: _text_codec(f"varchar({m - 4})" if m >= 4 else "varchar", o),
+    1082: lambda _m, o: _date_codec(o),
+    1083: _time_codec,
+    1114: _timestamp_codec,
+    1184: _timestamptz_codec,
+    1186: lambda _m, o: _interval_codec(o),
+    1266: _timetz_codec,
+    1700: lambda m, o: _numeric_codec(m, _numeric_name(m), o),
+    2950: _named_text("uuid", "io.debezium.data.Uuid"),
+    3802: _named_text("jsonb", "io.debezium.data.Json"),
+}
+
+# Built-in types whose text form is the value (inet, cidr, macaddr, macaddr8, tsvector, ...):
+# listed for their names in messages; any other built-in OID gets the same treatment.
+_TEXT_NAMES: dict[int, str] = {
+    22: "int2vector", 30: "oidvector", 600: "point", 601: "lseg", 602: "path", 603: "box",
+    604: "polygon", 628: "line", 718: "circle", 650: "cidr", 869: "inet", 774: "macaddr8",
+    829: "macaddr", 1560: "bit", 1562: "varbit", 3614: "tsvector", 3615: "tsquery",
+    3904: "int4range", 3906: "numrange", 3908: "tsrange", 3910: "tstzrange", 3912: "daterange",
+    3926: "int8range",
+}  # fmt: skip
+
+# Built-in array types -> their element type.
+_ARRAYS: dict[int, int] = {
+    1000: 16, 1001: 17, 1002: 18, 1003: 19, 1016: 20, 1005: 21, 1009: 25, 1028: 26, 199: 114,
+    143: 142, 1021: 700, 1022: 701, 791: 790, 1014: 1042, 1015: 1043, 1182: 1082, 1183: 1083,
+    1115: 1114, 1185: 1184, 1187: 1186, 1270: 1266, 1231: 1700, 2951: 2950, 3807: 3802,
+    1007: 23, 1017: 600, 1018: 601, 1019: 602, 1020: 603, 1027: 604, 629: 628, 719: 718,
+    651: 650, 1041: 869, 775: 774, 1040: 829, 1561: 1560, 1563: 1562, 3643: 3614, 3645: 3615,
+    3905: 3904, 3907: 3906, 3909: 3908, 3911: 3910, 3913: 3912, 3927: 3926,
+}  # fmt: skip
+
+
+def _numeric_name(typmod: int) -> str:
+    constraint = tp.numeric_typmod(typmod)
+    return f"numeric({constraint[0]},{constraint[1]})" if constraint else "numeric"
+
+
+def needs_catalog(type_oid: int) -> bool:
+    """True when codec_for needs catalog facts (TYPE_CATALOG_SQL) for this OID.
+
+    Built-in types (OIDs assigned by initdb) are mapped from static tables; any other
+    OID (enums, domains, composites, extension types, their arrays) needs the catalog.
+    """
+    return type_oid >= _FIRST_USER_OID and type_oid not in _BUILDERS and type_oid not in _ARRAYS
+
+
+# --- arrays and catalog types -------------------------------------------------------------------
+
+
+def _array_codec(element: ColumnCodec, *, delimiter: str) -> ColumnCodec:
+    name = f"{element.pg_type_name}[]"
+    decode_element = element.decode
+    passthrough = decode_element is _identity
+
+    def decode(text: str) -> list[Any]:
+        try:
+            items = tp.parse_array(text, delimiter=delimiter)
+        except ValueError as exc:
+            raise decode_failure(text, name, str(exc)) from exc
+        if passthrough:
+            return items
+        try:
+            return [None if item is None else decode_element(item) for item in items]
+        except DecodeError as exc:
+            raise decode_failure(text, name, str(exc)) from exc
+
+    return ColumnCodec(
+        avro_type={"type": "array", "items": ["null", element.avro_type]},
+        decode=decode,
+        unavailable=[element.unavailable],
+        pg_type_name=name,
+    )
+
+
+def _enum_codec(pg_type: PgType, options: TypeOptions) -> ColumnCodec:
+    schema = _semantic(
+        "string",
+        "io.debezium.data.Enum",
+        **{"connect.parameters": {"allowed": ",".join(pg_type.enum_labels)}},
+    )
+    return _text_codec(pg_type.qualified_name, options, schema)
+
+
+def _renamed(codec: ColumnCodec, name: str) -> ColumnCodec:
+    return ColumnCodec(
+        avro_type=codec.avro_type,
+        decode=codec.decode,
+        unavailable=codec.unavailable,
+        pg_type_name=name,
+    )
+
+
+def codec_for(
+    type_oid: int, typmod: int, *, types: Mapping[int, PgType], options: TypeOptions
+) -> ColumnCodec:
+    """The codec of a column of type ``type_oid`` with modifier ``typmod`` (-1 if none).
+
+    ``types`` holds catalog facts for non-built-in OIDs (see needs_catalog); a type
+    this module does not map falls back to its text form as an Avro string.
+    """
+    return _codec_for(type_oid, typmod, types, options, depth=0)
+
+
+def _codec_for(
+    type_oid: int, typmod: int, types: Mapping[int, PgType], options: TypeOptions, *, depth: int
+) -> ColumnCodec:
+    if depth > 32:
+        raise SchemaError(f"type {type_oid}: domain or array nesting too deep")
+    builder = _BUILDERS.get(type_oid)
+    if builder is not None:
+        return builder(typmod, options)
+    element_oid = _ARRAYS.get(type_oid)
+    if element_oid is not None:
+        element = _codec_for(element_oid, typmod, types, options, depth=depth + 1)
+        return _array_codec(element, delimiter=";" if element_oid == 603 else ",")
+    pg_type = types.get(type_oid)
+    if pg_type is None:
+        if needs_catalog(type_oid):
+            raise SchemaError(
+                f"no catalog facts for type OID {type_oid}: load them with TYPE_CATALOG_SQL first"
+            )
+        return _text_codec(_TEXT_NAMES.get(type_oid, f"type {type_oid}"), options)
+    if pg_type.kind == "d" and pg_type.base_oid is not None:
+        base_typmod = pg_type.base_typmod if pg_type.base_typmod >= 0 else typmod
+        base = _codec_for(pg_type.base_oid, base_typmod, types, options, depth=depth + 1)
+        return _renamed(base, pg_type.qualified_name)
+    if pg_type.kind == "e":
+        return _enum_codec(pg_type, options)
+    if pg_type.category == "A" and pg_type.element_oid is not None and pg_type.name.startswith("_"):
+        element_type = types.get(pg_type.element_oid)
+        element = _codec_for(pg_type.element_oid, typmod, types, options, depth=depth + 1)
+        delimiter = element_type.delimiter if element_type is not None else ","
+        return _array_codec(element, delimiter=delimiter)
+    # composites, ranges, multiranges, extension base types (citext, hstore, geometry...)
+    return _text_codec(pg_type.qualified_name, options)
+
+
+# --- helpers for whoever assembles a record schema ----------------------------------------------
+
+
+def share_named_types(avro_types: Iterable[AvroType]) -> list[AvroType]:
+    """Column types ready to sit side by side in one Avro record.
+
+    Avro forbids defining a named type (a record such as io.debezium.data.VariableScaleDecimal)
+    twice in one schema: every definition after the first is replaced by its full name.
+    """
+    seen: set[str] = set()
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        kind = node.get("type")
+        if kind in ("record", "enum", "fixed"):
+            namespace = node.get("namespace")
+            full = f"{namespace}.{node['name']}" if namespace else str(node["name"])
+            if full in seen:
+                return full
+            seen.add(full)
+            if kind == "record":
+                fields = [{**field, "type": walk(field["type"])} for field in node["fields"]]
+                return {**node, "fields": fields}
+            return node
+        if kind == "array":
+            return {**node, "items": walk(node["items"])}
+        if kind == "map":
+            return {**node, "values": walk(node["values"])}
+        return node
+
+    return [walk(avro_type) for avro_type in avro_types]

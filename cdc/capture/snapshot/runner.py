@@ -1,0 +1,563 @@
+"""Snapshots inside capture: initial and incremental, by the DBLog watermark method.
+
+Capture does all snapshot reading itself, so that one loop writes every event and the
+order on Kafka is the stream's order. Per table, chunk after chunk in primary-key order:
+
+1. write a low watermark into the stream (a transactional ``pg_logical_emit_message``
+   with prefix ``cdcsync.watermark``: no table is written, and its commit flushes it);
+2. when the stream brings the low watermark back, read the next chunk (keyset
+   pagination, every column as text) in a REPEATABLE READ transaction together with its
+   ``pg_current_snapshot()``, then write the high watermark;
+3. drop from the chunk every key the stream changed after the low watermark, or changed
+   by a transaction the chunk's snapshot did not see (``ChangeHistory``);
+4. at the high watermark, publish the remaining rows as ``op=r`` events (``source.snapshot``
+   ``"true"`` for the initial snapshot, ``"incremental"`` on demand), positioned at the
+   high watermark's commit LSN and tracked by the checkpoint like a transaction;
+5. once Kafka has acknowledged them, persist the progress (``snapshot_progress``).
+
+Invariants:
+- A published ``op=r`` row holds the row's state as of the high watermark: changes
+  ordered before it are either visible to the read or dropped the row; later changes
+  follow it on the topic. So the latest event per key equals the table, deletes
+  included, with nothing missing at the seam between reads and streaming.
+- Progress is saved only after the chunk's events are acknowledged, in chunk order: a
+  crash re-reads (never skips) rows. ``snapshot_progress`` is the source of truth; a
+  signal only wakes capture up, and capture resumes unfinished snapshots at start.
+- Reads use their own connection and await it: the event loop keeps running while a
+  chunk is read, and chunks are bounded (``source.snapshot_chunk_size``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+
+from cdc.capture.checkpoint import Checkpoint, TxProgress
+from cdc.capture.encoding.envelope import TxContext
+from cdc.capture.encoding.envelope_writer import EnvelopeWriter
+from cdc.capture.encoding.table_encoding import TableEncoding
+from cdc.capture.exactly_once import ExactlyOnce
+from cdc.capture.pgoutput import Column, LogicalMessage, Relation, TupleValues
+from cdc.capture.snapshot.plan import (
+    SIGNAL_PREFIX,
+    SOURCE_SNAPSHOT,
+    WATERMARK_PREFIX,
+    ChangeHistory,
+    ChunkBuffer,
+    Key,
+    PgSnapshot,
+    ProgressKey,
+    SnapshotKind,
+    SnapshotMessageError,
+    SnapshotSignal,
+    Watermark,
+    key_of,
+    wants_initial,
+)
+from cdc.capture.source_setup import TableName
+from cdc.capture.stats import CaptureStats
+from cdc.config import Config
+from cdc.core.errors import SourceUnavailable, first_line
+from cdc.core.lsn import Lsn
+from cdc.kafka.publisher import Publisher
+from cdc.state.store import StateStore
+from schema_registry.serde import AvroSerializer
+
+log = logging.getLogger("cdcsync.snapshot")
+
+
+class SnapshotHost(Protocol):
+    """What the snapshot runner uses of the capture session it runs in.
+
+    Contract: ``tables`` holds the encoding of every relation the stream has announced
+    (``on_relation`` adds one); ``publisher`` and ``serializer`` are set while the session
+    is open; events produced with ``delivery_callback(progress)`` are tracked by
+    ``checkpoint`` like a transaction's, so the confirmed LSN never passes them.
+    """
+
+    cfg: Config
+    stats: CaptureStats
+    tx: TxContext | None
+    tables: dict[int, TableEncoding]
+    checkpoint: Checkpoint
+    publisher: Publisher | None
+    serializer: AvroSerializer | None
+    eos: ExactlyOnce | None
+
+    async def on_relation(self, rel: Relation) -> None: ...
+
+    def delivery_callback(self, progress: TxProgress) -> Callable[[Any, Any], None]: ...
+
+    def confirmable(self) -> Lsn: ...
+
+
+_SHAPE_SQL = """
+SELECT c.oid, c.relreplident, a.attname, a.atttypid, a.atttypmod,
+       format_type(a.atttypid, a.atttypmod),
+       array_position(pk.indkey::int2[], a.attnum),
+       coalesce(a.attnum = ANY(ri.indkey::int2[]), false)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+     AND a.attgenerated = ''
+LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
+LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident
+WHERE n.nspname = %s AND c.relname = %s
+ORDER BY a.attnum
+"""
+
+
+_WATERMARK_TIMEOUT_S = 120.0
+
+
+class SnapshotError(SourceUnavailable):
+    """A snapshot read failed (retryable: capture restarts and resumes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableShape:
+    """A table as the chunk reads see it: its Relation (as pgoutput would announce it)
+    and its primary key (positions in key order, and SQL types for the keyset bound)."""
+
+    name: TableName
+    relation: Relation
+    pk_positions: tuple[int, ...]
+    pk_types: tuple[str, ...]
+
+    @property
+    def oid(self) -> int:
+        return self.relation.oid
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.relation.columns)
+
+    def chunk_query(self, *, after: Key | None, limit: int) -> tuple[sql.Composed, list[Any]]:
+        """Keyset pagination: the next ``limit`` rows after ``after``, every column as text."""
+        # Qualified: a bare name in ORDER BY would mean the (text) output column.
+        cols = [sql.Identifier("t", c.name) for c in self.relation.columns]
+        pk = [cols[i] for i in self.pk_positions]
+        select = sql.SQL(", ").join(sql.SQL("{}::text").format(c) for c in cols)
+        order = sql.SQL(", ").join(pk)
+        params: list[Any] = []
+        where: sql.Composable = sql.SQL("")
+        if after is not None:
+            bound = sql.SQL(", ").join(
+                sql.SQL("CAST(%s AS {})").format(sql.SQL(t)) for t in self.pk_types
+            )
+            where = sql.SQL(" WHERE ({}) > ({})").format(order, bound)
+            params = list(after)
+        query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {} LIMIT {}").format(
+            select, self.name.ident(), where, order, sql.Literal(limit)
+        )
+        return query, params
+
+
+async def load_shape(conn: psycopg.AsyncConnection[Any], table: TableName) -> TableShape:
+    """Read ``table``'s columns, replica identity and primary key from the catalog."""
+    cur = await conn.execute(_SHAPE_SQL, (table.schema, table.name))
+    rows = await cur.fetchall()
+    if not rows:
+        raise SnapshotError(f"cannot snapshot {table}: it does not exist")
+    oid, ident = int(rows[0][0]), str(rows[0][1])
+    columns: list[Column] = []
+    pk: list[tuple[int, int, str]] = []
+    for i, (_, _, name, type_oid, typmod, type_text, pk_pos, in_ri) in enumerate(rows):
+        is_key = ident == "f" or (ident == "d" and pk_pos is not None) or (ident == "i" and in_ri)
+        columns.append(Column(bool(is_key), str(name), int(type_oid), int(typmod)))
+        if pk_pos is not None:
+            pk.append((int(pk_pos), i, str(type_text)))
+    pk.sort()
+    relation = Relation(oid, table.schema, table.name, ident, tuple(columns))
+    return TableShape(table, relation, tuple(i for _, i, _ in pk), tuple(t for _, _, t in pk))
+
+
+@dataclass
+class _Job:
+    """One table's snapshot under way in this capture session."""
+
+    table: str
+    kind: SnapshotKind
+    request: str
+    last_key: Key | None
+    rows: int
+    shape: TableShape | None = None
+    phase: str = "idle"  # idle -> low (awaiting it) -> read -> high (awaiting it) -> idle
+    chunk: str = ""
+    low_seq: int = 0
+    buffer: ChunkBuffer | None = None
+    history: ChangeHistory = field(default_factory=ChangeHistory)
+    started: float = field(default_factory=time.monotonic)
+    published: int = 0
+    truncated: bool = False  # since the low watermark: the chunk read is void
+    waiting_since: float = 0.0  # when the awaited watermark was written
+
+    def progress_key(self) -> ProgressKey:
+        return ProgressKey(self.kind, self.request, self.last_key)
+
+
+@dataclass(frozen=True, slots=True)
+class _Save:
+    """Progress to persist once ``tx`` (the chunk's events; None: none) is acknowledged."""
+
+    tx: TxProgress | None
+    table: str
+    key: ProgressKey
+    rows: int
+    done: bool
+
+
+class Snapshotter:
+    """The snapshot side of one capture session; see the module docstring."""
+
+    def __init__(self, session: SnapshotHost, *, created_slot: bool) -> None:
+        self._session = session
+        self._cfg = session.cfg
+        self._created_slot = created_slot
+        self._chunk_size = session.cfg.source.snapshot_chunk_size
+        self._tables = [str(TableName.parse(t)) for t in session.cfg.source.tables]
+        self._store: StateStore | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._queue: deque[_Job] = deque()
+        self._job: _Job | None = None
+        self._saves: deque[_Save] = deque()
+        self._signals: list[SnapshotSignal] = []
+        self._writers: dict[tuple[int, str], tuple[TableEncoding, EnvelopeWriter]] = {}
+        self._session_id = uuid.uuid4().hex[:12]
+        self._chunks = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Connect, then queue the snapshots to run: initial ones and unfinished ones."""
+        cfg = self._cfg
+        state = cfg.state_dsn().get_secret_value()
+        self._store = await StateStore.open(state, schema=cfg.state.schema_)
+        dsn = cfg.source.dsn.get_secret_value()
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, application_name="cdcsync-snapshot"
+            )
+            await conn.execute("SET TimeZone TO 'UTC'")
+            await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        except psycopg.OperationalError as exc:
+            raise SnapshotError(f"snapshot connection failed: {first_line(exc)}") from exc
+        self._conn = conn
+        mode = cfg.source.snapshot
+        request = f"initial-{uuid.uuid4().hex[:12]}"
+        for table in self._tables:
+            row = await self._store.snapshot_progress(table)
+            key = None if row is None else ProgressKey.from_json(row.last_key)
+            if wants_initial(mode, created_slot=self._created_slot, ever_started=row is not None):
+                key = ProgressKey("initial", request, None)
+                await self._store.save_snapshot_progress(
+                    table, last_key=key.to_json(), rows=0, done=False
+                )
+                self._queue.append(_Job(table, "initial", request, None, 0))
+            elif row is not None and not row.done and key is not None:
+                log.info("resuming the %s snapshot of %s after %d rows", key.kind, table, row.rows)
+                self._queue.append(_Job(table, key.kind, key.request, key.key, row.rows))
+
+    async def close(self) -> None:
+        """Save the progress Kafka has acknowledged by now, then disconnect."""
+        if self._store is not None and self._saves:
+            with contextlib.suppress(Exception):
+                await self._save_acknowledged()
+        if self._conn is not None:
+            await self._conn.close()
+        if self._store is not None:
+            await self._store.close()
+
+    @property
+    def busy(self) -> bool:
+        """Work is due now (the capture loop should not wait long for the stream)."""
+        job = self._job
+        return bool(
+            self._signals
+            or self._saves
+            or (job is None and self._queue)
+            or (job is not None and job.phase in ("idle", "read"))
+        )
+
+    # ------------------------------------------------------------------ stream side (sync)
+
+    def on_message(self, msg: LogicalMessage) -> bool:
+        """Handle our watermark and signal messages; False for anybody else's."""
+        if msg.prefix == WATERMARK_PREFIX:
+            try:
+                mark = Watermark.decode(msg.content)
+            except SnapshotMessageError as exc:
+                log.warning("ignoring a malformed watermark: %s", exc)
+                return True
+            job = self._job
+            if job is None or mark.chunk != job.chunk:
+                return True  # an earlier session's, re-sent after a restart
+            if not mark.high and job.phase == "low":
+                job.low_seq = job.history.seq
+                job.phase = "read"
+            elif mark.high and job.phase == "high":
+                tx = self._session.tx
+                self._publish(job, tx.commit_lsn if tx is not None else msg.lsn)
+            return True
+        if msg.prefix == SIGNAL_PREFIX:
+            try:
+                self._signals.append(SnapshotSignal.decode(msg.content))
+            except SnapshotMessageError as exc:
+                log.warning("ignoring a malformed signal: %s", exc)
+            return True
+        return False
+
+    def watches(self, oid: int) -> bool:
+        job = self._job
+        return job is not None and job.shape is not None and job.shape.oid == oid
+
+    def on_change(self, xid: int, new: TupleValues | None, old: TupleValues | None) -> None:
+        """A change of the table being read (call only when ``watches`` its oid)."""
+        job = self._job
+        assert job is not None and job.shape is not None
+        positions = job.shape.pk_positions
+        for values in (new, old):
+            if values is None:
+                continue
+            key = key_of(values, positions)
+            job.history.add(xid, key)
+            if job.phase == "high" and job.buffer is not None:
+                job.buffer.drop(key)
+
+    def on_truncate(self, oid: int) -> None:
+        """The table being read was truncated: the chunk in hand is void."""
+        # The truncate event follows the rows already published; later rows come from
+        # the stream, so the key range read so far stays read.
+        if self.watches(oid):
+            job = self._job
+            assert job is not None
+            if job.phase in ("read", "high"):
+                job.truncated = True
+
+    # ------------------------------------------------------------------ async side
+
+    async def step(self) -> None:
+        """Advance whatever is due: signals, acknowledged progress, the next read."""
+        if self._signals:
+            await self._take_signals()
+        if self._saves:
+            await self._save_acknowledged()
+        job = self._job
+        if job is None:
+            if not self._queue:
+                return
+            job = self._job = self._queue.popleft()
+            job.started = time.monotonic()
+            log.info("%s snapshot of %s starting", job.kind, job.table)
+        try:
+            if job.shape is None:
+                job.shape = await self._shape(job)
+                if job.shape is None:
+                    self._job = None
+                    return
+            if job.phase == "idle":
+                job.truncated = False
+                self._chunks += 1
+                job.chunk = f"{self._session_id}-{self._chunks}"
+                job.phase = "low"
+                await self._emit(Watermark(job.chunk, high=False))
+            elif job.phase == "read":
+                await self._read(job)
+            elif time.monotonic() - job.waiting_since > _WATERMARK_TIMEOUT_S:
+                # A watermark that never came back (it would have to be part of a
+                # transaction streamed in progress): read this chunk again.
+                log.warning(
+                    "%s: watermark %s did not come back; reading again", job.table, job.chunk
+                )
+                job.phase, job.buffer = "idle", None
+        except psycopg.OperationalError as exc:
+            raise SnapshotError(f"snapshot of {job.table}: {first_line(exc)}") from exc
+
+    async def _shape(self, job: _Job) -> TableShape | None:
+        assert self._conn is not None
+        shape = await load_shape(self._conn, TableName.parse(job.table))
+        if not shape.pk_positions:
+            log.error("cannot snapshot %s: it has no primary key; skipping it", job.table)
+            return None
+        if shape.oid not in self._session.tables:
+            # No change of the table has come through yet: announce it from the catalog.
+            await self._session.on_relation(shape.relation)
+        return shape
+
+    async def _emit(self, mark: Watermark) -> None:
+        assert self._conn is not None
+        if self._job is not None:
+            self._job.waiting_since = time.monotonic()
+        await self._conn.execute(
+            "SELECT pg_logical_emit_message(true, %s, %s)", (WATERMARK_PREFIX, mark.encode())
+        )
+
+    async def _read(self, job: _Job) -> None:
+        conn = self._conn
+        assert conn is not None and job.shape is not None
+        query, params = job.shape.chunk_query(after=job.last_key, limit=self._chunk_size)
+        async with conn.transaction():
+            cur = await conn.execute("SELECT pg_current_snapshot()::text")
+            row = await cur.fetchone()
+            assert row is not None
+            snapshot = PgSnapshot.parse(str(row[0]))
+            cur = await conn.execute(query, params)
+            rows = await cur.fetchall()
+        buffer = ChunkBuffer(rows, job.shape.pk_positions)
+        if job.truncated:
+            buffer = ChunkBuffer((), job.shape.pk_positions)
+            buffer.last_key, buffer.read = job.last_key, len(rows)
+        for key in job.history.conflicts(after_seq=job.low_seq, snapshot=snapshot):
+            buffer.drop(key)
+        job.buffer = buffer
+        job.phase = "high"
+        await self._emit(Watermark(job.chunk, high=True))
+
+    def _writer(self, table: TableEncoding, kind: SnapshotKind) -> EnvelopeWriter:
+        slot = (table.encoder.relation.oid, kind)
+        cached = self._writers.get(slot)
+        if cached is None or cached[0] is not table:
+            writer = EnvelopeWriter(
+                table.encoder, header=table.value.header, snapshot=SOURCE_SNAPSHOT[kind]
+            )
+            cached = self._writers[slot] = (table, writer)
+        return cached[1]
+
+    def _publish(self, job: _Job, commit_lsn: Lsn) -> None:
+        """At the high watermark: the chunk's remaining rows become ``op=r`` events."""
+        session = self._session
+        buffer, shape = job.buffer, job.shape
+        assert buffer is not None and shape is not None
+        table = session.tables.get(shape.oid)
+        job.buffer = None
+        job.phase = "idle"
+        columns = None if table is None else tuple(c.name for c in table.encoder.relation.columns)
+        if table is None or columns != shape.column_names:
+            # The table changed shape while the chunk was read: read it again.
+            log.info("%s changed shape during a snapshot read; reading the chunk again", job.table)
+            job.shape = None
+            return
+        rows = [] if job.truncated else list(buffer)
+        log.debug(
+            "%s chunk %s at %s: read %d, dropped %d, publishing %d",
+            job.table,
+            job.chunk,
+            commit_lsn,
+            buffer.read,
+            buffer.dropped,
+            len(rows),
+        )
+        job.truncated = False
+        progress: TxProgress | None = None
+        if rows:
+            progress = self._produce(table, job.kind, rows, commit_lsn)
+        job.rows += len(rows)
+        job.published += len(rows)
+        if buffer.last_key is not None:
+            job.last_key = buffer.last_key
+        done = buffer.read < self._chunk_size
+        self._saves.append(_Save(progress, job.table, job.progress_key(), job.rows, done))
+        if done:
+            elapsed = max(time.monotonic() - job.started, 1e-6)
+            log.info(
+                "%s snapshot of %s done: %d rows (%.0f rows/s)",
+                job.kind,
+                job.table,
+                job.rows,
+                job.published / elapsed,
+            )
+            self._job = None
+
+    def _produce(
+        self, table: TableEncoding, kind: SnapshotKind, rows: list[TupleValues], commit_lsn: Lsn
+    ) -> TxProgress:
+        session = self._session
+        publisher, serializer = session.publisher, session.serializer
+        assert publisher is not None and serializer is not None
+        writer = self._writer(table, kind)
+        enc = table.encoder
+        now_us = time.time_ns() // 1000
+        now_ms = now_us // 1000
+        tx = TxContext(0, commit_lsn, now_us)
+        progress = session.checkpoint.begin(commit_lsn, commit_ts_us=now_us)
+        callback = session.delivery_callback(progress)
+        topic, key_schema = enc.topic, table.key
+        assert key_schema is not None
+        keys = serializer.serialize_many(key_schema, map(enc.key_record, rows))
+        values = writer.write_reads(rows, tx=tx, now_ms=now_ms)
+        # Counted up front: a delivery report served while the producer's queue is full
+        # must not find the chunk's count at zero before its last row is queued.
+        Checkpoint.sent(progress, len(rows))
+        # Exactly-once: the chunk goes into the open Kafka transaction (opened if needed),
+        # which then names the watermark as its position.
+        eos = session.eos
+        headers = None if eos is None else eos.event_headers(session.confirmable())
+        produce = publisher.produce
+        for key, value in zip(keys, values, strict=True):
+            produce(topic, key, value, callback, headers=headers)
+        session.checkpoint.seal(progress, commit_lsn)
+        if eos is not None:
+            eos.sealed(commit_lsn, commit_lsn)
+        session.stats.events += len(rows)
+        return progress
+
+    async def _save_acknowledged(self) -> None:
+        store = self._store
+        assert store is not None
+        if self._session.checkpoint.failure is not None:
+            return  # capture restarts from the slot and re-reads these chunks
+        saves = self._saves
+        while saves:
+            save = saves[0]
+            tx = save.tx
+            if tx is not None and (
+                not tx.sealed or tx.pending > 0 or self._session.confirmable() < tx.commit_lsn
+            ):
+                return  # not acknowledged yet (or, exactly-once, its Kafka transaction is open)
+            saves.popleft()
+            row = await store.snapshot_progress(save.table)
+            current = None if row is None else ProgressKey.from_json(row.last_key)
+            if current is not None and current.request != save.key.request:
+                # ``cdcsync snapshot`` asked again meanwhile: its row is not ours to
+                # overwrite (its signal follows in the stream and restarts the table).
+                continue
+            await store.save_snapshot_progress(
+                save.table, last_key=save.key.to_json(), rows=save.rows, done=save.done
+            )
+
+    async def _take_signals(self) -> None:
+        store = self._store
+        assert store is not None
+        signals, self._signals = self._signals, []
+        for signal in signals:
+            for table in signal.tables:
+                if table not in self._tables:
+                    log.warning("snapshot of %s requested, but it is not in source.tables", table)
+                    continue
+                row = await store.snapshot_progress(table)
+                key = None if row is None else ProgressKey.from_json(row.last_key)
+                if row is None or row.done or key is None or key.request != signal.request:
+                    continue  # an old signal re-sent, or one already served
+                if self._job is not None and self._job.request == signal.request:
+                    continue
+                if any(j.request == signal.request and j.table == table for j in self._queue):
+                    continue
+                self._cancel(table)
+                log.info("incremental snapshot of %s requested (%s)", table, signal.request)
+                self._queue.append(_Job(table, key.kind, key.request, key.key, row.rows))
+
+    def _cancel(self, table: str) -> None:
+        """Forget an earlier snapshot of ``table``: a new request supersedes it."""
+        if self._job is not None and self._job.table == table:
+            self._job = None
+        self._queue = deque(j for j in self._queue if j.table != table)
+        self._saves = deque(s for s in self._saves if s.table != table)

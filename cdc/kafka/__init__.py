@@ -1,0 +1,7 @@
+"""Kafka clients shared by every role: the acknowledging producer, batch consumers, offsets.
+
+Owns the producer wrapper that tracks acknowledgements (``publisher``), the
+consumer-group and batch-feed plumbing (``consumer``) and the planning of
+offset ranges for replays and lag (``replay_plan``). librdkafka errors are
+translated to ``cdc.core.errors`` here. Imports ``cdc.core`` and ``cdc.config``.
+"""

@@ -1,0 +1,556 @@
+"""Sync's small state in PostgreSQL: identity map, versions and tombstones, dead letters, snapshots.
+
+``StateStore.open(dsn, schema="cdcsync")`` opens a small ``AsyncConnectionPool`` and brings
+the schema up to date. Tables (all in the one configured schema, which is never part of a
+publication):
+
+- ``schema_migrations(version, applied_at)``: which entries of ``MIGRATIONS`` ran.
+- ``identities``: (integration, entity, key) -> the external id the target assigned.
+- ``versions``: (integration, entity, key) -> the last applied ``Version`` (as
+  ``Version.to_bytes()``, whose bytewise order is the version order) and whether it is a
+  tombstone; for sinks that cannot hold versions themselves (HTTP APIs).
+- ``dead_letters``: one row per message sent to a dead-letter topic, with its origin and
+  where it landed, until it is marked replayed; a failed replay counts in
+  ``replay_attempts`` and replaces ``error`` with the new one.
+- ``snapshot_progress``: per table, the last primary key read, rows read, done.
+- ``inbound_changes``: per (integration, Idempotency-Key), what became of an inbound change
+  (``applied``, ``lost`` to a newer write, ...); written by ``cdc.inbound.apply``.
+
+Invariants:
+
+- Migrations run in one transaction under ``pg_advisory_xact_lock``, so processes starting
+  together apply each migration exactly once; re-running them is a no-op. Migrations are
+  only ever appended to ``MIGRATIONS``, never edited.
+- A stored version only moves forward: ``save_versions`` updates a key only when the new
+  version is strictly greater (compared in SQL on the ``bytea``), in one statement.
+- Every identifier goes through ``psycopg.sql.Identifier``; every value is a parameter.
+- ``versions`` and ``identities`` are analyzed by the store itself each time the rows it
+  wrote to one doubled (from 1,000): lookups of many keys rely on statistics to probe the
+  primary key per key, and before autovacuum's first analyze a freshly filled table was
+  read in full for every batch (3-6 ms per 20,000 rows, whatever the query's form).
+- Connection failures raise ``StateUnavailable`` (retryable); messages never hold a password.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Final, LiteralString, Self
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from cdc.core.errors import RetryableError, first_line
+from cdc.core.secrets import redact_dsn
+from mappers.entity import Origin, Version
+
+__all__ = ["MIGRATIONS", "DeadLetter", "SnapshotProgress", "StateStore", "StateUnavailable"]
+
+# Appended to, never edited: each entry's position (1-based) is its version number.
+MIGRATIONS: Final[tuple[LiteralString, ...]] = (
+    """
+    CREATE TABLE {schema}.identities (
+        integration text NOT NULL,
+        entity text NOT NULL,
+        key text NOT NULL,
+        external_id text NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (integration, entity, key)
+    );
+    CREATE TABLE {schema}.versions (
+        integration text NOT NULL,
+        entity text NOT NULL,
+        key text NOT NULL,
+        version bytea NOT NULL,
+        deleted boolean NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (integration, entity, key)
+    );
+    """,
+    """
+    CREATE TABLE {schema}.dead_letters (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        integration text NOT NULL,
+        topic text NOT NULL,
+        partition integer NOT NULL,
+        "offset" bigint NOT NULL,
+        key text,
+        error text NOT NULL,
+        attempts integer NOT NULL,
+        payload bytea,
+        dlq_topic text NOT NULL,
+        dlq_partition integer,
+        dlq_offset bigint,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        replayed_at timestamptz
+    );
+    CREATE INDEX dead_letters_pending ON {schema}.dead_letters (integration, id)
+        WHERE replayed_at IS NULL;
+    """,
+    """
+    CREATE TABLE {schema}.snapshot_progress (
+        table_name text PRIMARY KEY,
+        last_key jsonb,
+        rows bigint NOT NULL,
+        done boolean NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+    """
+    ALTER TABLE {schema}.dead_letters
+        ADD COLUMN replay_attempts integer NOT NULL DEFAULT 0,
+        ADD COLUMN last_replay_at timestamptz;
+    """,
+    # Inbound changes (cdc.inbound.apply): one row per Idempotency-Key, written in the same
+    # source-database transaction as the change itself; and the identity map read backwards.
+    """
+    CREATE TABLE {schema}.inbound_changes (
+        integration text NOT NULL,
+        idempotency_key text NOT NULL,
+        entity text NOT NULL,
+        external_id text NOT NULL,
+        key text,
+        op text NOT NULL,
+        outcome text NOT NULL,
+        version_us bigint NOT NULL,
+        topic text NOT NULL,
+        partition integer NOT NULL,
+        "offset" bigint NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (integration, idempotency_key)
+    );
+    CREATE INDEX identities_by_external_id
+        ON {schema}.identities (integration, entity, external_id);
+    """,
+)
+
+_POOL_MAX: Final = 4
+_ANALYZED_TABLES: Final = ("versions", "identities")
+_ANALYZE_AFTER_ROWS: Final = 1000
+
+
+class StateUnavailable(RetryableError):
+    """The state database is unreachable or the connection was lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that was sent to a dead-letter topic, and where it came from."""
+
+    id: int
+    integration: str
+    origin: Origin
+    key: str | None
+    error: str
+    attempts: int
+    payload: bytes | None
+    dlq_topic: str
+    dlq_partition: int | None
+    dlq_offset: int | None
+    created_at: datetime
+    replayed_at: datetime | None
+    replay_attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotProgress:
+    """How far an incremental snapshot of ``table`` has read."""
+
+    table: str
+    last_key: dict[str, Any] | None
+    rows: int
+    done: bool
+    updated_at: datetime
+
+
+class StateStore:
+    """The state store; build with ``await StateStore.open(dsn)`` and ``close()`` it."""
+
+    def __init__(self, pool: AsyncConnectionPool, schema: str) -> None:
+        self._pool = pool
+        self.schema = schema
+        # Rows this store wrote per table, and how many it had written at its last ANALYZE.
+        self._written = dict.fromkeys(_ANALYZED_TABLES, 0)
+        self._analyzed_at = dict.fromkeys(_ANALYZED_TABLES, 0)
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, schema: str = "cdcsync", timeout_s: float = 10.0
+    ) -> StateStore:
+        """Connect to ``dsn`` and apply the migrations not yet applied to ``schema``."""
+        pool: AsyncConnectionPool = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=_POOL_MAX,
+            open=False,
+            timeout=timeout_s,
+            kwargs={"autocommit": True},
+            name=f"cdcsync-state-{schema}",
+        )
+        try:
+            await pool.open(wait=True, timeout=timeout_s)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            await pool.close()
+            raise StateUnavailable(
+                f"state database {redact_dsn(dsn)!r} is unreachable: {redact_dsn(first_line(exc))}"
+            ) from None
+        store = cls(pool, schema)
+        try:
+            await store.migrate()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _q(self, text: LiteralString) -> sql.Composed:
+        return sql.SQL(text).format(schema=sql.Identifier(self.schema))
+
+    async def _fetch(self, query: sql.Composed, params: Sequence[Any]) -> list[TupleRow]:
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(query, params)
+                return await cur.fetchall()
+        except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def _run(self, query: sql.Composed, params: Sequence[Any]) -> int:
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(query, params)
+                return cur.rowcount
+        except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def _wrote(self, table: str, rows: int) -> None:
+        """Count ``rows`` written to ``table``; ANALYZE it once they doubled since the last."""
+        written = self._written[table] = self._written[table] + rows
+        if written >= max(_ANALYZE_AFTER_ROWS, 2 * self._analyzed_at[table]):
+            self._analyzed_at[table] = written
+            await self._run(sql.SQL("ANALYZE {}").format(sql.Identifier(self.schema, table)), ())
+
+    def _unavailable(self, exc: Exception) -> StateUnavailable:
+        return StateUnavailable(f"state database: {redact_dsn(first_line(exc))}")
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; returns the versions applied now (empty when up to date)."""
+        applied: list[int] = []
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"cdcsync.state:{self.schema}",)
+                )
+                await conn.execute(self._q("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                await conn.execute(
+                    self._q(
+                        "CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
+                        " version integer PRIMARY KEY,"
+                        " applied_at timestamptz NOT NULL DEFAULT now())"
+                    )
+                )
+                cur = await conn.execute(
+                    self._q("SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations")
+                )
+                row = await cur.fetchone()
+                current = int(row[0]) if row else 0
+                for number, text in enumerate(MIGRATIONS, start=1):
+                    if number <= current:
+                        continue
+                    await conn.execute(self._q(text))
+                    await conn.execute(
+                        self._q("INSERT INTO {schema}.schema_migrations (version) VALUES (%s)"),
+                        (number,),
+                    )
+                    applied.append(number)
+        except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise self._unavailable(exc) from None
+        return applied
+
+    async def schema_version(self) -> int:
+        """The number of the newest migration applied."""
+        rows = await self._fetch(
+            self._q("SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations"), ()
+        )
+        return int(rows[0][0])
+
+    # ----------------------------------------------------------------- identity map
+
+    async def record_identity(
+        self, integration: str, entity: str, *, key: str, external_id: str
+    ) -> None:
+        """Remember that ``integration``'s target calls entity ``key`` ``external_id``."""
+        await self.record_identities(integration, entity, items=[(key, external_id)])
+
+    async def record_identities(
+        self, integration: str, entity: str, *, items: Sequence[tuple[str, str]]
+    ) -> None:
+        """``record_identity`` for many ``(key, external_id)`` pairs in one statement (of
+        several pairs for one key, the last counts)."""
+        latest = dict(items)
+        if not latest:
+            return
+        written = await self._run(
+            self._q(
+                "INSERT INTO {schema}.identities (integration, entity, key, external_id)"
+                " SELECT %s, %s, k, e FROM unnest(%s::text[], %s::text[]) AS t(k, e)"
+                " ON CONFLICT (integration, entity, key) DO UPDATE"
+                " SET external_id = excluded.external_id, updated_at = now()"
+                " WHERE identities.external_id IS DISTINCT FROM excluded.external_id"
+            ),
+            (integration, entity, list(latest), list(latest.values())),
+        )
+        await self._wrote("identities", written)
+
+    async def external_ids(
+        self, integration: str, entity: str, *, keys: Sequence[str]
+    ) -> dict[str, str]:
+        """The known external ids of ``keys`` (keys without one are absent)."""
+        if not keys:
+            return {}
+        rows = await self._fetch(
+            self._q(
+                "SELECT key, external_id FROM {schema}.identities"
+                " WHERE integration = %s AND entity = %s AND key = ANY(%s)"
+            ),
+            (integration, entity, list(set(keys))),
+        )
+        return {str(k): str(v) for k, v in rows}
+
+    # ----------------------------------------------------------------- versions
+
+    async def versions(
+        self, integration: str, entity: str, *, keys: Sequence[str]
+    ) -> dict[str, tuple[Version, bool]]:
+        """The stored ``(version, deleted)`` of ``keys`` (keys never applied are absent)."""
+        if not keys:
+            return {}
+        rows = await self._fetch(
+            self._q(
+                "SELECT key, version, deleted FROM {schema}.versions"
+                " WHERE integration = %s AND entity = %s AND key = ANY(%s)"
+            ),
+            (integration, entity, list(set(keys))),
+        )
+        return {str(k): (Version.from_bytes(v), bool(d)) for k, v, d in rows}
+
+    async def save_versions(
+        self, integration: str, entity: str, *, items: Sequence[tuple[str, Version, bool]]
+    ) -> int:
+        """Store ``(key, version, deleted)`` items where newer than stored; returns keys moved.
+
+        One statement for the whole batch; of several items for one key the newest counts.
+        """
+        newest: dict[str, tuple[Version, bool]] = {}
+        for key, version, deleted in items:
+            held = newest.get(key)
+            if held is None or version > held[0]:
+                newest[key] = (version, deleted)
+        if not newest:
+            return 0
+        keys = list(newest)
+        moved = await self._run(
+            self._q(
+                "INSERT INTO {schema}.versions AS stored"
+                " (integration, entity, key, version, deleted)"
+                " SELECT %s, %s, k, v, d FROM unnest(%s::text[], %s::bytea[], %s::boolean[])"
+                " AS t(k, v, d)"
+                " ON CONFLICT (integration, entity, key) DO UPDATE"
+                " SET version = excluded.version, deleted = excluded.deleted, updated_at = now()"
+                " WHERE stored.version < excluded.version"
+            ),
+            (
+                integration,
+                entity,
+                keys,
+                [newest[k][0].to_bytes() for k in keys],
+                [newest[k][1] for k in keys],
+            ),
+        )
+        await self._wrote("versions", moved)
+        return moved
+
+    # ----------------------------------------------------------------- dead letters
+
+    async def record_dead_letter(
+        self,
+        integration: str,
+        *,
+        origin: Origin,
+        key: str | None,
+        error: str,
+        attempts: int,
+        payload: bytes | None,
+        dlq_topic: str,
+        dlq_partition: int | None,
+        dlq_offset: int | None,
+    ) -> int:
+        """Record a dead-lettered message; returns its id."""
+        rows = await self._fetch(
+            self._q(
+                'INSERT INTO {schema}.dead_letters (integration, topic, partition, "offset",'
+                " key, error, attempts, payload, dlq_topic, dlq_partition, dlq_offset)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+            ),
+            (
+                integration,
+                origin.topic,
+                origin.partition,
+                origin.offset,
+                key,
+                error,
+                attempts,
+                payload,
+                dlq_topic,
+                dlq_partition,
+                dlq_offset,
+            ),
+        )
+        return int(rows[0][0])
+
+    async def dead_letters(
+        self,
+        integration: str,
+        *,
+        include_replayed: bool = False,
+        ids: Sequence[int] | None = None,
+    ) -> list[DeadLetter]:
+        """``integration``'s dead letters, oldest first; only pending ones unless told."""
+        query = (
+            'SELECT id, integration, topic, partition, "offset", key, error, attempts,'
+            " payload, dlq_topic, dlq_partition, dlq_offset, created_at, replayed_at,"
+            " replay_attempts"
+            " FROM {schema}.dead_letters WHERE integration = %s"
+            " AND (%s OR replayed_at IS NULL)"
+            " AND (%s::bigint[] IS NULL OR id = ANY(%s::bigint[]))"
+            " ORDER BY id"
+        )
+        id_list = None if ids is None else list(ids)
+        rows = await self._fetch(self._q(query), (integration, include_replayed, id_list, id_list))
+        return [
+            DeadLetter(
+                id=int(r[0]),
+                integration=r[1],
+                origin=Origin(topic=r[2], partition=int(r[3]), offset=int(r[4])),
+                key=r[5],
+                error=r[6],
+                attempts=int(r[7]),
+                payload=None if r[8] is None else bytes(r[8]),
+                dlq_topic=r[9],
+                dlq_partition=r[10],
+                dlq_offset=r[11],
+                created_at=r[12],
+                replayed_at=r[13],
+                replay_attempts=int(r[14]),
+            )
+            for r in rows
+        ]
+
+    async def mark_replayed(self, integration: str, ids: Sequence[int]) -> int:
+        """Mark pending dead letters replayed; returns how many were pending."""
+        if not ids:
+            return 0
+        return await self._run(
+            self._q(
+                "UPDATE {schema}.dead_letters SET replayed_at = now()"
+                " WHERE integration = %s AND id = ANY(%s::bigint[]) AND replayed_at IS NULL"
+            ),
+            (integration, list(ids)),
+        )
+
+    async def record_replay_failure(
+        self, integration: str, dead_letter: int, *, error: str
+    ) -> None:
+        """A replay of a pending dead letter failed again: keep it pending, with ``error``."""
+        await self._run(
+            self._q(
+                "UPDATE {schema}.dead_letters SET error = %s,"
+                " replay_attempts = replay_attempts + 1, last_replay_at = now()"
+                " WHERE integration = %s AND id = %s AND replayed_at IS NULL"
+            ),
+            (error, integration, dead_letter),
+        )
+
+    async def dead_letter_counts(self) -> dict[str, tuple[int, int]]:
+        """Per integration, ``(pending, replayed)`` dead letters."""
+        rows = await self._fetch(
+            self._q(
+                "SELECT integration, count(*) FILTER (WHERE replayed_at IS NULL),"
+                " count(*) FILTER (WHERE replayed_at IS NOT NULL)"
+                " FROM {schema}.dead_letters GROUP BY integration"
+            ),
+            (),
+        )
+        return {str(name): (int(p), int(r)) for name, p, r in rows}
+
+    # ----------------------------------------------------------------- snapshots
+
+    async def save_snapshot_progress(
+        self, table: str, *, last_key: dict[str, Any] | None, rows: int, done: bool
+    ) -> None:
+        """Record how far the snapshot of ``table`` has read (``last_key`` must be JSON-able)."""
+        await self._run(
+            self._q(
+                "INSERT INTO {schema}.snapshot_progress (table_name, last_key, rows, done)"
+                " VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (table_name) DO UPDATE SET last_key = excluded.last_key,"
+                " rows = excluded.rows, done = excluded.done, updated_at = now()"
+            ),
+            (table, None if last_key is None else Jsonb(last_key, dumps=_dumps), rows, done),
+        )
+
+    async def snapshot_progresses(self) -> list[SnapshotProgress]:
+        """The progress of every table ever snapshotted, by table name."""
+        rows = await self._fetch(
+            self._q(
+                "SELECT table_name, last_key, rows, done, updated_at"
+                " FROM {schema}.snapshot_progress ORDER BY table_name"
+            ),
+            (),
+        )
+        return [
+            SnapshotProgress(
+                table=name, last_key=last_key, rows=int(count), done=bool(done), updated_at=at
+            )
+            for name, last_key, count, done, at in rows
+        ]
+
+    async def snapshot_progress(self, table: str) -> SnapshotProgress | None:
+        """The snapshot progress of ``table``, or None if it never started."""
+        rows = await self._fetch(
+            self._q(
+                "SELECT table_name, last_key, rows, done, updated_at"
+                " FROM {schema}.snapshot_progress WHERE table_name = %s"
+            ),
+            (table,),
+        )
+        if not rows:
+            return None
+        name, last_key, count, done, updated_at = rows[0]
+        return SnapshotProgress(
+            table=name, last_key=last_key, rows=int(count), done=bool(done), updated_at=updated_at
+        )
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))

@@ -1,0 +1,61 @@
+"""The contract between sync workers and sinks.
+
+Delivery is at-least-once: after a crash or a replay a sink sees the same operations
+again, older ones after newer ones, and deletes before late upserts. ``apply`` must
+therefore be idempotent and version-guarded (last-writer-wins by ``Version``):
+
+- an upsert or delete is applied only if its version is newer than the version the
+  target holds for that key (a live row's, or a tombstone's);
+- an equal version is a ``DUPLICATE`` (nothing written), an older one ``OLDER``;
+- a delete leaves a tombstone, so a later-arriving older upsert cannot resurrect the row;
+- fields in ``EntityUpsert.unavailable`` are left untouched in the target.
+
+Errors: a transient failure of the target (connection lost, timeout, 429, 5xx) raises
+``SinkUnavailable`` for the whole call; some operations may already be applied, which
+is harmless because retrying them yields ``DUPLICATE``. A permanent refusal of one
+operation (a 4xx, a constraint violation) is returned in that operation's slot as a
+``SinkRejected`` and must not stop the others.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Protocol
+
+from cdc.core.errors import SinkRejected
+from mappers.entity import EntityOp
+
+
+class Outcome(enum.Enum):
+    """What applying one operation did."""
+
+    APPLIED = "applied"
+    OLDER = "older"
+    DUPLICATE = "duplicate"
+
+
+Result = Outcome | SinkRejected
+
+
+class Sink(Protocol):
+    """An external system that entities are written to. See the module docstring."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect and prepare (create tables or state) before the first ``apply``."""
+
+    async def apply(self, ops: Sequence[EntityOp]) -> list[Result]:
+        """Apply ``ops`` in order; one result per operation, in the same order.
+
+        Operations on the same key come in the order they were captured; a sink may
+        apply operations on different keys concurrently.
+        """
+        ...
+
+    async def probe(self) -> None:
+        """A cheap reachability check; raises ``SinkUnavailable`` when the target is down."""
+
+    async def close(self) -> None:
+        """Release connections; ``apply`` is not called afterwards."""

@@ -1,0 +1,618 @@
+"""Sync workers: Kafka records -> mapper -> sink, with retries, a circuit breaker and dead letters.
+
+``Applier`` handles one batch of records for one integration: decode the envelope, map it
+to entity operations, apply them through the sink. ``SyncWorker`` runs an ``Applier``
+behind a consumer group and commits offsets. Replay (``cdc.sync.replay``) drives the same
+``Applier`` from its own consumer.
+
+Invariants:
+- Offsets are committed only after every record before them was applied, skipped as
+  older/duplicate, or dead-lettered (durably: the dead-letter topic acknowledged it).
+  A crash anywhere re-delivers from the last commit; sinks are idempotent, so the
+  result is the same.
+- Records of one partition are handled in offset order, so operations on one key reach
+  the sink in capture order.
+- A target that is down is waited for (circuit open, consumption paused), never
+  dead-lettered; only a record that keeps failing while the target answers its health
+  probe, a record the sink rejects, or one the mapper cannot map is dead-lettered.
+- A mapper waiting for a related entity (``RelationPending``) first lets the operations
+  mapped so far reach the sink (they may be what it waits for), then waits; the record
+  is never dropped. The related ids a batch needs are looked up in one query per entity
+  beforehand, by a first mapping pass: mappers must be pure (called more than once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+
+from cdc.config import Config, IntegrationConfig
+from cdc.config.names import ORIGIN_HEADER, origin_name
+from cdc.core.backoff import Backoff, BackoffPolicy
+from cdc.core.circuit_breaker import CircuitBreaker, CircuitState
+from cdc.core.errors import (
+    BrokerUnavailable,
+    FatalError,
+    RelationPending,
+    SinkRejected,
+    SinkUnavailable,
+    first_line,
+)
+from cdc.core.histogram import LatencyHistogram
+from cdc.core.logs import ContextLogger
+from cdc.core.supervision import run_restarting
+from cdc.kafka.consumer import BatchFeed, group_consumer_config
+from cdc.kafka.publisher import Publisher, producer_config
+from cdc.state.store import StateStore
+from cdc.sync.sinks.base import Outcome, Sink
+from mappers.entity import EntityOp, Mapper, Origin, TableEvent
+from schema_registry.serde import AvroDeserializer
+
+log = logging.getLogger("cdcsync.sync")
+
+# How long a mapper waits between look-ups of a related entity's external id.
+RELATION_WAIT = BackoffPolicy(initial_s=0.1, max_s=2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """One run of a sink's health probe."""
+
+    at: float  # Unix time
+    ok: bool
+    duration_ms: float
+    detail: str | None = None
+
+
+@dataclass
+class IntegrationStats:
+    """Counters of one integration, shown by status and metrics."""
+
+    applied: int = 0
+    older: int = 0
+    duplicate: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    # Events this integration itself wrote back (inbound), not sent to it again.
+    echo: int = 0
+    records: int = 0
+    waits: int = 0
+    restarts: int = 0
+    last_version: str | None = None
+    last_error: str | None = None
+    paused: bool = False
+    circuit: str = CircuitState.CLOSED.value
+    failed_checks: int = 0
+    # The latest sink health checks, newest last.
+    checks: deque[HealthCheck] = field(default_factory=lambda: deque(maxlen=20))
+    # Source commit -> applied, per applied operation (the /metrics histogram).
+    apply_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    # Source commit -> applied, microseconds, when recording is on.
+    latencies_us: list[int] | None = None
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome is Outcome.APPLIED:
+            self.applied += 1
+        elif outcome is Outcome.OLDER:
+            self.older += 1
+        else:
+            self.duplicate += 1
+
+
+class _Context:
+    """``MapContext`` over an identity-map cache filled from the state store."""
+
+    def __init__(self, integration: str) -> None:
+        self._integration = integration
+        self.known: dict[tuple[str, str, str], str] = {}
+
+    @property
+    def integration(self) -> str:
+        return self._integration
+
+    def external_id(self, integration: str, entity: str, key: object) -> str:
+        found = self.known.get((integration, entity, str(key)))
+        if found is None:
+            raise RelationPending(integration=integration, entity=entity, key=str(key))
+        return found
+
+
+@dataclass
+class _Entry:
+    """The operations one record mapped to."""
+
+    msg: Message
+    event: TableEvent
+    ops: list[EntityOp] = field(default_factory=list)
+    mapped: bool = False  # ``ops`` already holds the mapper's result
+
+
+class Applier:
+    """Maps and applies records of one integration; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        *,
+        mapper: Mapper,
+        sink: Sink,
+        state: StateStore,
+        deserializer: AvroDeserializer,
+        stats: IntegrationStats | None = None,
+        keepalive: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.log = ContextLogger(log, {"integration": name})
+        self.config = config
+        self.integration: IntegrationConfig = config.integrations[name]
+        self.mapper = mapper
+        self.sink = sink
+        self.state = state
+        self.deserializer = deserializer
+        self.stats = stats or IntegrationStats()
+        self.backoff = Backoff(self.integration.retry)
+        self.breaker = CircuitBreaker(self.integration.circuit)
+        self.context = _Context(name)
+        self.dead_letter_topic = (
+            self.integration.dead_letter_topic or f"{config.kafka.topic_prefix}.dlq.{name}"
+        )
+        self._dlq: Publisher | None = None
+        self._keepalive = keepalive
+        self._own_origin = origin_name(name).encode()
+        # Sink calls and health probes take turns (a probe may share the sink's connection).
+        self._sink_lock = asyncio.Lock()
+        self._opened_by_check = False
+
+    # ------------------------------------------------------------------ batches
+
+    async def handle(self, msgs: Sequence[Message], stop: asyncio.Event) -> None:
+        """Map and apply ``msgs`` (one consumed batch) completely, or raise."""
+        entries = await self._decode(msgs)
+        await self._prefetch_relations(entries)
+        pending: list[_Entry] = []
+        for entry in entries:
+            if stop.is_set():
+                raise asyncio.CancelledError
+            while not entry.mapped:
+                try:
+                    entry.ops = list(self.mapper(entry.event, self.context))
+                    break
+                except RelationPending as exc:
+                    # What it waits for may be in the operations mapped so far.
+                    await self.apply(pending, stop)
+                    pending = []
+                    await self._resolve(exc, stop)
+                except FatalError as exc:
+                    await self.dead_letter(entry.msg, exc, attempts=1)
+                    entry.ops = []
+                    break
+            if entry.ops:
+                pending.append(entry)
+        await self.apply(pending, stop)
+
+    async def _decode(self, msgs: Sequence[Message]) -> list[_Entry]:
+        """The batch's change events; undecodable records are dead-lettered."""
+        entries: list[_Entry] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    # Capture creates a table's topic with its first event; it will come.
+                    self.log.debug("%s: %s", self.name, err.str())
+                    continue
+                raise BrokerUnavailable(f"consuming for {self.name} failed: {err.str()}")
+            self.stats.records += 1
+            value = msg.value()
+            if value is None:
+                continue  # a tombstone: compaction's business, not an event
+            if _header(msg, ORIGIN_HEADER) == self._own_origin:
+                self.stats.echo += 1  # written back by this integration: no echo
+                continue
+            origin = _origin(msg)
+            try:
+                envelope = await self.deserializer.deserialize(value)
+                raw_key = msg.key()
+                key = None if raw_key is None else await self.deserializer.deserialize(raw_key)
+                event = TableEvent.from_envelope(envelope, key=key, origin=origin)
+            except FatalError as exc:
+                await self.dead_letter(msg, exc, attempts=1)
+                continue
+            entries.append(_Entry(msg, event))
+        return entries
+
+    async def _prefetch_relations(self, entries: list[_Entry]) -> None:
+        """Look up, in one query per entity, every related id the batch's mappers ask for.
+
+        An entry whose mapping needs nothing unknown keeps its result (mappers are pure).
+        """
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for entry in entries:
+            try:
+                entry.ops = list(self.mapper(entry.event, self.context))
+                entry.mapped = True
+            except RelationPending as exc:
+                wanted.setdefault((exc.integration, exc.entity), set()).add(exc.key)
+            except FatalError:
+                continue  # reported when the entry is mapped for real
+        for (integration, entity), keys in wanted.items():
+            found = await self.state.external_ids(integration, entity, keys=sorted(keys))
+            for key, external_id in found.items():
+                self.context.known[(integration, entity, key)] = external_id
+
+    async def _resolve(self, pending: RelationPending, stop: asyncio.Event) -> None:
+        """Wait until the identity map knows the related entity."""
+        attempt = 0
+        while not stop.is_set():
+            found = await self.state.external_ids(
+                pending.integration, pending.entity, keys=[pending.key]
+            )
+            if pending.key in found:
+                self.context.known[(pending.integration, pending.entity, pending.key)] = found[
+                    pending.key
+                ]
+                return
+            attempt += 1
+            self.stats.waits += 1
+            if attempt in (1, 10) or attempt % 100 == 0:
+                self.log.info("%s: %s (try %d)", self.name, pending, attempt)
+            await self._sleep(RELATION_WAIT.delay(attempt), stop)
+        raise asyncio.CancelledError
+
+    # ------------------------------------------------------------------ applying
+
+    async def apply(self, entries: list[_Entry], stop: asyncio.Event) -> None:
+        """Apply the entries' operations: retried, circuit-guarded, dead-lettered at worst."""
+        if not entries:
+            return
+        ops = [op for entry in entries for op in entry.ops]
+        attempt = 0
+        while True:
+            await self._wait_for_circuit(stop)
+            try:
+                async with self._sink_lock:
+                    results = await self.sink.apply(ops)
+            except SinkUnavailable as exc:
+                attempt += 1
+                self.stats.retried += 1
+                self.stats.last_error = first_line(exc)
+                self._failed()
+                if self.backoff.exhausted(attempt):
+                    if await self._target_healthy():
+                        # The target answers, yet this batch keeps failing: isolate it.
+                        if len(entries) > 1:
+                            for entry in entries:
+                                await self.apply([entry], stop)
+                            return
+                        await self.dead_letter(entries[0].msg, exc, attempts=attempt)
+                        return
+                    attempt -= 1  # the target is down: wait for it, however long
+                retry_after = getattr(exc, "retry_after_s", None)
+                delay = self.backoff.delay(max(attempt, 1), retry_after=retry_after)
+                self.log.warning("%s: %s; retry in %.1fs", self.name, first_line(exc), delay)
+                await self._sleep(delay, stop)
+                continue
+            if self.breaker.state is not CircuitState.CLOSED:
+                self.log.info("%s: circuit closed, the target answers again", self.name)
+            self.breaker.record_success()
+            self._opened_by_check = False
+            self.stats.circuit = self.breaker.state.value
+            break
+        now_us = time.time_ns() // 1000
+        latencies = self.stats.latencies_us
+        histogram = self.stats.apply_latency
+        it = iter(results)
+        for entry in entries:
+            rejected: SinkRejected | None = None
+            for op in entry.ops:
+                result = next(it)
+                if isinstance(result, SinkRejected):
+                    rejected = rejected or result
+                    continue
+                self.stats.count(result)
+                if result is Outcome.APPLIED:
+                    self.stats.last_version = str(op.version)
+                    histogram.observe_us(now_us - entry.event.ts_us)
+                    if latencies is not None:
+                        latencies.append(now_us - entry.event.ts_us)
+            if rejected is not None:
+                await self.dead_letter(entry.msg, rejected, attempts=attempt + 1)
+
+    async def _wait_for_circuit(self, stop: asyncio.Event) -> None:
+        """Return when the circuit lets a call through; probes the target while open."""
+        while not self.breaker.allow():
+            self.stats.circuit = self.breaker.state.value
+            await self._sleep(max(self.breaker.retry_in(), 0.05), stop)
+            if self.breaker.allow():
+                if await self._target_healthy():
+                    return
+                self._failed()
+        self.stats.circuit = self.breaker.state.value
+
+    def _failed(self) -> None:
+        was_open = self.breaker.state is CircuitState.OPEN
+        self.breaker.record_failure()
+        self.stats.circuit = self.breaker.state.value
+        if self.breaker.state is CircuitState.OPEN and not was_open:
+            self.log.warning(
+                "%s: circuit open after %d failures in a row; consumption paused, probing the "
+                "target every %.1fs",
+                self.name,
+                self.breaker.consecutive_failures,
+                self.integration.circuit.reset_timeout_s,
+            )
+
+    async def check_health(self) -> HealthCheck:
+        """Run the sink's probe once. A failure opens the circuit before any record fails;
+        a success closes a circuit that a failed check opened."""
+        started = time.monotonic()
+        detail: str | None = None
+        try:
+            async with self._sink_lock:
+                await self.sink.probe()
+        except SinkUnavailable as exc:
+            detail = first_line(exc)
+        check = HealthCheck(
+            at=time.time(),
+            ok=detail is None,
+            duration_ms=(time.monotonic() - started) * 1000,
+            detail=detail,
+        )
+        self.stats.checks.append(check)
+        if not check.ok:
+            self.stats.failed_checks += 1
+            self.stats.last_error = detail
+            if self.breaker.state is CircuitState.CLOSED:
+                self.breaker.trip()
+                self._opened_by_check = True
+                self.log.warning(
+                    "%s: health check failed (%s); circuit open, consumption paused",
+                    self.name,
+                    detail,
+                )
+        elif self._opened_by_check and self.breaker.state is not CircuitState.CLOSED:
+            self.breaker.record_success()
+            self._opened_by_check = False
+            self.log.info("%s: health check passes again; circuit closed", self.name)
+        self.stats.circuit = self.breaker.state.value
+        return check
+
+    async def _target_healthy(self) -> bool:
+        try:
+            await self.sink.probe()
+        except SinkUnavailable as exc:
+            self.stats.last_error = first_line(exc)
+            return False
+        return True
+
+    async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
+        """Sleep, keeping the consumer's membership alive, unless stopped."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._keepalive is not None:
+                self._keepalive()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(remaining, 1.0))
+        raise asyncio.CancelledError
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def dead_letter(self, msg: Message, error: BaseException, *, attempts: int) -> None:
+        """Publish ``msg`` to the dead-letter topic with why, and record it."""
+        origin = _origin(msg)
+        reason = first_line(error)[:2000]
+        self.log.warning(
+            "%s: dead-lettering %s after %d attempt(s): %s",
+            self.name,
+            origin,
+            attempts,
+            reason,
+            extra={"topic": origin.topic, "partition": origin.partition, "offset": origin.offset},
+        )
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("cdcsync.error", reason.encode()),
+            ("cdcsync.error.class", type(error).__name__.encode()),
+            ("cdcsync.attempts", str(attempts).encode()),
+            ("cdcsync.integration", self.name.encode()),
+            ("cdcsync.origin.topic", origin.topic.encode()),
+            ("cdcsync.origin.partition", str(origin.partition).encode()),
+            ("cdcsync.origin.offset", str(origin.offset).encode()),
+            ("cdcsync.timestamp", datetime.now(UTC).isoformat().encode()),
+        ]
+        key, payload = msg.key(), msg.value()
+        partition, offset = await asyncio.to_thread(
+            self._publish_dead_letter, key, payload, headers
+        )
+        await self.state.record_dead_letter(
+            self.name,
+            origin=origin,
+            key=None if key is None else bytes(key).hex(),
+            error=reason,
+            attempts=attempts,
+            payload=None if payload is None else bytes(payload),
+            dlq_topic=self.dead_letter_topic,
+            dlq_partition=partition,
+            dlq_offset=offset,
+        )
+        self.stats.dead_lettered += 1
+
+    def _publish_dead_letter(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, str | bytes | None]]
+    ) -> tuple[int | None, int | None]:
+        if self._dlq is None:
+            kafka = self.config.kafka
+            self._dlq = Publisher(
+                producer_config(kafka.bootstrap_servers, kafka.client_properties())
+            )
+            self._dlq.ensure_topics(
+                [self.dead_letter_topic],
+                partitions=1,
+                replication_factor=kafka.topic_replication_factor,
+            )
+        where: list[Any] = []
+
+        def delivered(err: Any, m: Any) -> None:
+            where.append((err, m))
+
+        self._dlq.produce(self.dead_letter_topic, key, value, delivered, headers=headers)
+        self._dlq.flush(30)
+        if not where:
+            raise BrokerUnavailable(
+                f"dead-letter topic {self.dead_letter_topic}: no acknowledgement"
+            )
+        err, m = where[0]
+        if err is not None:
+            raise BrokerUnavailable(f"dead-letter topic {self.dead_letter_topic}: {err}")
+        return m.partition(), m.offset()
+
+    def close(self) -> None:
+        if self._dlq is not None:
+            self._dlq.flush(5)
+
+
+class SyncWorker:
+    """One integration's consumer-group member: consume, apply, commit, repeat."""
+
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        *,
+        mapper: Mapper,
+        sink: Sink,
+        state: StateStore,
+        deserializer: AvroDeserializer,
+        record_latency: bool = False,
+    ) -> None:
+        self.name = name
+        self.log = ContextLogger(log, {"integration": name})
+        self.config = config
+        self.integration = config.integrations[name]
+        self.stats = IntegrationStats(latencies_us=[] if record_latency else None)
+        self.stats.paused = self.integration.paused
+        self.group_id = self.integration.group_id or f"cdcsync.{name}"
+        self._consumer: Consumer | None = None
+        self.applier = Applier(
+            name,
+            config,
+            mapper=mapper,
+            sink=sink,
+            state=state,
+            deserializer=deserializer,
+            stats=self.stats,
+            keepalive=self._keepalive,
+        )
+        self._resumed = asyncio.Event()
+        if not self.stats.paused:
+            self._resumed.set()
+
+    # ------------------------------------------------------------------ control
+
+    def pause(self) -> None:
+        """Stop consuming (the current batch finishes); offsets stay where they are."""
+        self.stats.paused = True
+        self._resumed.clear()
+        self.log.info("%s paused", self.name)
+
+    def resume(self) -> None:
+        self.stats.paused = False
+        self._resumed.set()
+        self.log.info("%s resumed", self.name)
+
+    def _keepalive(self) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                assignment = consumer.assignment()
+                if assignment:
+                    consumer.pause(assignment)
+                consumer.poll(0)
+                if assignment:
+                    consumer.resume(assignment)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume and apply until ``stop``; transient failures restart from the last commit."""
+        await run_restarting(self._run_once, stop, self.stats, self.log, self.name)
+
+    async def _run_once(self, stop: asyncio.Event) -> None:
+        try:
+            await self.applier.sink.start()
+        except SinkUnavailable as exc:
+            raise SinkUnavailable(f"{self.name}: sink not ready: {first_line(exc)}") from exc
+        consumer = Consumer(group_consumer_config(self.config, self.group_id))
+        self._consumer = consumer
+        feed = BatchFeed(consumer, self.log)
+        checks = asyncio.create_task(self._health_checks(stop))
+        try:
+            consumer.subscribe(list(self.integration.topics))
+            while not stop.is_set():
+                if not self._resumed.is_set():
+                    await self._paused(stop)
+                    continue
+                msgs = await feed.next()
+                if not msgs:
+                    continue
+                if not self._resumed.is_set():
+                    # Paused while this batch was being fetched: it waits for the resume.
+                    await self._paused(stop)
+                    if stop.is_set():
+                        break
+                await self.applier.handle(msgs, stop)
+                feed.handled(msgs)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"{self.name}: {first_line(exc)}") from exc
+        finally:
+            checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks
+            self._consumer = None
+            await feed.close()
+            self.applier.close()
+
+    async def _health_checks(self, stop: asyncio.Event) -> None:
+        """Probe the sink every ``health_check_interval_s`` (0: never)."""
+        interval = self.integration.health_check_interval_s
+        if interval <= 0:
+            return
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if not stop.is_set():
+                await self.applier.check_health()
+
+    async def _paused(self, stop: asyncio.Event) -> None:
+        while not self._resumed.is_set() and not stop.is_set():
+            self._keepalive()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resumed.wait(), 1.0)
+
+
+def _origin(msg: Message) -> Origin:
+    return Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+
+def _header(msg: Message, name: str) -> bytes | None:
+    raw = msg.headers() or []
+    for key, value in raw.items() if isinstance(raw, dict) else raw:
+        if key == name:
+            return value.encode() if isinstance(value, str) else value
+    return None
+
+
+__all__ = ["Applier", "HealthCheck", "IntegrationStats", "SyncWorker"]
