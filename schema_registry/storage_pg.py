@@ -1,7 +1,8 @@
 """PostgreSQL registry store, shareable by several registry processes.
 
 Tables live in the schema ``schema_registry`` (created if missing) with the
-layout described in ``schema_registry.storage``. Invariants:
+layout described in ``schema_registry.storage``. Connections come from a
+``psycopg_pool.ConnectionPool``. Invariants:
 
 - every write transaction first takes ``pg_advisory_xact_lock(WRITER_LOCK)``,
   so id and version allocation (``MAX(id) + 1``, ``last_version + 1``) is
@@ -11,53 +12,59 @@ layout described in ``schema_registry.storage``. Invariants:
 - the DDL runs under the same lock, so instances starting together do not
   race on ``CREATE TABLE IF NOT EXISTS``;
 - read transactions run at REPEATABLE READ so one request sees one snapshot;
-- a connection that saw an error is closed, never reused.
+- a connection is checked before it is handed out, and one left in a failed or
+  open transaction is rolled back or discarded by the pool, never reused as is;
+- an unreachable database is ``RegistryUnavailable``, its message without the password.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cdc.core.errors import RegistryUnavailable
+from cdc.core.secrets import redact_dsn
 from schema_registry.storage import DDL, SqlTx, Tx
+
+__all__ = ["NAMESPACE", "WRITER_LOCK", "PostgresStorage"]
 
 NAMESPACE = "schema_registry"
 WRITER_LOCK = 0x5C4E_0A_11  # any fixed 64-bit key; all registry processes use this one
 
 
 class PostgresStorage:
-    """``Storage`` over PostgreSQL with a small pool of idle connections."""
+    """``Storage`` over PostgreSQL, with a pool of connections."""
 
-    def __init__(self, dsn: str, *, max_idle: int = 8, connect_timeout: int = 10) -> None:
-        self._dsn = dsn
-        self._connect_timeout = connect_timeout
-        self._idle: queue.LifoQueue[psycopg.Connection[tuple[object, ...]]] = queue.LifoQueue(
-            maxsize=max_idle
+    def __init__(self, dsn: str, *, max_size: int = 8, connect_timeout: int = 10) -> None:
+        self._timeout = float(connect_timeout)
+        self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True, "connect_timeout": connect_timeout},
+            check=ConnectionPool.check_connection,
+            open=False,
+            name="schema-registry",
         )
+        self._shown = redact_dsn(dsn)
+        try:
+            self._pool.open(wait=True, timeout=self._timeout)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise RegistryUnavailable(
+                f"registry database {self._shown} unreachable within {connect_timeout} s"
+            ) from exc
         with self._transaction(write=True, create_tables=True):
             pass
-
-    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
-        try:
-            return psycopg.connect(
-                self._dsn, autocommit=True, connect_timeout=self._connect_timeout
-            )
-        except psycopg.OperationalError as exc:
-            raise RegistryUnavailable(f"registry database unreachable: {exc}") from exc
 
     @contextlib.contextmanager
     def _transaction(self, *, write: bool, create_tables: bool = False) -> Iterator[Tx]:
         try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            conn = self._connect()
-        try:
-            with conn.cursor() as cur:
+            with self._pool.connection(timeout=self._timeout) as conn, conn.cursor() as cur:
                 if write:
                     cur.execute("BEGIN")
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
@@ -73,19 +80,10 @@ class PostgresStorage:
                     cur.execute("ROLLBACK")
                     raise
                 cur.execute("COMMIT")
-        finally:
-            self._release(conn)
-
-    def _release(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        """Pool a connection that is idle and healthy; close any other."""
-        healthy = not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
-        if healthy:
-            try:
-                self._idle.put_nowait(conn)
-            except queue.Full:
-                conn.close()
-        else:
-            conn.close()
+        except PoolTimeout as exc:
+            raise RegistryUnavailable(f"registry database {self._shown}: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            raise RegistryUnavailable(f"registry database {self._shown} unreachable") from exc
 
     def read(self) -> contextlib.AbstractContextManager[Tx]:
         return self._transaction(write=False)
@@ -94,8 +92,4 @@ class PostgresStorage:
         return self._transaction(write=True)
 
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        self._pool.close()
