@@ -216,6 +216,7 @@ class RestClient:
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         raw = [urls] if isinstance(urls, str) else list(urls)
         if not raw:
@@ -233,6 +234,7 @@ class RestClient:
             headers={"Accept": _ACCEPT, "Content-Type": CONTENT_TYPE},
             event_hooks={k: list(v) for k, v in (event_hooks or {}).items()},
             follow_redirects=False,
+            transport=transport,
         )
 
     @property
@@ -333,7 +335,24 @@ class RegistryClient:
         cache_size: int = 1000,
         event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
     ) -> RegistryClient:
-        rest = RestClient(urls, auth=auth, timeout=timeout, retry=retry, event_hooks=event_hooks)
+        """A client of the registry at ``urls``; ``sqlite:///PATH`` runs one in-process."""
+        transport = None
+        if isinstance(urls, str) and urls.startswith("sqlite:///"):
+            from schema_registry.embedded import (  # noqa: PLC0415  (loads the server only here)
+                EMBEDDED_BASE_URL,
+                EmbeddedTransport,
+            )
+
+            transport = EmbeddedTransport(urls)
+            urls = EMBEDDED_BASE_URL
+        rest = RestClient(
+            urls,
+            auth=auth,
+            timeout=timeout,
+            retry=retry,
+            event_hooks=event_hooks,
+            transport=transport,
+        )
         return cls(rest, cache_size=cache_size)
 
     def __repr__(self) -> str:
