@@ -1,25 +1,14 @@
-"""The capture runtime: replication stream -> decoded changes -> Avro events -> Kafka.
+"""The capture runtime: prepares the source, runs capture sessions, restarts them after failures.
 
-One loop, batch by batch: read the frames available on the replication
-connection, decode them, turn row changes into envelopes, serialise them and
-hand them to the producer; serve delivery reports; confirm the checkpoint's
-flush LSN to PostgreSQL.
+``Capture.run`` checks and sets up the source (publication, slot), then runs one
+``CaptureSession`` (``cdc.capture.session``: replication stream -> decoded changes -> Avro
+events -> Kafka, with the invariants of the confirmed LSN stated there) until stopped.
 
 Invariants:
-- The LSN confirmed to PostgreSQL is the checkpoint's (never ahead of Kafka).
-- Streamed transactions go to the disk spool and are published only at their
-  Stream Commit; aborted ones never reach Kafka.
-- A new Relation message whose columns differ yields new schemas, registered
-  before any event that uses them; if the registry rejects them, capture
-  stops with an error naming the table and the column changes.
-- Transient failures (source, broker, registry unreachable; a failed
-  delivery) tear everything down and start again from the slot: committed
-  transactions not yet confirmed are re-sent with the same
-  (commit LSN, total_order) identity. Fatal errors stop capture.
-- With ``kafka.exactly_once`` (cdc/capture/exactly_once.py) events are produced inside
-  Kafka transactions together with the position; transactions already
-  committed to Kafka are skipped, and the confirmed LSN never passes an open
-  Kafka transaction.
+- Transient failures (source, broker, registry unreachable; a failed delivery) tear the
+  session down and start a new one from the slot: committed transactions not yet
+  confirmed are re-sent with the same (commit LSN, total_order) identity.
+- Fatal errors stop capture; the restart pauses follow ``cdc.core.supervision``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """One capture session: a replication connection's worth of decoding, encoding and producing.
 
 A ``CaptureSession`` owns a fresh decoder, producer, checkpoint and spool; the runtime
-(``cdc.capture.runtime``) makes a new one after every transient failure.
+(``cdc.capture.runtime``) makes a new one after every transient failure. One loop, batch
+by batch: read the frames available on the replication connection, decode them, turn row
+changes into envelopes, serialise them and hand them to the producer; serve delivery
+reports; confirm the checkpoint's flush LSN to PostgreSQL.
+
 Invariants:
 - The LSN confirmed to PostgreSQL is the checkpoint's (never ahead of Kafka).
 - Streamed transactions go to the disk spool and are published only at their
@@ -9,10 +13,9 @@ Invariants:
 - A new Relation message whose columns differ yields new schemas, registered
   before any event that uses them; if the registry rejects them, capture
   stops with an error naming the table and the column changes.
-- Transient failures (source, broker, registry unreachable; a failed
-  delivery) tear everything down and start again from the slot: committed
-  transactions not yet confirmed are re-sent with the same
-  (commit LSN, total_order) identity. Fatal errors stop capture.
+- A transient failure (source, broker, registry unreachable; a failed
+  delivery) raises out of the session, which confirms nothing past what Kafka
+  acknowledged; the runtime starts a new session from the slot.
 - With ``kafka.exactly_once`` (cdc/capture/exactly_once.py) events are produced inside
   Kafka transactions together with the position; transactions already
   committed to Kafka are skipped, and the confirmed LSN never passes an open

@@ -7,44 +7,7 @@ inbound section (``inbound``) and the names derived from a configuration
 The public names are re-exported here: ``from cdc.config import Config``.
 """
 
-from cdc.config.model import (
-    AdminConfig,
-    CircuitConfig,
-    Config,
-    DeclarativeMapping,
-    HttpSinkConfig,
-    IntegrationConfig,
-    KafkaConfig,
-    KafkaSinkConfig,
-    LoggingConfig,
-    PostgresSinkConfig,
-    ProcessConfig,
-    RegistryConfig,
-    RetryConfig,
-    SinkConfig,
-    SourceConfig,
-    StateConfig,
-    load_config,
-    parse_config,
-)
+from cdc.config import model as _model
+from cdc.config.model import *  # noqa: F403  (the public configuration API)
 
-__all__ = [
-    "AdminConfig",
-    "CircuitConfig",
-    "Config",
-    "DeclarativeMapping",
-    "HttpSinkConfig",
-    "IntegrationConfig",
-    "KafkaConfig",
-    "KafkaSinkConfig",
-    "LoggingConfig",
-    "PostgresSinkConfig",
-    "ProcessConfig",
-    "RegistryConfig",
-    "RetryConfig",
-    "SinkConfig",
-    "SourceConfig",
-    "StateConfig",
-    "load_config",
-    "parse_config",
-]
+__all__ = _model.__all__
