@@ -22,6 +22,14 @@ Per run, on throwaway local servers (PostgreSQL, tansu, the registry, the CRM):
    holds ``--events`` rows (polled with count(*)).
 Each sync figure comes with the time to the first entity (start-up: state store,
 consumer group join) and this process's CPU time per entity.
+4. the ceilings, on the same rows in the same run: for PostgreSQL, the rows the sink
+   wrote to ``analytics.orders`` are written into a fresh copy of that table directly
+   with psycopg in the best batched form (COPY into a temporary table, then one
+   ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` with the same version guard); for HTTP,
+   the contacts the CRM received are sent again, as the same signed ``PUT``s with the same
+   headers, to a fresh CRM process by a plain load generator (aiohttp) holding as many
+   requests in flight as the sink (16). The ratio sync / ceiling compares the sink's rate
+   after its first entity (consumer-group join excluded) with the ceiling's rate.
 Then, on the first run, live: capture (child process) and sync of both
 integrations (in process, ``record_latency=True``) run while pgbench commits
 single-row transactions at ``--rate`` rows/s (synchronous_commit on, Poisson
@@ -44,6 +52,10 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import hashlib
+import hmac
+import inspect
+import json
 import multiprocessing
 import os
 import resource
@@ -58,10 +70,13 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import httpx
 import psycopg
 import yaml
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,6 +85,7 @@ from cdc.core.gcfreeze import freeze_now
 from cdc.demo.crm import CrmServer
 from cdc.demo.throwaway import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin
 from cdc.sync.runtime import Sync
+from cdc.sync.sinks.http import HttpSink
 from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
 
 CRM_SECRET = "bench-crm-secret"
@@ -341,6 +357,90 @@ async def backlog_postgres(config: Config, dsn: str, orders: int) -> dict[str, f
             return await analytics_rows(conn)
 
         return await timed_sync(config, "analytics", orders, count)
+
+
+# --------------------------------------------------------------------------- ceilings
+
+# Requests the HTTP sink holds in flight; the load generator holds as many.
+MAX_IN_FLIGHT: int = inspect.signature(HttpSink).parameters["max_in_flight"].default
+
+
+def ceiling_postgres(dsn: str) -> dict[str, float]:
+    """The sink's rows written again into a fresh copy of the table, in the best batched form."""
+    with psycopg.connect(dsn) as conn:
+        columns = [
+            row[0]
+            for row in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = 'analytics.orders'::regclass"
+                " AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+            )
+        ]
+        rows = conn.execute(
+            sql.SQL("SELECT {} FROM analytics.orders").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns))
+            )
+        ).fetchall()
+        conn.execute("DROP TABLE IF EXISTS analytics.orders_ceiling")
+        conn.execute("CREATE TABLE analytics.orders_ceiling (LIKE analytics.orders INCLUDING ALL)")
+        conn.commit()
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        updates = sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+            for c in columns
+            if c != "_cdc_key"
+        )
+        upsert = sql.SQL(
+            "INSERT INTO analytics.orders_ceiling AS target ({names}) SELECT {names} FROM staged"
+            " ON CONFLICT (_cdc_key) DO UPDATE SET {updates}"
+            " WHERE target._cdc_version < EXCLUDED._cdc_version"
+        ).format(names=names, updates=updates)
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        with conn.transaction():
+            conn.execute(
+                "CREATE TEMP TABLE staged (LIKE analytics.orders INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
+            with conn.cursor().copy(sql.SQL("COPY staged ({}) FROM STDIN").format(names)) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            conn.execute(upsert)
+        elapsed = time.perf_counter() - wall0
+        cpu = cpu_seconds() - cpu0
+        written = conn.execute("SELECT count(*) FROM analytics.orders_ceiling").fetchone()
+    assert written is not None and written[0] == len(rows), (written, len(rows))
+    return {"rate": len(rows) / elapsed, "cpu": cpu / max(len(rows), 1)}
+
+
+async def ceiling_http(source: CrmProcess, target: CrmProcess) -> dict[str, float]:
+    """The contacts ``source`` received, sent again as the sink sent them, to ``target``."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        contacts = (await client.get(source.url + "/contacts")).json()["contacts"]
+    requests = []
+    for contact in contacts:
+        key = contact["key"]
+        body = json.dumps(contact["fields"], separators=(",", ":")).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"contact:{key}:{contact['version_bytes']}",
+            "X-Cdcsync-Version": contact["version"],
+            "X-Cdcsync-Version-Bytes": contact["version_bytes"],
+            "X-Signature": "sha256="
+            + hmac.new(CRM_SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        }
+        requests.append((f"{target.url}/contacts/{quote(key, safe='')}", body, headers))
+    pending = iter(requests)
+    connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def lane() -> None:
+            for url, body, headers in pending:
+                async with session.put(url, data=body, headers=headers) as response:
+                    assert response.status < 300, (response.status, await response.text())
+
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(MAX_IN_FLIGHT)))
+        elapsed = time.perf_counter() - wall0
+        cpu = cpu_seconds() - cpu0
+    return {"rate": len(requests) / elapsed, "cpu": cpu / max(len(requests), 1)}
 
 
 # --------------------------------------------------------------------------- live latency
@@ -708,17 +808,27 @@ def one_run(args: argparse.Namespace, run: int) -> tuple[dict[str, float], dict[
         if contacts != args.customers:
             print(f"  crm holds {contacts} contacts, expected {args.customers}")
         pg_sink = asyncio.run(backlog_postgres(syncing, dsn, args.events))
+        pg_ceiling = ceiling_postgres(dsn)
+        fresh = CrmProcess()
+        try:
+            http_ceiling = asyncio.run(ceiling_http(crm, fresh))
+        finally:
+            fresh.stop()
         figures = {
             "capture": captured,
             **{f"pg_{k}": v for k, v in pg_sink.items()},
             **{f"http_{k}": v for k, v in http.items()},
+            **{f"pg_ceiling_{k}": v for k, v in pg_ceiling.items()},
+            **{f"http_ceiling_{k}": v for k, v in http_ceiling.items()},
         }
         print(
             f"run {run + 1}: capture {args.events + args.customers:,} events in {captured:.1f}s; "
             f"postgres sink {args.events / figures['pg_elapsed']:,.0f} entities/s "
             f"({figures['pg_steady']:,.0f} after the first, {figures['pg_first']:.2f}s); "
             f"http sink {args.customers / figures['http_elapsed']:,.0f} entities/s "
-            f"({figures['http_steady']:,.0f} after the first, {figures['http_first']:.2f}s)",
+            f"({figures['http_steady']:,.0f} after the first, {figures['http_first']:.2f}s); "
+            f"ceilings: postgres {figures['pg_ceiling_rate']:,.0f}/s, "
+            f"http {figures['http_ceiling_rate']:,.0f}/s",
             flush=True,
         )
         latencies: dict[str, list[int]] = {}
@@ -798,6 +908,14 @@ def main() -> None:
         if tag == "http":
             server = med(r["http_crm_server_cpu"] / total for r in results) * 1e6
             print(f"  CRM server CPU per entity {server:.0f} us (the test CRM's own process)")
+        ceiling = med(r[f"{tag}_ceiling_rate"] for r in results)
+        ceiling_cpu = med(r[f"{tag}_ceiling_cpu"] for r in results) * 1e6
+        ratio = med(r[f"{tag}_steady"] / r[f"{tag}_ceiling_rate"] for r in results)
+        print(
+            f"  ceiling                  {ceiling:,.0f} entities/s, {ceiling_cpu:.0f} us CPU each"
+            + (" (COPY + one INSERT ... ON CONFLICT)" if tag == "pg" else " (plain PUTs)")
+        )
+        print(f"  sync / ceiling           x{ratio:.2f} (after the first entity)")
     if latencies:
         mode = "one sync process per integration" if args.split else "both in one sync process"
         print(f"live ({mode}; capture in its own process)")
