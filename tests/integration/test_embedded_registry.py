@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,9 @@ from tests.integration.sync_harness import CRM_SECRET, SyncEnv, run_workload
 
 
 @pytest.fixture
-def embedded_env(
-    pg_dsn: str, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
-) -> Iterator[SyncEnv]:
-    env = SyncEnv.create(
-        pg_dsn=pg_dsn,
-        bootstrap=kafka_bootstrap,
-        registry_url=f"sqlite:///{tmp_path / 'registry.db'}",
-        prefix=topic_prefix,
-        workdir=tmp_path,
-    )
-    try:
-        yield env
-    finally:
-        env.stop()
+def registry_url(tmp_path: Path) -> str:
+    """Overrides the shared registry server: every process here embeds one on this file."""
+    return f"sqlite:///{tmp_path / 'registry.db'}"
 
 
 def _alive(env: SyncEnv) -> None:
@@ -50,9 +38,9 @@ def _subjects(url: str) -> list[str]:
 
 
 def test_capture_and_sync_as_separate_commands_share_an_embedded_registry_file(
-    embedded_env: SyncEnv,
+    sync_env: SyncEnv,
 ) -> None:
-    env = embedded_env
+    env = sync_env
     env.capture.start()
     env.capture.wait_for_slot()
     env.start_sync()
@@ -66,8 +54,8 @@ def test_capture_and_sync_as_separate_commands_share_an_embedded_registry_file(
     )
 
 
-def test_run_with_an_embedded_registry_applies_changes(embedded_env: SyncEnv) -> None:
-    env = embedded_env
+def test_run_with_an_embedded_registry_applies_changes(sync_env: SyncEnv) -> None:
+    env = sync_env
     path = env.capture.workdir / "run.yaml"
     path.write_text(yaml.safe_dump(env.config()))
     log = env.capture.workdir / "sync.log"
