@@ -12,7 +12,11 @@ nothing. Semantics (Confluent Schema Registry's, with these choices):
 - versions count per subject from 1 and are never reused, not even after a
   permanent delete; a schema re-registered after a soft delete gets a new
   version with its old id.
-- ``normalize=true`` registers (and looks up by) the normalised text.
+- schemas are compared by their canonical text (Confluent's
+  ``canonicalString()``, see ``schemas``) everywhere: register, look-up, id
+  reuse across subjects, references; ``normalize=true`` compares the stronger
+  normalised text instead and registers the canonical text of the normalised
+  schema.
 - compatibility is checked against the subject's non-deleted versions at
   the subject's level (else the global one, default BACKWARD); IMPORT mode
   skips it and accepts the client's ``id`` and ``version``.
@@ -27,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cdc.core.errors import RegistryError
 from schema_registry import schemas
@@ -264,8 +268,12 @@ class RegistryService:
             for row in reversed(rows):
                 stored = tx.schema_by_id(row.schema_id)
                 assert stored is not None
-                if (stored.normalized if normalize else stored.canonical) == wanted and (
-                    schemas.references_from_json(stored.refs) == request.references
+                if schemas.references_from_json(stored.refs) != request.references:
+                    continue
+                text = stored.normalized if normalize else stored.canonical
+                if text == wanted or (
+                    # a store written before canonical texts followed Confluent's
+                    not normalize and self._parse_stored(tx, stored).canonical == wanted
                 ):
                     return self._info(tx, row)
         raise schema_not_found(f"Schema not found in subject '{subject}'")
@@ -282,7 +290,9 @@ class RegistryService:
             if request.schema_id is not None and not importing:
                 raise _err(42205, "A schema id may only be given in IMPORT mode")
             parsed = self._parse(tx, request)
-            text = parsed.normalized if normalize else parsed.canonical
+            text = parsed.canonical
+            if normalize:
+                text = self._parse(tx, replace(request, schema=parsed.normalized)).canonical
             key = schemas.fingerprint(AVRO, text, references=request.references)
             known = tx.schema_by_fingerprint(key)
             rows = tx.versions(subject)
