@@ -24,6 +24,9 @@ Only Avro is supported. Invariants:
   matches its type (a union's default matches its first branch, as the Avro
   specification says). Errors are ``InvalidSchemaError`` with the parser's
   reason.
+- a schema text whose JSON nests deeper than ``MAX_DEPTH`` levels is
+  invalid (``InvalidSchemaError``), checked before anything recurses over it,
+  so no schema can exhaust the interpreter's recursion limit.
 - schema references: each reference is resolved by the service to a schema
   text, and the referenced texts are parsed first, into the same name table,
   so the referring schema may use their named types.
@@ -47,6 +50,7 @@ AVRO = "AVRO"
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 NAMED = frozenset({"record", "error", "enum", "fixed"})
 _PCF_ORDER = ("name", "type", "fields", "symbols", "items", "values", "size")
+MAX_DEPTH = 300  # JSON nesting levels of one schema text (a record level takes three)
 _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 
 
@@ -75,11 +79,37 @@ class ParsedSchema:
     normalized: str
 
 
+def json_depth(value: Any) -> int:
+    """How deeply JSON arrays and objects nest in ``value`` (iteratively, for any depth)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend(
+                (child, depth) for child in (node.values() if isinstance(node, dict) else node)
+            )
+    return deepest
+
+
 def _load(text: str) -> Any:
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except (json.JSONDecodeError, TypeError) as exc:
         raise InvalidSchemaError(f"Invalid schema: the schema is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _too_deep() from exc
+    if json_depth(data) > MAX_DEPTH:
+        raise _too_deep()
+    return data
+
+
+def _too_deep() -> InvalidSchemaError:
+    return InvalidSchemaError(
+        f"Invalid schema: JSON arrays and objects nest deeper than {MAX_DEPTH} levels"
+    )
 
 
 def _compact(value: Any) -> str:

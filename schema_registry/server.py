@@ -36,7 +36,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import request_response
 
 from schema_registry.schemas import Reference
 from schema_registry.service import (
@@ -51,7 +51,6 @@ from schema_registry.storage_url import open_storage
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
-_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
 class HttpProblem(Exception):
@@ -381,6 +380,8 @@ def _parse_body(raw: bytes) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HttpProblem(400, 400, f"Unparseable JSON request body: {exc}") from exc
+    except RecursionError as exc:
+        raise HttpProblem(400, 400, "Unparseable JSON request body: nested too deeply") from exc
 
 
 def _authorizer(basic_auth: str | None) -> Callable[[Request], None]:
@@ -436,7 +437,11 @@ def create_app(
             return Response(result.text.encode(), status_code=200, media_type=MEDIA_TYPE)
         return _json(200, result)
 
-    return Starlette(routes=[Route("/{path:path}", endpoint, methods=_METHODS)])
+    app = Starlette()
+    # Every path reaches ``endpoint`` (which routes on the raw path itself): a
+    # starlette route pattern would not match a path holding an encoded newline.
+    app.router.default = request_response(endpoint)
+    return app
 
 
 def serve(storage_url: str, *, host: str, port: int, basic_auth: str | None = None) -> None:

@@ -23,6 +23,10 @@ nothing. Semantics (Confluent Schema Registry's, with these choices):
 - READONLY mode (subject's own, else global) refuses registrations and
   deletes with 42205; config and mode changes stay allowed. IMPORT mode may
   only be entered on an empty registry/subject unless ``force``.
+- subjects are validated where they are stored (register, subject config and
+  mode): ``validate_subject`` answers 42208 for empty, over-long, control
+  characters and ``.``/``..`` path segments; schemas nesting deeper than
+  ``schemas.MAX_DEPTH`` are 42201. Neither changes the store.
 - a permanent subject delete also drops the subject's config and mode.
 """
 
@@ -43,6 +47,7 @@ from schema_registry.storage import GLOBAL_SCOPE, Storage, StoredSchema, Tx, Ver
 DEFAULT_COMPATIBILITY = CompatibilityLevel.BACKWARD
 MODES = ("READWRITE", "READONLY", "IMPORT")
 MAX_VERSION = 2**31 - 1
+MAX_SUBJECT_CHARS = 1024
 _COMPAT_KEY = "compatibility"
 _MODE_KEY = "mode"
 
@@ -66,6 +71,28 @@ def version_not_found(subject: str, version: int) -> RegistryServiceError:
 
 def schema_not_found(detail: str = "Schema not found") -> RegistryServiceError:
     return _err(40403, detail)
+
+
+def validate_subject(subject: str) -> str:
+    """``subject`` if a registry may store it, else 42208 (Confluent's invalid subject).
+
+    Refused: empty, longer than ``MAX_SUBJECT_CHARS``, control characters (NUL, CR,
+    LF, as Confluent refuses), and ``.`` or ``..`` between slashes (a path escape in
+    clients that put the subject into a URL unencoded).
+    """
+    problem = None
+    if not subject.strip():
+        problem = "it is empty"
+    elif len(subject) > MAX_SUBJECT_CHARS:
+        problem = f"it is longer than {MAX_SUBJECT_CHARS} characters"
+    elif any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in subject):
+        problem = "it contains a control character"
+    elif any(part in (".", "..") for part in subject.split("/")):
+        problem = "it contains a '.' or '..' path segment"
+    if problem is not None:
+        shown = subject[:64].encode("unicode_escape").decode("ascii")
+        raise _err(42208, f"Invalid subject '{shown}': {problem}")
+    return subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +309,7 @@ class RegistryService:
 
     def register(self, subject: str, request: SchemaRequest, *, normalize: bool = False) -> int:
         """Register a schema under ``subject``; returns its global id."""
+        validate_subject(subject)
         with self._write() as tx:
             mode = self._effective_mode(tx, subject)
             if mode == "READONLY":
@@ -516,6 +544,8 @@ class RegistryService:
             return self._effective_level(tx, subject)
 
     def set_config(self, subject: str | None, level: str) -> CompatibilityLevel:
+        if subject:
+            validate_subject(subject)
         try:
             parsed = CompatibilityLevel.parse(level)
         except (ValueError, AttributeError) as exc:
@@ -561,6 +591,8 @@ class RegistryService:
             return self._effective_mode(tx, subject)
 
     def set_mode(self, subject: str | None, mode: str, *, force: bool = False) -> str:
+        if subject:
+            validate_subject(subject)
         wanted = mode.strip().upper() if isinstance(mode, str) else ""
         if wanted not in MODES:
             raise _err(42204, f"Invalid mode {mode!r}. Valid values are {', '.join(MODES)}")

@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -243,3 +244,52 @@ def test_basic_auth_refuses_missing_or_wrong_credentials(monkeypatch: pytest.Mon
             assert http.get("/subjects", auth=("reg", "s3cret")).json() == []
     finally:
         server.stop()
+
+
+def _nested_records(depth: int) -> str:
+    text = '"int"'
+    for level in range(depth):
+        text = f'{{"type":"record","name":"R{level}","fields":[{{"name":"x","type":{text}}}]}}'
+    return text
+
+
+def test_a_schema_nested_5000_deep_is_refused_with_42201_and_changes_nothing(
+    http: httpx.Client,
+) -> None:
+    name = subject()
+    register(http, name)
+    before = snapshot(http, name)
+    for text in (_nested_records(5000), "[" * 5000 + '"int"' + "]" * 5000):
+        for path in (f"/subjects/{name}/versions", f"/subjects/{name}"):
+            assert_error(http.post(path, json={"schema": text}), 422, 42201)
+        too_deep = http.post(f"/compatibility/subjects/{name}/versions", json={"schema": text})
+        assert_error(too_deep, 422, 42201)
+    body = ("[" * 100_000 + "]" * 100_000).encode()
+    assert_error(http.post(f"/subjects/{name}/versions", content=body), 400, 400)
+    assert snapshot(http, name) == before
+    # A deep schema within the bound (99 nested records) still registers.
+    deep = http.post(f"/subjects/{subject()}/versions", json={"schema": _nested_records(99)})
+    assert deep.status_code == 200, deep.text
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["a\x00b", "../../config", "x" * 10_000, "a/./b", "line\nbreak", " "],
+    ids=["nul", "path-escape", "10000-chars", "dot-segment", "newline", "blank"],
+)
+def test_invalid_subject_names_are_refused_with_42208_and_change_nothing(
+    http: httpx.Client, bad: str
+) -> None:
+    before = http.get("/subjects", params={"deleted": "true"}).json()
+    path = quote(bad, safe="")
+    answer = http.post(f"/subjects/{path}/versions", json={"schema": json.dumps(ROW)})
+    assert_error(answer, 422, 42208)
+    assert_error(http.put(f"/config/{path}", json={"compatibility": "NONE"}), 422, 42208)
+    assert_error(http.put(f"/mode/{path}", json={"mode": "READONLY"}), 422, 42208)
+    assert http.get("/subjects", params={"deleted": "true"}).json() == before
+    assert http.get(f"/config/{path}").status_code == 404
+    # A long but reasonable subject (a record name strategy's) is fine.
+    fine = f"{subject()}.{'n' * 500}"
+    assert (
+        http.post(f"/subjects/{fine}/versions", json={"schema": json.dumps(ROW)}).status_code == 200
+    )
