@@ -192,6 +192,27 @@ def subjects_of_id(c: Call) -> object:
     return c.service.subjects_of_schema(_schema_id(c.params[0]), deleted=c.flag("deleted"))
 
 
+def _int_param(c: Call, name: str, default: int) -> int:
+    text = c.query.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise HttpProblem(404, 404, f"HTTP 404 Not Found: {name} must be an integer") from None
+
+
+def list_schemas(c: Call) -> object:
+    infos = c.service.list_schemas(
+        prefix=c.query.get("subjectPrefix", ""),
+        deleted=c.flag("deleted"),
+        latest_only=c.flag("latestOnly"),
+        offset=_int_param(c, "offset", 0),
+        limit=_int_param(c, "limit", -1),
+    )
+    return [_version(info) for info in infos]
+
+
 def list_subjects(c: Call) -> object:
     return c.service.subjects(
         prefix=c.query.get("subjectPrefix", ""),
@@ -290,6 +311,7 @@ Handler = Callable[[Call], object]
 V = "*"  # a path parameter
 ROUTES: list[tuple[str, tuple[str, ...], Handler]] = [
     ("GET", (), root),
+    ("GET", ("schemas",), list_schemas),
     ("GET", ("schemas", "types"), schema_types),
     ("GET", ("contexts",), contexts),
     ("GET", ("schemas", "ids", V), schema_by_id),

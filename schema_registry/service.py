@@ -227,6 +227,27 @@ class RegistryService:
         rows = self.versions_of_schema(schema_id, deleted=deleted)
         return sorted({r.subject for r in rows})
 
+    def list_schemas(
+        self,
+        *,
+        prefix: str = "",
+        deleted: bool = False,
+        latest_only: bool = False,
+        offset: int = 0,
+        limit: int = -1,
+    ) -> list[VersionInfo]:
+        """``GET /schemas``: versions by subject then version, Confluent's filters and paging."""
+        found: list[VersionInfo] = []
+        with self._read() as tx:
+            for name, _ in sorted(tx.subjects()):
+                if not name.startswith(prefix):
+                    continue
+                rows = [r for r in tx.versions(name) if deleted or not r.deleted]
+                for row in rows[-1:] if latest_only else rows:
+                    found.append(self._info(tx, row))
+        start = max(offset, 0)
+        return found[start:] if limit < 0 else found[start : start + limit]
+
     # ------------------------------------------------------------ subjects
 
     def subjects(

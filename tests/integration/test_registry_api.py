@@ -293,3 +293,40 @@ def test_invalid_subject_names_are_refused_with_42208_and_change_nothing(
     assert (
         http.post(f"/subjects/{fine}/versions", json={"schema": json.dumps(ROW)}).status_code == 200
     )
+
+
+def test_get_schemas_lists_versions_with_prefix_deleted_latest_only_and_paging(
+    fresh_registry_url: str,
+) -> None:
+    with httpx.Client(base_url=fresh_registry_url, timeout=30) as http:
+        first = register(http, "list-a", ROW)
+        second = register(http, "list-a", ROW2)
+        register(http, "list-b", ROW)
+        register(http, "other", ROW)
+        assert http.delete("/subjects/list-b/versions/1").status_code == 200
+
+        def listing(**params: str) -> list[tuple[str, int, int]]:
+            answer = http.get("/schemas", params=params)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["content-type"].startswith(MEDIA)
+            return [(s["subject"], s["version"], s["id"]) for s in answer.json()]
+
+        assert listing(subjectPrefix="list") == [("list-a", 1, first), ("list-a", 2, second)]
+        assert listing(subjectPrefix="list", deleted="true") == [
+            ("list-a", 1, first),
+            ("list-a", 2, second),
+            ("list-b", 1, first),
+        ]
+        assert listing(subjectPrefix="list", latestOnly="true", deleted="true") == [
+            ("list-a", 2, second),
+            ("list-b", 1, first),
+        ]
+        assert [s for s, _, _ in listing()] == ["list-a", "list-a", "other"]
+        assert listing(offset="1", limit="1") == [("list-a", 2, second)]
+        entry = http.get("/schemas", params={"subjectPrefix": "other"}).json()[0]
+        assert entry == {
+            "subject": "other",
+            "version": 1,
+            "id": first,
+            "schema": json.dumps(ROW, separators=(",", ":")),
+        }
