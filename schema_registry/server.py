@@ -5,14 +5,21 @@ that follow Confluent's behaviour as real clients rely on it:
 
 - routing uses the RAW request path, split on ``/`` and each segment
   percent-decoded, so a subject may contain ``/`` sent as ``%2F``;
-- every success answers 200 with ``application/vnd.schemaregistry.v1+json``;
-  the ``Accept`` header is never a reason to refuse (no 406), and a request
-  body is read as JSON whatever its content type;
+- content negotiation as Confluent's (Jersey's) does it: the answer's type is
+  the best of ``application/vnd.schemaregistry.v1+json`` (qs 1),
+  ``application/vnd.schemaregistry+json`` (qs 0.9) and ``application/json``
+  (qs 0.5) for the request's ``Accept`` (client q first, then qs); no
+  ``Accept`` or ``*/*`` gets the first; an ``Accept`` none of them satisfies
+  is 406 / 406. A request body's ``Content-Type`` must be one of those three
+  or ``application/octet-stream`` (or absent), else 415 / 415;
 - errors are exactly ``{"error_code": int, "message": str}``: the service's
   Confluent codes (HTTP 404 for 404xx, 422 for 422xx, 409, 500 for 50001);
-  a body that is not JSON, not a JSON object, or whose ``schema`` is not a
-  string is HTTP 400 / error_code 400 (as Confluent's JSON mapper answers); a
-  missing or empty ``schema`` is 42201; a body over ``max_body_bytes`` is 413 / 413,
+  a body that is not JSON is HTTP 400 / error_code 400 (Confluent's JSON
+  parse mapper); valid JSON of the wrong shape (not an object, a ``schema``
+  that is not a string, an ``id`` that is not a number) is 422 / 422
+  (Confluent's JSON mapping mapper); a missing or empty ``schema`` is 42201;
+  an id in the path that is not a number is 404 / 404 (Jersey's answer for
+  an unconvertible path parameter); a body over ``max_body_bytes`` is 413 / 413,
   an unknown route 404 / 404, a known path with another method 405 / 405;
 - query booleans compare case-insensitively with ``true``;
 - optional HTTP basic auth: a missing or wrong ``Authorization`` answers 401
@@ -83,14 +90,14 @@ class Call:
 
     def body_object(self) -> dict[str, Any]:
         if not isinstance(self.body, dict):
-            raise HttpProblem(400, 400, "The request body must be a JSON object")
+            raise HttpProblem(422, 422, "The request body must be a JSON object")
         return self.body
 
     def schema_request(self) -> SchemaRequest:
         body = self.body_object()
         text = body.get("schema")
         if text is not None and not isinstance(text, str):
-            raise HttpProblem(400, 400, "'schema' must be a JSON string holding the schema")
+            raise HttpProblem(422, 422, "'schema' must be a JSON string holding the schema")
         if not text or not text.strip():
             raise RegistryServiceError(
                 "Invalid schema: the 'schema' field is missing or empty",
@@ -114,7 +121,7 @@ def _optional_int(value: object, name: str) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise HttpProblem(400, 400, f"'{name}' must be an integer")
+        raise HttpProblem(422, 422, f"'{name}' must be an integer")
     return value if value > 0 else None
 
 
@@ -155,9 +162,7 @@ def _schema_id(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise RegistryServiceError(
-            f"Schema {text} not found", error_code=40403, status=404
-        ) from None
+        raise HttpProblem(404, 404, "HTTP 404 Not Found") from None
 
 
 # ------------------------------------------------------------------ handlers (blocking)
@@ -364,13 +369,57 @@ def match(method: str, segments: list[str]) -> tuple[Handler, tuple[str, ...]]:
     raise HttpProblem(404, 404, "HTTP 404 Not Found")
 
 
-def _json(status: int, content: object) -> Response:
+# What the registry answers in, with Jersey's quality-of-source, best first.
+PRODUCES = (
+    (MEDIA_TYPE, 1.0),
+    ("application/vnd.schemaregistry+json", 0.9),
+    ("application/json", 0.5),
+)
+CONSUMES = frozenset({*(t for t, _ in PRODUCES), "application/octet-stream"})
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The media type to answer in for this ``Accept`` header, or None (406)."""
+    if accept is None or not accept.strip():
+        return MEDIA_TYPE
+    best: tuple[float, float, int] | None = None
+    chosen = None
+    for item in accept.split(","):
+        kind, *params = (p.strip() for p in item.split(";"))
+        kind = kind.lower()
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q <= 0 or "/" not in kind:
+            continue
+        major = kind.split("/")[0]
+        for produced, qs in PRODUCES:
+            if kind == produced:
+                exact = 2
+            elif kind == f"{major}/*" and produced.startswith(f"{major}/"):
+                exact = 1
+            elif kind == "*/*":
+                exact = 0
+            else:
+                continue
+            score = (q, qs, exact)
+            if best is None or score > best:
+                best, chosen = score, produced
+    return chosen
+
+
+def _json(status: int, content: object, media_type: str = MEDIA_TYPE) -> Response:
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(body, status_code=status, media_type=MEDIA_TYPE)
+    return Response(body, status_code=status, media_type=media_type)
 
 
-def _error(status: int, error_code: int, message: str) -> Response:
-    response = _json(status, {"error_code": error_code, "message": message})
+def _error(status: int, error_code: int, message: str, media_type: str = MEDIA_TYPE) -> Response:
+    response = _json(status, {"error_code": error_code, "message": message}, media_type)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Basic realm="schema-registry"'
     return response
@@ -435,8 +484,12 @@ def create_app(
     authorize = _authorizer(basic_auth)
 
     async def endpoint(request: Request) -> Response:
+        media_type = negotiate(request.headers.get("accept")) or MEDIA_TYPE
         try:
             authorize(request)
+            if negotiate(request.headers.get("accept")) is None:
+                accept = request.headers.get("accept", "")[:200]
+                raise HttpProblem(406, 406, f"HTTP 406 Not Acceptable: no answer in {accept!r}")
             raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
             try:
                 segments = _segments(raw_path)
@@ -445,19 +498,25 @@ def create_app(
             handler, params = match(request.method, segments)
             body = None
             if handler in _WITH_BODY:
+                content_type = request.headers.get("content-type", "")
+                kind = content_type.split(";")[0].strip().lower()
+                if kind and kind not in CONSUMES:
+                    raise HttpProblem(
+                        415, 415, f"HTTP 415 Unsupported Media Type: {content_type[:200]!r}"
+                    )
                 body = _parse_body(await _read_body(request, max_body_bytes))
             call = Call(service, params, dict(request.query_params), body)
             result = await run_in_threadpool(handler, call)
         except HttpProblem as exc:
-            return _error(exc.status, exc.error_code, str(exc))
+            return _error(exc.status, exc.error_code, str(exc), media_type)
         except RegistryServiceError as exc:
-            return _error(exc.status, exc.error_code, str(exc))
+            return _error(exc.status, exc.error_code, str(exc), media_type)
         except Exception:
             log.exception("registry request %s %s failed", request.method, request.url.path)
-            return _error(500, 50001, "Error in the backend data store")
+            return _error(500, 50001, "Error in the backend data store", media_type)
         if isinstance(result, Raw):
-            return Response(result.text.encode(), status_code=200, media_type=MEDIA_TYPE)
-        return _json(200, result)
+            return Response(result.text.encode(), status_code=200, media_type=media_type)
+        return _json(200, result, media_type)
 
     app = Starlette()
     # Every path reaches ``endpoint`` (which routes on the raw path itself): a

@@ -473,7 +473,7 @@ class RegistryService:
             if not live:
                 if version is None:
                     return CompatibilityResult(compatible=True)
-                raise subject_not_found(subject)
+                raise version_not_found(subject, version)  # Confluent: 40402, even then
             row = self._pick(live, subject, version=version)
             one = CompatibilityLevel(level.value.removesuffix("_TRANSITIVE"))
             return self._check(tx, one, parsed=parsed, rows=[row])

@@ -119,8 +119,8 @@ def test_invalid_avro_is_refused_with_42201_naming_the_problem(http: httpx.Clien
     assert_error(response, 422, 42201)
     assert "AVRO" in response.json()["message"]
     assert_error(http.post(f"/subjects/{name}/versions", json={"nothing": 1}), 422, 42201)
-    assert_error(http.post(f"/subjects/{name}/versions", json={"schema": ROW2}), 400, 400)
-    assert_error(http.post(f"/subjects/{name}/versions", json=[json.dumps(ROW2)]), 400, 400)
+    assert_error(http.post(f"/subjects/{name}/versions", json={"schema": ROW2}), 422, 422)
+    assert_error(http.post(f"/subjects/{name}/versions", json=[json.dumps(ROW2)]), 422, 422)
     assert snapshot(http, name) == before
 
 
@@ -178,7 +178,7 @@ def test_unknown_subjects_versions_and_ids_have_confluent_codes(http: httpx.Clie
     assert_error(http.get(f"/subjects/{name}/versions/0"), 422, 42202)
     assert_error(http.get(f"/subjects/{name}/versions/one"), 422, 42202)
     assert_error(http.get("/schemas/ids/987654321"), 404, 40403)
-    assert_error(http.get("/schemas/ids/abc"), 404, 40403)
+    assert_error(http.get("/schemas/ids/abc"), 404, 404)
     assert_error(http.post(f"/subjects/{subject()}", json={"schema": json.dumps(ROW)}), 404, 40401)
     assert_error(http.post(f"/subjects/{name}", json={"schema": json.dumps(ROW2)}), 404, 40403)
     found = http.post(f"/subjects/{name}", json={"schema": json.dumps(ROW)}).json()
@@ -197,12 +197,12 @@ def test_subjects_with_a_slash_sent_as_percent_2f_are_one_subject(http: httpx.Cl
     assert name not in http.get("/subjects").json()
 
 
-def test_any_accept_header_and_any_body_content_type_is_served(http: httpx.Client) -> None:
+def test_content_is_negotiated_as_confluent_does_it(http: httpx.Client) -> None:
     name = subject()
     for content_type in (
         "application/json",
         "application/vnd.schemaregistry.v1+json",
-        "application/vnd.schemaregistry+json",
+        "application/vnd.schemaregistry+json; charset=utf-8",
         "application/octet-stream",
         None,
     ):
@@ -213,10 +213,63 @@ def test_any_accept_header_and_any_body_content_type_is_served(http: httpx.Clien
             headers=headers,
         )
         assert response.status_code == 200, (content_type, response.text)
-    for accept in ("text/html", "application/xml", "*/*", "application/vnd.schemaregistry.v1+json"):
-        response = http.get(f"/subjects/{name}/versions", headers={"Accept": accept})
-        assert response.status_code == 200
+    for accept, answered in (
+        (None, MEDIA),
+        ("*/*", MEDIA),
+        (MEDIA, MEDIA),
+        ("application/json", "application/json"),
+        ("application/vnd.schemaregistry+json", "application/vnd.schemaregistry+json"),
+        ("application/*", MEDIA),
+        ("text/html, application/json;q=0.5", "application/json"),
+        (f"application/json, {MEDIA};q=0.9", "application/json"),
+    ):
+        headers = {"Accept": accept} if accept else {}
+        response = http.get(f"/subjects/{name}/versions", headers=headers)
+        assert response.status_code == 200, (accept, response.text)
+        assert response.headers["content-type"] == answered, accept
         assert response.json() == [1]
+    missing = http.get(f"/subjects/{subject()}/versions", headers={"Accept": "application/json"})
+    assert (missing.status_code, missing.headers["content-type"]) == (404, "application/json")
+    for accept in ("text/html", "application/xml", "application/json;q=0"):
+        refused = http.get(f"/subjects/{name}/versions", headers={"Accept": accept})
+        assert_error(refused, 406, 406)
+    before = http.get("/config").json()
+    for content_type in ("text/plain", "application/xml", "application/x-www-form-urlencoded"):
+        refused = http.put(
+            "/config",
+            content=json.dumps({"compatibility": "NONE"}).encode(),
+            headers={"Content-Type": content_type},
+        )
+        assert_error(refused, 415, 415)
+    assert http.get("/config").json() == before
+
+
+def test_errors_are_answered_with_confluents_codes_and_statuses(http: httpx.Client) -> None:
+    name = subject()
+    register(http, name)
+    before = snapshot(http, name)
+    compat = json.dumps(ROW2)
+    for path in (
+        f"/compatibility/subjects/{name}/versions/9",
+        f"/compatibility/subjects/{subject()}/versions/1",
+    ):
+        assert_error(http.post(path, json={"schema": compat}), 404, 40402)
+    for bad in ("invalid", "1.5", "-x"):
+        assert_error(http.get(f"/schemas/ids/{bad}"), 404, 404)
+        assert_error(http.get(f"/schemas/ids/{bad}/versions"), 404, 404)
+    for body in (
+        [1, 2],
+        "text",
+        12,
+        True,
+        {"schema": {"type": "string"}},
+        {"schema": '"int"', "id": "x"},
+    ):
+        answer = http.post(f"/subjects/{name}/versions", json=body)
+        assert_error(answer, 422, 422)
+        assert_error(http.post(f"/subjects/{name}", json=body), 422, 422)
+    assert_error(http.put("/config", json=["NONE"]), 422, 422)
+    assert snapshot(http, name) == before
 
 
 def test_query_booleans_are_case_insensitive(http: httpx.Client) -> None:
