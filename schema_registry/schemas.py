@@ -72,9 +72,12 @@ class Reference:
 
 @dataclass(frozen=True, slots=True)
 class ParsedSchema:
-    """A validated schema: its parsed form and the two texts used for identity."""
+    """A validated schema: its parsed form and the two texts used for identity.
 
-    schema: avro.schema.Schema
+    ``schema`` is an ``avro.schema.Schema`` for Avro, the JSON document for JSON Schema.
+    """
+
+    schema: Any
     canonical: str
     normalized: str
 
@@ -94,7 +97,8 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def _load(text: str) -> Any:
+def load_json(text: str) -> Any:
+    """A schema text's JSON; ``InvalidSchemaError`` if not JSON or nested too deeply."""
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, TypeError) as exc:
@@ -123,11 +127,11 @@ def canonical_text(text: str, *, referenced: Sequence[str] = ()) -> str:
 
 def parse(text: str, *, referenced: Sequence[str] = ()) -> ParsedSchema:
     """Validate ``text`` (after the ``referenced`` schema texts) and compute its forms."""
-    data = _load(text)
+    data = load_json(text)
     names = avro.name.Names()
     try:
         for ref_text in referenced:
-            avro.schema.make_avsc_object(_load(ref_text), names)
+            avro.schema.make_avsc_object(load_json(ref_text), names)
         schema = avro.schema.make_avsc_object(data, names)
     except (avro.errors.AvroException, TypeError, ValueError, KeyError, AttributeError) as exc:
         reason = str(exc) or type(exc).__name__
@@ -177,7 +181,7 @@ def _own_namespace(node: dict[str, Any], enclosing: str | None) -> str | None:
 def _named_types(texts: Sequence[str]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for text in texts:
-        _collect_named(_load(text), None, found=found)
+        _collect_named(load_json(text), None, found=found)
     return found
 
 

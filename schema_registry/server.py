@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import request_response
 
-from schema_registry.schemas import Reference
+from schema_registry.schemas import AVRO, Reference
 from schema_registry.service import (
     RegistryService,
     RegistryServiceError,
@@ -146,6 +146,8 @@ def _version(info: VersionInfo) -> dict[str, Any]:
         "id": info.schema_id,
         "schema": info.schema,
     }
+    if info.schema_type != AVRO:
+        out["schemaType"] = info.schema_type
     if info.references:
         out["references"] = [r.to_json() for r in info.references]
     return out
@@ -153,6 +155,8 @@ def _version(info: VersionInfo) -> dict[str, Any]:
 
 def _schema(info: SchemaInfo) -> dict[str, Any]:
     out: dict[str, Any] = {"schema": info.schema}
+    if info.schema_type != AVRO:
+        out["schemaType"] = info.schema_type
     if info.references:
         out["references"] = [r.to_json() for r in info.references]
     return out
@@ -173,7 +177,7 @@ def root(c: Call) -> object:
 
 
 def schema_types(c: Call) -> object:
-    return ["AVRO"]
+    return ["JSON", "AVRO"]
 
 
 def contexts(c: Call) -> object:
