@@ -57,7 +57,7 @@ def assert_error(response: httpx.Response, status: int, error_code: int) -> None
 
 def test_the_root_types_and_contexts_endpoints_answer_like_confluent(http: httpx.Client) -> None:
     assert http.get("/").json() == {}
-    assert http.get("/schemas/types").json() == ["AVRO"]
+    assert http.get("/schemas/types").json() == ["JSON", "AVRO"]
     assert http.get("/contexts").json() == ["."]
     assert_error(http.get("/associations/resources/x"), 404, 40401)
 
@@ -115,9 +115,11 @@ def test_invalid_avro_is_refused_with_42201_naming_the_problem(http: httpx.Clien
         response = http.post(f"/subjects/{name}/versions", json={"schema": text})
         assert_error(response, 422, 42201)
         assert named_problem in response.json()["message"]
-    response = http.post(f"/subjects/{name}/versions", json={"schema": "{}", "schemaType": "JSON"})
+    response = http.post(
+        f"/subjects/{name}/versions", json={"schema": "{}", "schemaType": "PROTOBUF"}
+    )
     assert_error(response, 422, 42201)
-    assert "AVRO" in response.json()["message"]
+    assert "PROTOBUF" in response.json()["message"]
     assert_error(http.post(f"/subjects/{name}/versions", json={"nothing": 1}), 422, 42201)
     assert_error(http.post(f"/subjects/{name}/versions", json={"schema": ROW2}), 422, 422)
     assert_error(http.post(f"/subjects/{name}/versions", json=[json.dumps(ROW2)]), 422, 422)
