@@ -16,8 +16,9 @@ Invariant: a result is compatible exactly when ``messages`` is empty.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import avro.compatibility
 import avro.errors
@@ -94,11 +95,17 @@ def check(*, reader: str, writer: str) -> CompatibilityResult:
 def check_level_schemas(
     level: CompatibilityLevel | str,
     *,
-    new: avro.schema.Schema,
-    existing: Sequence[avro.schema.Schema],
+    new: Any,
+    existing: Sequence[Any],
     labels: Sequence[str] | None = None,
+    pair: Callable[[Any, Any], CompatibilityResult] | None = None,
 ) -> CompatibilityResult:
-    """``check_level`` on parsed schemas; ``labels`` name the existing ones in messages."""
+    """``check_level`` on parsed schemas; ``labels`` name the existing ones in messages.
+
+    ``pair(reader, writer)`` decides one pair (Avro's rules by default; the JSON
+    Schema rules for JSON schemas).
+    """
+    decide = pair or (lambda reader, writer: check_schemas(reader=reader, writer=writer))
     level = CompatibilityLevel.parse(level) if isinstance(level, str) else level
     if level is CompatibilityLevel.NONE or not existing:
         return CompatibilityResult(compatible=True)
@@ -109,13 +116,13 @@ def check_level_schemas(
     messages: list[str] = []
     for old, label in pairs:
         if level.backward:
-            result = check_schemas(reader=new, writer=old)
+            result = decide(new, old)
             messages += [
                 f"the new schema cannot read data written with {label}: {m}"
                 for m in result.messages
             ]
         if level.forward:
-            result = check_schemas(reader=old, writer=new)
+            result = decide(old, new)
             messages += [
                 f"{label} cannot read data written with the new schema: {m}"
                 for m in result.messages

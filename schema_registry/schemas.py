@@ -2,10 +2,16 @@
 
 Only Avro is supported. Invariants:
 
-- ``canonical_text`` is the schema's JSON re-serialised compactly with the
-  attribute order kept: two texts that differ only in whitespace have the
-  same canonical text, hence the same id. This is the text the registry
-  stores and returns.
+- ``canonical`` is the schema as Confluent's ``AvroSchema.canonicalString()``
+  writes it: parsed and re-serialised the way Apache Avro's Java
+  ``Schema.toString()`` does (attributes in Java's order, names short with a
+  ``namespace`` only where it differs from the enclosing one, primitives
+  without properties as plain strings, references to known named types by
+  name). Two spellings of one schema (attribute order, whitespace,
+  ``"string"`` vs ``{"type":"string"}``, a fullname vs name + namespace) have
+  the same canonical text, hence the same id, and Java clients that look a
+  schema up by their own ``toString()`` find it. This is the text the
+  registry stores and returns.
 - ``normalized_text`` is used when a client asks for ``normalize=true``: the
   Avro Parsing Canonical Form (fully qualified names, no ``namespace``, no
   ``doc``, primitives written as plain strings, attributes in the order
@@ -18,6 +24,9 @@ Only Avro is supported. Invariants:
   matches its type (a union's default matches its first branch, as the Avro
   specification says). Errors are ``InvalidSchemaError`` with the parser's
   reason.
+- a schema text whose JSON nests deeper than ``MAX_DEPTH`` levels is
+  invalid (``InvalidSchemaError``), checked before anything recurses over it,
+  so no schema can exhaust the interpreter's recursion limit.
 - schema references: each reference is resolved by the service to a schema
   text, and the referenced texts are parsed first, into the same name table,
   so the referring schema may use their named types.
@@ -41,6 +50,7 @@ AVRO = "AVRO"
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 NAMED = frozenset({"record", "error", "enum", "fixed"})
 _PCF_ORDER = ("name", "type", "fields", "symbols", "items", "values", "size")
+MAX_DEPTH = 300  # JSON nesting levels of one schema text (a record level takes three)
 _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 
 
@@ -62,43 +72,75 @@ class Reference:
 
 @dataclass(frozen=True, slots=True)
 class ParsedSchema:
-    """A validated schema: its parsed form and the two texts used for identity."""
+    """A validated schema: its parsed form and the two texts used for identity.
 
-    schema: avro.schema.Schema
+    ``schema`` is an ``avro.schema.Schema`` for Avro, the JSON document for JSON Schema.
+    """
+
+    schema: Any
     canonical: str
     normalized: str
 
 
-def _load(text: str) -> Any:
+def json_depth(value: Any) -> int:
+    """How deeply JSON arrays and objects nest in ``value`` (iteratively, for any depth)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend(
+                (child, depth) for child in (node.values() if isinstance(node, dict) else node)
+            )
+    return deepest
+
+
+def load_json(text: str) -> Any:
+    """A schema text's JSON; ``InvalidSchemaError`` if not JSON or nested too deeply."""
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except (json.JSONDecodeError, TypeError) as exc:
         raise InvalidSchemaError(f"Invalid schema: the schema is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _too_deep() from exc
+    if json_depth(data) > MAX_DEPTH:
+        raise _too_deep()
+    return data
+
+
+def _too_deep() -> InvalidSchemaError:
+    return InvalidSchemaError(
+        f"Invalid schema: JSON arrays and objects nest deeper than {MAX_DEPTH} levels"
+    )
 
 
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def canonical_text(text: str) -> str:
-    """The compact, order-preserving re-serialisation of a schema's JSON."""
-    return _compact(_load(text))
+def canonical_text(text: str, *, referenced: Sequence[str] = ()) -> str:
+    """The canonical form of a valid schema text (see the module docstring)."""
+    return parse(text, referenced=referenced).canonical
 
 
 def parse(text: str, *, referenced: Sequence[str] = ()) -> ParsedSchema:
     """Validate ``text`` (after the ``referenced`` schema texts) and compute its forms."""
-    data = _load(text)
+    data = load_json(text)
     names = avro.name.Names()
     try:
         for ref_text in referenced:
-            avro.schema.make_avsc_object(_load(ref_text), names)
+            avro.schema.make_avsc_object(load_json(ref_text), names)
         schema = avro.schema.make_avsc_object(data, names)
     except (avro.errors.AvroException, TypeError, ValueError, KeyError, AttributeError) as exc:
         reason = str(exc) or type(exc).__name__
         raise InvalidSchemaError(f"Invalid schema: {reason}") from exc
-    _check_defaults(data, namespace=None, named=_named_types(referenced))
+    known = _named_types(referenced)
+    _check_defaults(data, namespace=None, named=dict(known))
+    canonical = _compact(_JavaForm(set(known)).write(data, None))
     return ParsedSchema(
-        schema=schema, canonical=_compact(data), normalized=_compact(_normal(data, None))
+        schema=schema, canonical=canonical, normalized=_compact(_normal(data, None))
     )
 
 
@@ -139,7 +181,7 @@ def _own_namespace(node: dict[str, Any], enclosing: str | None) -> str | None:
 def _named_types(texts: Sequence[str]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for text in texts:
-        _collect_named(_load(text), None, found=found)
+        _collect_named(load_json(text), None, found=found)
     return found
 
 
@@ -322,3 +364,95 @@ def _with_extras(out: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
     for key in sorted(extras):
         out[key] = extras[key]
     return out
+
+
+# ---------------------------------------------------------------- canonical (Java) form
+
+_SCHEMA_RESERVED = frozenset(
+    {"doc", "fields", "items", "name", "namespace", "size", "symbols", "values", "type", "aliases"}
+)
+_FIELD_RESERVED = frozenset({"default", "doc", "name", "order", "type", "aliases"})
+_TYPE_NAMES = PRIMITIVES | NAMED | {"array", "map", "union"}
+
+
+class _JavaForm:
+    """Apache Avro Java's ``Schema.toString()`` over an already validated schema's JSON."""
+
+    def __init__(self, known: set[str]) -> None:
+        self._defined = set(known)
+
+    def _resolve(self, name: str, space: str | None) -> str:
+        full = _fullname(name, space)
+        if full not in self._defined and name in self._defined:
+            return name
+        return full
+
+    @staticmethod
+    def _qualified(full: str, space: str | None) -> str:
+        ns, _, short = full.rpartition(".")
+        if ns and ns == space and short not in _TYPE_NAMES:
+            return short
+        return full
+
+    def write(self, node: Any, space: str | None) -> Any:
+        if isinstance(node, str):
+            if node in PRIMITIVES:
+                return node
+            return self._qualified(self._resolve(node, space), space)
+        if isinstance(node, list):
+            return [self.write(branch, space) for branch in node]
+        if not isinstance(node, dict):
+            return node
+        kind = node.get("type")
+        if isinstance(kind, dict | list):
+            return self.write(kind, space)
+        if kind in NAMED:
+            return self._named(node, str(kind), space)
+        props = {k: v for k, v in node.items() if k not in _SCHEMA_RESERVED}
+        if kind == "array":
+            return {"type": "array", "items": self.write(node.get("items"), space), **props}
+        if kind == "map":
+            return {"type": "map", "values": self.write(node.get("values"), space), **props}
+        if isinstance(kind, str) and kind in PRIMITIVES:
+            return {"type": kind, **props} if props else kind
+        return self.write(kind, space)
+
+    def _named(self, node: dict[str, Any], kind: str, space: str | None) -> Any:
+        own = _own_namespace(node, space)
+        full = _fullname(str(node["name"]).rpartition(".")[2], own)
+        if full in self._defined:
+            return self._qualified(full, space)
+        self._defined.add(full)
+        out: dict[str, Any] = {"type": kind, "name": full.rpartition(".")[2]}
+        if own != space:
+            out["namespace"] = own or ""
+        if "doc" in node:
+            out["doc"] = node["doc"]
+        reserved = _SCHEMA_RESERVED
+        if kind in ("record", "error"):
+            out["fields"] = [self._field(f, own) for f in node.get("fields", [])]
+        elif kind == "enum":
+            out["symbols"] = list(node.get("symbols", []))
+            if "default" in node:
+                out["default"] = node["default"]
+            reserved = reserved | {"default"}
+        else:
+            out["size"] = node.get("size")
+        out.update((k, v) for k, v in node.items() if k not in reserved)
+        if node.get("aliases"):
+            out["aliases"] = [self._qualified(_fullname(str(a), own), own) for a in node["aliases"]]
+        return out
+
+    def _field(self, field: dict[str, Any], space: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": field["name"], "type": self.write(field["type"], space)}
+        if "doc" in field:
+            out["doc"] = field["doc"]
+        if "default" in field:
+            out["default"] = field["default"]
+        order = str(field.get("order", "ascending")).lower()
+        if order != "ascending":
+            out["order"] = order
+        if field.get("aliases"):
+            out["aliases"] = [str(a) for a in field["aliases"]]
+        out.update((k, v) for k, v in field.items() if k not in _FIELD_RESERVED)
+        return out

@@ -5,14 +5,21 @@ that follow Confluent's behaviour as real clients rely on it:
 
 - routing uses the RAW request path, split on ``/`` and each segment
   percent-decoded, so a subject may contain ``/`` sent as ``%2F``;
-- every success answers 200 with ``application/vnd.schemaregistry.v1+json``;
-  the ``Accept`` header is never a reason to refuse (no 406), and a request
-  body is read as JSON whatever its content type;
+- content negotiation as Confluent's (Jersey's) does it: the answer's type is
+  the best of ``application/vnd.schemaregistry.v1+json`` (qs 1),
+  ``application/vnd.schemaregistry+json`` (qs 0.9) and ``application/json``
+  (qs 0.5) for the request's ``Accept`` (client q first, then qs); no
+  ``Accept`` or ``*/*`` gets the first; an ``Accept`` none of them satisfies
+  is 406 / 406. A request body's ``Content-Type`` must be one of those three
+  or ``application/octet-stream`` (or absent), else 415 / 415;
 - errors are exactly ``{"error_code": int, "message": str}``: the service's
   Confluent codes (HTTP 404 for 404xx, 422 for 422xx, 409, 500 for 50001);
-  a body that is not JSON, not a JSON object, or whose ``schema`` is not a
-  string is HTTP 400 / error_code 400 (as Confluent's JSON mapper answers); a
-  missing or empty ``schema`` is 42201; a body over ``max_body_bytes`` is 413 / 413,
+  a body that is not JSON is HTTP 400 / error_code 400 (Confluent's JSON
+  parse mapper); valid JSON of the wrong shape (not an object, a ``schema``
+  that is not a string, an ``id`` that is not a number) is 422 / 422
+  (Confluent's JSON mapping mapper); a missing or empty ``schema`` is 42201;
+  an id in the path that is not a number is 404 / 404 (Jersey's answer for
+  an unconvertible path parameter); a body over ``max_body_bytes`` is 413 / 413,
   an unknown route 404 / 404, a known path with another method 405 / 405;
 - query booleans compare case-insensitively with ``true``;
 - optional HTTP basic auth: a missing or wrong ``Authorization`` answers 401
@@ -36,9 +43,9 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import request_response
 
-from schema_registry.schemas import Reference
+from schema_registry.schemas import AVRO, Reference
 from schema_registry.service import (
     RegistryService,
     RegistryServiceError,
@@ -51,7 +58,6 @@ from schema_registry.storage_url import open_storage
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
-_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
 class HttpProblem(Exception):
@@ -84,14 +90,14 @@ class Call:
 
     def body_object(self) -> dict[str, Any]:
         if not isinstance(self.body, dict):
-            raise HttpProblem(400, 400, "The request body must be a JSON object")
+            raise HttpProblem(422, 422, "The request body must be a JSON object")
         return self.body
 
     def schema_request(self) -> SchemaRequest:
         body = self.body_object()
         text = body.get("schema")
         if text is not None and not isinstance(text, str):
-            raise HttpProblem(400, 400, "'schema' must be a JSON string holding the schema")
+            raise HttpProblem(422, 422, "'schema' must be a JSON string holding the schema")
         if not text or not text.strip():
             raise RegistryServiceError(
                 "Invalid schema: the 'schema' field is missing or empty",
@@ -115,7 +121,7 @@ def _optional_int(value: object, name: str) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise HttpProblem(400, 400, f"'{name}' must be an integer")
+        raise HttpProblem(422, 422, f"'{name}' must be an integer")
     return value if value > 0 else None
 
 
@@ -140,6 +146,8 @@ def _version(info: VersionInfo) -> dict[str, Any]:
         "id": info.schema_id,
         "schema": info.schema,
     }
+    if info.schema_type != AVRO:
+        out["schemaType"] = info.schema_type
     if info.references:
         out["references"] = [r.to_json() for r in info.references]
     return out
@@ -147,6 +155,8 @@ def _version(info: VersionInfo) -> dict[str, Any]:
 
 def _schema(info: SchemaInfo) -> dict[str, Any]:
     out: dict[str, Any] = {"schema": info.schema}
+    if info.schema_type != AVRO:
+        out["schemaType"] = info.schema_type
     if info.references:
         out["references"] = [r.to_json() for r in info.references]
     return out
@@ -156,9 +166,7 @@ def _schema_id(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise RegistryServiceError(
-            f"Schema {text} not found", error_code=40403, status=404
-        ) from None
+        raise HttpProblem(404, 404, "HTTP 404 Not Found") from None
 
 
 # ------------------------------------------------------------------ handlers (blocking)
@@ -169,7 +177,7 @@ def root(c: Call) -> object:
 
 
 def schema_types(c: Call) -> object:
-    return ["AVRO"]
+    return ["JSON", "AVRO"]
 
 
 def contexts(c: Call) -> object:
@@ -191,6 +199,27 @@ def versions_of_id(c: Call) -> object:
 
 def subjects_of_id(c: Call) -> object:
     return c.service.subjects_of_schema(_schema_id(c.params[0]), deleted=c.flag("deleted"))
+
+
+def _int_param(c: Call, name: str, default: int) -> int:
+    text = c.query.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise HttpProblem(404, 404, f"HTTP 404 Not Found: {name} must be an integer") from None
+
+
+def list_schemas(c: Call) -> object:
+    infos = c.service.list_schemas(
+        prefix=c.query.get("subjectPrefix", ""),
+        deleted=c.flag("deleted"),
+        latest_only=c.flag("latestOnly"),
+        offset=_int_param(c, "offset", 0),
+        limit=_int_param(c, "limit", -1),
+    )
+    return [_version(info) for info in infos]
 
 
 def list_subjects(c: Call) -> object:
@@ -291,6 +320,7 @@ Handler = Callable[[Call], object]
 V = "*"  # a path parameter
 ROUTES: list[tuple[str, tuple[str, ...], Handler]] = [
     ("GET", (), root),
+    ("GET", ("schemas",), list_schemas),
     ("GET", ("schemas", "types"), schema_types),
     ("GET", ("contexts",), contexts),
     ("GET", ("schemas", "ids", V), schema_by_id),
@@ -343,13 +373,57 @@ def match(method: str, segments: list[str]) -> tuple[Handler, tuple[str, ...]]:
     raise HttpProblem(404, 404, "HTTP 404 Not Found")
 
 
-def _json(status: int, content: object) -> Response:
+# What the registry answers in, with Jersey's quality-of-source, best first.
+PRODUCES = (
+    (MEDIA_TYPE, 1.0),
+    ("application/vnd.schemaregistry+json", 0.9),
+    ("application/json", 0.5),
+)
+CONSUMES = frozenset({*(t for t, _ in PRODUCES), "application/octet-stream"})
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The media type to answer in for this ``Accept`` header, or None (406)."""
+    if accept is None or not accept.strip():
+        return MEDIA_TYPE
+    best: tuple[float, float, int] | None = None
+    chosen = None
+    for item in accept.split(","):
+        kind, *params = (p.strip() for p in item.split(";"))
+        kind = kind.lower()
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q <= 0 or "/" not in kind:
+            continue
+        major = kind.split("/")[0]
+        for produced, qs in PRODUCES:
+            if kind == produced:
+                exact = 2
+            elif kind == f"{major}/*" and produced.startswith(f"{major}/"):
+                exact = 1
+            elif kind == "*/*":
+                exact = 0
+            else:
+                continue
+            score = (q, qs, exact)
+            if best is None or score > best:
+                best, chosen = score, produced
+    return chosen
+
+
+def _json(status: int, content: object, media_type: str = MEDIA_TYPE) -> Response:
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(body, status_code=status, media_type=MEDIA_TYPE)
+    return Response(body, status_code=status, media_type=media_type)
 
 
-def _error(status: int, error_code: int, message: str) -> Response:
-    response = _json(status, {"error_code": error_code, "message": message})
+def _error(status: int, error_code: int, message: str, media_type: str = MEDIA_TYPE) -> Response:
+    response = _json(status, {"error_code": error_code, "message": message}, media_type)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Basic realm="schema-registry"'
     return response
@@ -381,6 +455,8 @@ def _parse_body(raw: bytes) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HttpProblem(400, 400, f"Unparseable JSON request body: {exc}") from exc
+    except RecursionError as exc:
+        raise HttpProblem(400, 400, "Unparseable JSON request body: nested too deeply") from exc
 
 
 def _authorizer(basic_auth: str | None) -> Callable[[Request], None]:
@@ -412,8 +488,12 @@ def create_app(
     authorize = _authorizer(basic_auth)
 
     async def endpoint(request: Request) -> Response:
+        media_type = negotiate(request.headers.get("accept")) or MEDIA_TYPE
         try:
             authorize(request)
+            if negotiate(request.headers.get("accept")) is None:
+                accept = request.headers.get("accept", "")[:200]
+                raise HttpProblem(406, 406, f"HTTP 406 Not Acceptable: no answer in {accept!r}")
             raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
             try:
                 segments = _segments(raw_path)
@@ -422,21 +502,31 @@ def create_app(
             handler, params = match(request.method, segments)
             body = None
             if handler in _WITH_BODY:
+                content_type = request.headers.get("content-type", "")
+                kind = content_type.split(";")[0].strip().lower()
+                if kind and kind not in CONSUMES:
+                    raise HttpProblem(
+                        415, 415, f"HTTP 415 Unsupported Media Type: {content_type[:200]!r}"
+                    )
                 body = _parse_body(await _read_body(request, max_body_bytes))
             call = Call(service, params, dict(request.query_params), body)
             result = await run_in_threadpool(handler, call)
         except HttpProblem as exc:
-            return _error(exc.status, exc.error_code, str(exc))
+            return _error(exc.status, exc.error_code, str(exc), media_type)
         except RegistryServiceError as exc:
-            return _error(exc.status, exc.error_code, str(exc))
+            return _error(exc.status, exc.error_code, str(exc), media_type)
         except Exception:
             log.exception("registry request %s %s failed", request.method, request.url.path)
-            return _error(500, 50001, "Error in the backend data store")
+            return _error(500, 50001, "Error in the backend data store", media_type)
         if isinstance(result, Raw):
-            return Response(result.text.encode(), status_code=200, media_type=MEDIA_TYPE)
-        return _json(200, result)
+            return Response(result.text.encode(), status_code=200, media_type=media_type)
+        return _json(200, result, media_type)
 
-    return Starlette(routes=[Route("/{path:path}", endpoint, methods=_METHODS)])
+    app = Starlette()
+    # Every path reaches ``endpoint`` (which routes on the raw path itself): a
+    # starlette route pattern would not match a path holding an encoded newline.
+    app.router.default = request_response(endpoint)
+    return app
 
 
 def serve(storage_url: str, *, host: str, port: int, basic_auth: str | None = None) -> None:

@@ -12,13 +12,21 @@ nothing. Semantics (Confluent Schema Registry's, with these choices):
 - versions count per subject from 1 and are never reused, not even after a
   permanent delete; a schema re-registered after a soft delete gets a new
   version with its old id.
-- ``normalize=true`` registers (and looks up by) the normalised text.
+- schemas are compared by their canonical text (Confluent's
+  ``canonicalString()``, see ``schemas``) everywhere: register, look-up, id
+  reuse across subjects, references; ``normalize=true`` compares the stronger
+  normalised text instead and registers the canonical text of the normalised
+  schema.
 - compatibility is checked against the subject's non-deleted versions at
   the subject's level (else the global one, default BACKWARD); IMPORT mode
   skips it and accepts the client's ``id`` and ``version``.
 - READONLY mode (subject's own, else global) refuses registrations and
   deletes with 42205; config and mode changes stay allowed. IMPORT mode may
   only be entered on an empty registry/subject unless ``force``.
+- subjects are validated where they are stored (register, subject config and
+  mode): ``validate_subject`` answers 42208 for empty, over-long, control
+  characters and ``.``/``..`` path segments; schemas nesting deeper than
+  ``schemas.MAX_DEPTH`` are 42201. Neither changes the store.
 - a permanent subject delete also drops the subject's config and mode.
 """
 
@@ -27,18 +35,20 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cdc.core.errors import RegistryError
-from schema_registry import schemas
+from schema_registry import json_schemas, schemas
 from schema_registry.compatibility import CompatibilityLevel, CompatibilityResult
 from schema_registry.compatibility import check_level_schemas as _check_level
+from schema_registry.json_schemas import JSON
 from schema_registry.schemas import AVRO, InvalidSchemaError, ParsedSchema, Reference
 from schema_registry.storage import GLOBAL_SCOPE, Storage, StoredSchema, Tx, VersionRow
 
 DEFAULT_COMPATIBILITY = CompatibilityLevel.BACKWARD
 MODES = ("READWRITE", "READONLY", "IMPORT")
 MAX_VERSION = 2**31 - 1
+MAX_SUBJECT_CHARS = 1024
 _COMPAT_KEY = "compatibility"
 _MODE_KEY = "mode"
 
@@ -64,6 +74,28 @@ def schema_not_found(detail: str = "Schema not found") -> RegistryServiceError:
     return _err(40403, detail)
 
 
+def validate_subject(subject: str) -> str:
+    """``subject`` if a registry may store it, else 42208 (Confluent's invalid subject).
+
+    Refused: empty, longer than ``MAX_SUBJECT_CHARS``, control characters (NUL, CR,
+    LF, as Confluent refuses), and ``.`` or ``..`` between slashes (a path escape in
+    clients that put the subject into a URL unencoded).
+    """
+    problem = None
+    if not subject.strip():
+        problem = "it is empty"
+    elif len(subject) > MAX_SUBJECT_CHARS:
+        problem = f"it is longer than {MAX_SUBJECT_CHARS} characters"
+    elif any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in subject):
+        problem = "it contains a control character"
+    elif any(part in (".", "..") for part in subject.split("/")):
+        problem = "it contains a '.' or '..' path segment"
+    if problem is not None:
+        shown = subject[:64].encode("unicode_escape").decode("ascii")
+        raise _err(42208, f"Invalid subject '{shown}': {problem}")
+    return subject
+
+
 @dataclass(frozen=True, slots=True)
 class SchemaRequest:
     """A schema as a client sends it (register, lookup, compatibility test)."""
@@ -84,6 +116,7 @@ class VersionInfo:
     schema_id: int
     schema: str
     references: tuple[Reference, ...] = field(default=())
+    schema_type: str = AVRO
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +126,7 @@ class SchemaInfo:
     schema_id: int
     schema: str
     references: tuple[Reference, ...] = ()
+    schema_type: str = AVRO
 
 
 def parse_version(spec: str | int) -> int | None:
@@ -153,20 +187,52 @@ class RegistryService:
             texts.append(stored.canonical)
         return texts
 
-    def _parse(self, tx: Tx, request: SchemaRequest) -> ParsedSchema:
-        kind = (request.schema_type or AVRO).upper()
-        if kind != AVRO:
+    def _named(self, tx: Tx, references: Sequence[Reference], *, depth: int = 0) -> dict[str, str]:
+        """Referenced schema texts by reference name (JSON Schema ``$ref``), nested ones too."""
+        if depth > 32:
+            raise _err(42201, "Invalid schema: schema references nest too deeply")
+        found: dict[str, str] = {}
+        for ref in references:
+            rows = [r for r in tx.versions(ref.subject) if not r.deleted]
+            row = rows[-1] if ref.version == -1 and rows else None
+            row = row or next((r for r in rows if r.version == ref.version), None)
+            stored = tx.schema_by_id(row.schema_id) if row is not None else None
+            if stored is None:
+                continue  # _resolve has reported it
+            found.update(
+                self._named(tx, schemas.references_from_json(stored.refs), depth=depth + 1)
+            )
+            found[ref.name] = stored.canonical
+        return found
+
+    @staticmethod
+    def _kind(request: SchemaRequest) -> str:
+        kind = (request.schema_type or AVRO).strip().upper()
+        if kind == "PROTOBUF":
             raise _err(
                 42201,
-                f"Invalid schema: schemaType {request.schema_type} is not supported;"
-                " this registry stores AVRO schemas only",
+                "Invalid schema: schemaType PROTOBUF is not supported by this registry"
+                " (AVRO and JSON are); see the README's schema registry section",
             )
+        if kind not in (AVRO, JSON):
+            raise _err(
+                42201, f"Invalid schema: unknown schemaType {request.schema_type!r} (AVRO or JSON)"
+            )
+        return kind
+
+    def _parse(self, tx: Tx, request: SchemaRequest) -> ParsedSchema:
+        kind = self._kind(request)
         try:
-            return schemas.parse(request.schema, referenced=self._resolve(tx, request.references))
+            referenced = self._resolve(tx, request.references)
+            if kind == JSON:
+                return json_schemas.parse(request.schema)
+            return schemas.parse(request.schema, referenced=referenced)
         except InvalidSchemaError as exc:
             raise _err(42201, str(exc)) from exc
 
     def _parse_stored(self, tx: Tx, stored: StoredSchema) -> ParsedSchema:
+        if stored.schema_type == JSON:
+            return json_schemas.parse(stored.canonical)
         refs = schemas.references_from_json(stored.refs)
         return schemas.parse(stored.canonical, referenced=self._resolve(tx, refs))
 
@@ -174,7 +240,9 @@ class RegistryService:
         stored = tx.schema_by_id(row.schema_id)
         assert stored is not None
         refs = schemas.references_from_json(stored.refs)
-        return VersionInfo(row.subject, row.version, row.schema_id, stored.canonical, refs)
+        return VersionInfo(
+            row.subject, row.version, row.schema_id, stored.canonical, refs, stored.schema_type
+        )
 
     def schema_by_id(self, schema_id: int) -> SchemaInfo:
         with self._read() as tx:
@@ -182,7 +250,10 @@ class RegistryService:
             if stored is None or not tx.versions_of_schema(schema_id):
                 raise schema_not_found(f"Schema {schema_id} not found")
             return SchemaInfo(
-                schema_id, stored.canonical, schemas.references_from_json(stored.refs)
+                schema_id,
+                stored.canonical,
+                schemas.references_from_json(stored.refs),
+                stored.schema_type,
             )
 
     def versions_of_schema(self, schema_id: int, *, deleted: bool = False) -> list[VersionRow]:
@@ -195,6 +266,27 @@ class RegistryService:
     def subjects_of_schema(self, schema_id: int, *, deleted: bool = False) -> list[str]:
         rows = self.versions_of_schema(schema_id, deleted=deleted)
         return sorted({r.subject for r in rows})
+
+    def list_schemas(
+        self,
+        *,
+        prefix: str = "",
+        deleted: bool = False,
+        latest_only: bool = False,
+        offset: int = 0,
+        limit: int = -1,
+    ) -> list[VersionInfo]:
+        """``GET /schemas``: versions by subject then version, Confluent's filters and paging."""
+        found: list[VersionInfo] = []
+        with self._read() as tx:
+            for name, _ in sorted(tx.subjects()):
+                if not name.startswith(prefix):
+                    continue
+                rows = [r for r in tx.versions(name) if deleted or not r.deleted]
+                for row in rows[-1:] if latest_only else rows:
+                    found.append(self._info(tx, row))
+        start = max(offset, 0)
+        return found[start:] if limit < 0 else found[start : start + limit]
 
     # ------------------------------------------------------------ subjects
 
@@ -260,12 +352,21 @@ class RegistryService:
         with self._read() as tx:
             rows = self._rows(tx, subject, deleted=deleted)
             parsed = self._parse(tx, request)
+            kind = self._kind(request)
             wanted = parsed.normalized if normalize else parsed.canonical
             for row in reversed(rows):
                 stored = tx.schema_by_id(row.schema_id)
                 assert stored is not None
-                if (stored.normalized if normalize else stored.canonical) == wanted and (
-                    schemas.references_from_json(stored.refs) == request.references
+                if stored.schema_type != kind:
+                    continue
+                if schemas.references_from_json(stored.refs) != request.references:
+                    continue
+                text = stored.normalized if normalize else stored.canonical
+                if text == wanted or (
+                    # a store written before canonical texts followed Confluent's
+                    not normalize
+                    and kind == AVRO
+                    and self._parse_stored(tx, stored).canonical == wanted
                 ):
                     return self._info(tx, row)
         raise schema_not_found(f"Schema not found in subject '{subject}'")
@@ -274,6 +375,7 @@ class RegistryService:
 
     def register(self, subject: str, request: SchemaRequest, *, normalize: bool = False) -> int:
         """Register a schema under ``subject``; returns its global id."""
+        validate_subject(subject)
         with self._write() as tx:
             mode = self._effective_mode(tx, subject)
             if mode == "READONLY":
@@ -282,8 +384,11 @@ class RegistryService:
             if request.schema_id is not None and not importing:
                 raise _err(42205, "A schema id may only be given in IMPORT mode")
             parsed = self._parse(tx, request)
-            text = parsed.normalized if normalize else parsed.canonical
-            key = schemas.fingerprint(AVRO, text, references=request.references)
+            kind = self._kind(request)
+            text = parsed.canonical
+            if normalize:
+                text = self._parse(tx, replace(request, schema=parsed.normalized)).canonical
+            key = schemas.fingerprint(kind, text, references=request.references)
             known = tx.schema_by_fingerprint(key)
             rows = tx.versions(subject)
             live = [r for r in rows if not r.deleted]
@@ -298,7 +403,7 @@ class RegistryService:
                     f" it cannot take id {request.schema_id}",
                 )
             if not importing and live:
-                self._ensure_compatible(tx, subject, parsed=parsed, live=live)
+                self._ensure_compatible(tx, subject, request=request, parsed=parsed, live=live)
             schema_id = self._allocate_id(
                 tx, request, known=known, text=text, key=key, parsed=parsed
             )
@@ -309,10 +414,16 @@ class RegistryService:
             return schema_id
 
     def _ensure_compatible(
-        self, tx: Tx, subject: str, *, parsed: ParsedSchema, live: list[VersionRow]
+        self,
+        tx: Tx,
+        subject: str,
+        *,
+        request: SchemaRequest,
+        parsed: ParsedSchema,
+        live: list[VersionRow],
     ) -> None:
         level = self._effective_level(tx, subject)
-        result = self._check(tx, level, parsed=parsed, rows=live)
+        result = self._check(tx, level, request=request, parsed=parsed, rows=live)
         if not result.compatible:
             raise _err(
                 409,
@@ -321,23 +432,44 @@ class RegistryService:
             )
 
     def _check(
-        self, tx: Tx, level: CompatibilityLevel, *, parsed: ParsedSchema, rows: Sequence[VersionRow]
+        self,
+        tx: Tx,
+        level: CompatibilityLevel,
+        *,
+        request: SchemaRequest,
+        parsed: ParsedSchema,
+        rows: Sequence[VersionRow],
     ) -> CompatibilityResult:
         if level is CompatibilityLevel.NONE or not rows:
             return CompatibilityResult(compatible=True)
         if not level.transitive:
             rows = rows[-1:]
+        kind = self._kind(request)
         existing = []
+        named = self._named(tx, request.references) if kind == JSON else {}
         for row in rows:
             stored = tx.schema_by_id(row.schema_id)
             assert stored is not None
+            if stored.schema_type != kind:
+                return CompatibilityResult.of(
+                    [f"version {row.version} is {stored.schema_type}, the new schema {kind}"]
+                )
             existing.append(self._parse_stored(tx, stored).schema)
-        return _check_level(
-            level,
-            new=parsed.schema,
-            existing=existing,
-            labels=[f"version {r.version}" for r in rows],
-        )
+            if kind == JSON:
+                named.update(self._named(tx, schemas.references_from_json(stored.refs)))
+        labels = [f"version {r.version}" for r in rows]
+        if kind == JSON:
+            docs = json_schemas.referenced_documents(named)
+            return _check_level(
+                level,
+                new=parsed.schema,
+                existing=existing,
+                labels=labels,
+                pair=lambda reader, writer: CompatibilityResult.of(
+                    json_schemas.check(reader=reader, writer=writer, referenced=docs)
+                ),
+            )
+        return _check_level(level, new=parsed.schema, existing=existing, labels=labels)
 
     def _allocate_id(
         self,
@@ -365,7 +497,7 @@ class RegistryService:
         tx.insert_schema(
             StoredSchema(
                 schema_id,
-                AVRO,
+                self._kind(request),
                 text,
                 parsed.normalized,
                 schemas.references_json(request.references),
@@ -410,14 +542,14 @@ class RegistryService:
             level = self._effective_level(tx, subject)
             live = [r for r in tx.versions(subject) if not r.deleted]
             if spec is None:
-                return self._check(tx, level, parsed=parsed, rows=live)
+                return self._check(tx, level, request=request, parsed=parsed, rows=live)
             if not live:
                 if version is None:
                     return CompatibilityResult(compatible=True)
-                raise subject_not_found(subject)
+                raise version_not_found(subject, version)  # Confluent: 40402, even then
             row = self._pick(live, subject, version=version)
             one = CompatibilityLevel(level.value.removesuffix("_TRANSITIVE"))
-            return self._check(tx, one, parsed=parsed, rows=[row])
+            return self._check(tx, one, request=request, parsed=parsed, rows=[row])
 
     # ------------------------------------------------------------ deletes
 
@@ -506,6 +638,8 @@ class RegistryService:
             return self._effective_level(tx, subject)
 
     def set_config(self, subject: str | None, level: str) -> CompatibilityLevel:
+        if subject:
+            validate_subject(subject)
         try:
             parsed = CompatibilityLevel.parse(level)
         except (ValueError, AttributeError) as exc:
@@ -551,6 +685,8 @@ class RegistryService:
             return self._effective_mode(tx, subject)
 
     def set_mode(self, subject: str | None, mode: str, *, force: bool = False) -> str:
+        if subject:
+            validate_subject(subject)
         wanted = mode.strip().upper() if isinstance(mode, str) else ""
         if wanted not in MODES:
             raise _err(42204, f"Invalid mode {mode!r}. Valid values are {', '.join(MODES)}")

@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -56,7 +57,7 @@ def assert_error(response: httpx.Response, status: int, error_code: int) -> None
 
 def test_the_root_types_and_contexts_endpoints_answer_like_confluent(http: httpx.Client) -> None:
     assert http.get("/").json() == {}
-    assert http.get("/schemas/types").json() == ["AVRO"]
+    assert http.get("/schemas/types").json() == ["JSON", "AVRO"]
     assert http.get("/contexts").json() == ["."]
     assert_error(http.get("/associations/resources/x"), 404, 40401)
 
@@ -114,12 +115,14 @@ def test_invalid_avro_is_refused_with_42201_naming_the_problem(http: httpx.Clien
         response = http.post(f"/subjects/{name}/versions", json={"schema": text})
         assert_error(response, 422, 42201)
         assert named_problem in response.json()["message"]
-    response = http.post(f"/subjects/{name}/versions", json={"schema": "{}", "schemaType": "JSON"})
+    response = http.post(
+        f"/subjects/{name}/versions", json={"schema": "{}", "schemaType": "PROTOBUF"}
+    )
     assert_error(response, 422, 42201)
-    assert "AVRO" in response.json()["message"]
+    assert "PROTOBUF" in response.json()["message"]
     assert_error(http.post(f"/subjects/{name}/versions", json={"nothing": 1}), 422, 42201)
-    assert_error(http.post(f"/subjects/{name}/versions", json={"schema": ROW2}), 400, 400)
-    assert_error(http.post(f"/subjects/{name}/versions", json=[json.dumps(ROW2)]), 400, 400)
+    assert_error(http.post(f"/subjects/{name}/versions", json={"schema": ROW2}), 422, 422)
+    assert_error(http.post(f"/subjects/{name}/versions", json=[json.dumps(ROW2)]), 422, 422)
     assert snapshot(http, name) == before
 
 
@@ -177,7 +180,7 @@ def test_unknown_subjects_versions_and_ids_have_confluent_codes(http: httpx.Clie
     assert_error(http.get(f"/subjects/{name}/versions/0"), 422, 42202)
     assert_error(http.get(f"/subjects/{name}/versions/one"), 422, 42202)
     assert_error(http.get("/schemas/ids/987654321"), 404, 40403)
-    assert_error(http.get("/schemas/ids/abc"), 404, 40403)
+    assert_error(http.get("/schemas/ids/abc"), 404, 404)
     assert_error(http.post(f"/subjects/{subject()}", json={"schema": json.dumps(ROW)}), 404, 40401)
     assert_error(http.post(f"/subjects/{name}", json={"schema": json.dumps(ROW2)}), 404, 40403)
     found = http.post(f"/subjects/{name}", json={"schema": json.dumps(ROW)}).json()
@@ -196,12 +199,12 @@ def test_subjects_with_a_slash_sent_as_percent_2f_are_one_subject(http: httpx.Cl
     assert name not in http.get("/subjects").json()
 
 
-def test_any_accept_header_and_any_body_content_type_is_served(http: httpx.Client) -> None:
+def test_content_is_negotiated_as_confluent_does_it(http: httpx.Client) -> None:
     name = subject()
     for content_type in (
         "application/json",
         "application/vnd.schemaregistry.v1+json",
-        "application/vnd.schemaregistry+json",
+        "application/vnd.schemaregistry+json; charset=utf-8",
         "application/octet-stream",
         None,
     ):
@@ -212,10 +215,63 @@ def test_any_accept_header_and_any_body_content_type_is_served(http: httpx.Clien
             headers=headers,
         )
         assert response.status_code == 200, (content_type, response.text)
-    for accept in ("text/html", "application/xml", "*/*", "application/vnd.schemaregistry.v1+json"):
-        response = http.get(f"/subjects/{name}/versions", headers={"Accept": accept})
-        assert response.status_code == 200
+    for accept, answered in (
+        (None, MEDIA),
+        ("*/*", MEDIA),
+        (MEDIA, MEDIA),
+        ("application/json", "application/json"),
+        ("application/vnd.schemaregistry+json", "application/vnd.schemaregistry+json"),
+        ("application/*", MEDIA),
+        ("text/html, application/json;q=0.5", "application/json"),
+        (f"application/json, {MEDIA};q=0.9", "application/json"),
+    ):
+        headers = {"Accept": accept} if accept else {}
+        response = http.get(f"/subjects/{name}/versions", headers=headers)
+        assert response.status_code == 200, (accept, response.text)
+        assert response.headers["content-type"] == answered, accept
         assert response.json() == [1]
+    missing = http.get(f"/subjects/{subject()}/versions", headers={"Accept": "application/json"})
+    assert (missing.status_code, missing.headers["content-type"]) == (404, "application/json")
+    for accept in ("text/html", "application/xml", "application/json;q=0"):
+        refused = http.get(f"/subjects/{name}/versions", headers={"Accept": accept})
+        assert_error(refused, 406, 406)
+    before = http.get("/config").json()
+    for content_type in ("text/plain", "application/xml", "application/x-www-form-urlencoded"):
+        refused = http.put(
+            "/config",
+            content=json.dumps({"compatibility": "NONE"}).encode(),
+            headers={"Content-Type": content_type},
+        )
+        assert_error(refused, 415, 415)
+    assert http.get("/config").json() == before
+
+
+def test_errors_are_answered_with_confluents_codes_and_statuses(http: httpx.Client) -> None:
+    name = subject()
+    register(http, name)
+    before = snapshot(http, name)
+    compat = json.dumps(ROW2)
+    for path in (
+        f"/compatibility/subjects/{name}/versions/9",
+        f"/compatibility/subjects/{subject()}/versions/1",
+    ):
+        assert_error(http.post(path, json={"schema": compat}), 404, 40402)
+    for bad in ("invalid", "1.5", "-x"):
+        assert_error(http.get(f"/schemas/ids/{bad}"), 404, 404)
+        assert_error(http.get(f"/schemas/ids/{bad}/versions"), 404, 404)
+    for body in (
+        [1, 2],
+        "text",
+        12,
+        True,
+        {"schema": {"type": "string"}},
+        {"schema": '"int"', "id": "x"},
+    ):
+        answer = http.post(f"/subjects/{name}/versions", json=body)
+        assert_error(answer, 422, 422)
+        assert_error(http.post(f"/subjects/{name}", json=body), 422, 422)
+    assert_error(http.put("/config", json=["NONE"]), 422, 422)
+    assert snapshot(http, name) == before
 
 
 def test_query_booleans_are_case_insensitive(http: httpx.Client) -> None:
@@ -243,3 +299,89 @@ def test_basic_auth_refuses_missing_or_wrong_credentials(monkeypatch: pytest.Mon
             assert http.get("/subjects", auth=("reg", "s3cret")).json() == []
     finally:
         server.stop()
+
+
+def _nested_records(depth: int) -> str:
+    text = '"int"'
+    for level in range(depth):
+        text = f'{{"type":"record","name":"R{level}","fields":[{{"name":"x","type":{text}}}]}}'
+    return text
+
+
+def test_a_schema_nested_5000_deep_is_refused_with_42201_and_changes_nothing(
+    http: httpx.Client,
+) -> None:
+    name = subject()
+    register(http, name)
+    before = snapshot(http, name)
+    for text in (_nested_records(5000), "[" * 5000 + '"int"' + "]" * 5000):
+        for path in (f"/subjects/{name}/versions", f"/subjects/{name}"):
+            assert_error(http.post(path, json={"schema": text}), 422, 42201)
+        too_deep = http.post(f"/compatibility/subjects/{name}/versions", json={"schema": text})
+        assert_error(too_deep, 422, 42201)
+    body = ("[" * 100_000 + "]" * 100_000).encode()
+    assert_error(http.post(f"/subjects/{name}/versions", content=body), 400, 400)
+    assert snapshot(http, name) == before
+    # A deep schema within the bound (99 nested records) still registers.
+    deep = http.post(f"/subjects/{subject()}/versions", json={"schema": _nested_records(99)})
+    assert deep.status_code == 200, deep.text
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["a\x00b", "../../config", "x" * 10_000, "a/./b", "line\nbreak", " "],
+    ids=["nul", "path-escape", "10000-chars", "dot-segment", "newline", "blank"],
+)
+def test_invalid_subject_names_are_refused_with_42208_and_change_nothing(
+    http: httpx.Client, bad: str
+) -> None:
+    before = http.get("/subjects", params={"deleted": "true"}).json()
+    path = quote(bad, safe="")
+    answer = http.post(f"/subjects/{path}/versions", json={"schema": json.dumps(ROW)})
+    assert_error(answer, 422, 42208)
+    assert_error(http.put(f"/config/{path}", json={"compatibility": "NONE"}), 422, 42208)
+    assert_error(http.put(f"/mode/{path}", json={"mode": "READONLY"}), 422, 42208)
+    assert http.get("/subjects", params={"deleted": "true"}).json() == before
+    assert http.get(f"/config/{path}").status_code == 404
+    # A long but reasonable subject (a record name strategy's) is fine.
+    fine = f"{subject()}.{'n' * 500}"
+    assert (
+        http.post(f"/subjects/{fine}/versions", json={"schema": json.dumps(ROW)}).status_code == 200
+    )
+
+
+def test_get_schemas_lists_versions_with_prefix_deleted_latest_only_and_paging(
+    fresh_registry_url: str,
+) -> None:
+    with httpx.Client(base_url=fresh_registry_url, timeout=30) as http:
+        first = register(http, "list-a", ROW)
+        second = register(http, "list-a", ROW2)
+        register(http, "list-b", ROW)
+        register(http, "other", ROW)
+        assert http.delete("/subjects/list-b/versions/1").status_code == 200
+
+        def listing(**params: str) -> list[tuple[str, int, int]]:
+            answer = http.get("/schemas", params=params)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["content-type"].startswith(MEDIA)
+            return [(s["subject"], s["version"], s["id"]) for s in answer.json()]
+
+        assert listing(subjectPrefix="list") == [("list-a", 1, first), ("list-a", 2, second)]
+        assert listing(subjectPrefix="list", deleted="true") == [
+            ("list-a", 1, first),
+            ("list-a", 2, second),
+            ("list-b", 1, first),
+        ]
+        assert listing(subjectPrefix="list", latestOnly="true", deleted="true") == [
+            ("list-a", 2, second),
+            ("list-b", 1, first),
+        ]
+        assert [s for s, _, _ in listing()] == ["list-a", "list-a", "other"]
+        assert listing(offset="1", limit="1") == [("list-a", 2, second)]
+        entry = http.get("/schemas", params={"subjectPrefix": "other"}).json()[0]
+        assert entry == {
+            "subject": "other",
+            "version": 1,
+            "id": first,
+            "schema": json.dumps(ROW, separators=(",", ":")),
+        }
