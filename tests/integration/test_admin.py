@@ -204,7 +204,7 @@ def test_status_shows_the_running_processs_live_counters(env: SyncEnv, tmp_path:
     assert live["integrations"]["analytics"]["applied"] > 0
     assert live["capture"]["connected"] is True
     human = running.cli("status")
-    assert "paused True" in human.stdout
+    assert "paused yes" in human.stdout
     # The same config with a wrong token: status says the API refused it.
     config = yaml.safe_load(running.config_path.read_text())
     config["admin"]["token"] = "wrong-token"
