@@ -382,6 +382,8 @@ def _integrations_status(sync: Sync) -> dict[str, Any]:
             "retried": s.retried,
             "dead_lettered": s.dead_lettered,
             "records": s.records,
+            "tombstones": s.tombstones,
+            "no_operation": s.no_operation,
             "waits": s.waits,
             "restarts": s.restarts,
             "paused": s.paused,
