@@ -316,6 +316,7 @@ class Applier:
             self.breaker.record_success()
             self._opened_by_check = False
             self.stats.circuit = self.breaker.state.value
+            self.stats.last_error = None  # it applies again: the error is history
             break
         now_us = time.time_ns() // 1000
         latencies = self.stats.latencies_us
@@ -392,6 +393,7 @@ class Applier:
         elif self._opened_by_check and self.breaker.state is not CircuitState.CLOSED:
             self.breaker.record_success()
             self._opened_by_check = False
+            self.stats.last_error = None
             self.log.info("%s: health check passes again; circuit closed", self.name)
         self.stats.circuit = self.breaker.state.value
         return check
