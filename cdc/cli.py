@@ -148,9 +148,9 @@ def _control(config_path: str | None, name: str, action: str) -> None:
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="WARNING",
+    default="INFO",
     show_default=True,
-    help="Level of the log file written in the temporary directory.",
+    help="Level of the log file written in the temporary directory (kept with --keep).",
 )
 def demo(duration: float | None, rate: float, keep: bool, log_level: str) -> None:
     """Run the whole pipeline on throwaway servers with live progress; Ctrl-C cleans up."""

@@ -150,6 +150,30 @@ def _matches(pattern: str, reason: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+_PLAIN_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
+_SOURCE_TABLE = re.compile(rf'("?)({_PLAIN_IDENTIFIER})\1\.("?)({_PLAIN_IDENTIFIER})\3')
+
+
+def _check_source_table(value: str) -> str:
+    """A table of ``source.tables``: ``schema.table`` as the catalog spells both
+    (case-sensitive, so ``public.Orders`` is the table created as ``"Orders"``); SQL's
+    double quotes around either part are accepted and dropped (``public."Orders"``)."""
+    found = _SOURCE_TABLE.fullmatch(value)
+    if found is not None:
+        return f"{found.group(2)}.{found.group(4)}"
+    if "." not in value:
+        raise ValueError(
+            f"{value!r} is not schema.table (the schema is required, e.g. public.orders)"
+        )
+    raise ValueError(
+        f"{value!r} cannot be captured: schema and table names must be letters, digits and"
+        " _, not starting with a digit, written as the catalog spells them (upper case"
+        ' included: public.Orders or public."Orders"); names with spaces, quotes, dots, $ or'
+        " other characters are not supported (they would not fit a Kafka topic name):"
+        " rename the table"
+    )
+
+
 def _check_http_url(value: str) -> str:
     if not re.match(r"https?://[^/\s?#]+", value):
         raise ValueError(f"{redact_dsn(value)!r} is not an http:// or https:// URL")
@@ -219,13 +243,7 @@ Identifier = Annotated[
 SlotName = Annotated[
     str, _matches(r"[a-z0-9_]{1,63}", "{value!r} is not a slot name (1 to 63 of a-z, 0-9, _)")
 ]
-TableName = Annotated[
-    str,
-    _matches(
-        r"[A-Za-z_][A-Za-z0-9_$]{0,62}\.[A-Za-z_][A-Za-z0-9_$]{0,62}",
-        "{value!r} is not schema.table (the schema is required, e.g. public.orders)",
-    ),
-]
+TableName = Annotated[str, AfterValidator(_check_source_table)]
 # A sink's target table: any PostgreSQL identifiers (quoted when used), split at the first dot.
 TargetTableName = Annotated[
     str,

@@ -483,7 +483,16 @@ def load_config(path: str | Path | None, *, env: Mapping[str, str] | None = None
     applied = apply_env(data, env, origins)
     if applied:
         log.debug("configuration overridden by %s", ", ".join(applied))
-    config = _validate(data, LoadContext(env, base_dir), origins)
+    try:
+        config = _validate(data, LoadContext(env, base_dir), origins)
+    except ConfigError as exc:
+        if path is not None:
+            raise
+        raise ConfigError(
+            "no configuration file given: pass --config FILE (deploy/cdcsync.example.yaml "
+            "lists every key) or set the keys as CDCSYNC_SECTION__KEY environment variables; "
+            f"without a file:\n{exc}"
+        ) from None
     log.debug("configuration loaded from %s", origins.file or "the environment")
     return config
 

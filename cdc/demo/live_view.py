@@ -238,9 +238,10 @@ def print_summary(
     check: str | None,
     failure: str | None,
     interrupted: bool,
-    log_path: Path,
+    log_path: Path | None,
 ) -> None:
-    """The closing summary: totals per stage, the consistency check, the log file."""
+    """The closing summary: totals per stage, the consistency check, the log file (``None``:
+    it is not kept)."""
 
     def say(text: str) -> None:
         console.print(text, highlight=False)
@@ -257,4 +258,5 @@ def print_summary(
     if failure is not None:
         say(f"  the demo stopped early: {failure}")
     say("  consistency check: NOT RUN" if check is None else f"  {check}")
-    say(f"  log file: {log_path}")
+    if log_path is not None:
+        say(f"  log file: {log_path}")

@@ -16,6 +16,9 @@ Invariants:
 - every server and the temporary directory are removed on every way out (normal end,
   signal, exception), unless ``keep`` asks to keep the directory; the servers' own
   temporary files are created inside it;
+- the log file (``demo.log``, INFO by default) is in that directory: its path is printed
+  only when ``keep`` keeps it; otherwise, when the run did not end with a matching check,
+  its last lines are shown before it is removed;
 - the CRM signing secret is generated per run, handed to the config through an
   in-memory environment mapping, and never printed or logged;
 - the exit code is 0 exactly when the final consistency check matched.
@@ -80,7 +83,7 @@ class DemoOptions:
     duration_s: float | None = None
     rate: float = 50.0
     keep: bool = False
-    log_level: str = "WARNING"
+    log_level: str = "INFO"
     seed_customers: int = 20
 
 
@@ -481,21 +484,59 @@ def _run_in(stack: contextlib.ExitStack, options: DemoOptions, console: Console)
     log_path = workdir / "demo.log"
     stack.enter_context(_file_logging(log_path, options.log_level))
     console.print(f"demo directory: {workdir}", highlight=False)
-    console.print(f"log file: {log_path}", highlight=False)
+    if options.keep:
+        console.print(f"log file: {log_path} (kept with the directory)", highlight=False)
+    else:
+        console.print(
+            "the directory and its log are removed at the end (--keep keeps them)",
+            highlight=False,
+        )
+    log.info(
+        "cdcsync demo: %s rows/s for %s, log level %s",
+        options.rate,
+        "until interrupted" if options.duration_s is None else f"{options.duration_s:g} s",
+        options.log_level.upper(),
+    )
     secret = secrets.token_hex(16)
     servers = _start_servers(stack, workdir, console, crm_secret=secret)
     config = demo_config(servers, secret)
     report = asyncio.run(_Demo(servers, config, options).run(console))
+    matched = report.check is not None and report.check.matched
+    check = None if report.check is None else report.check.describe()
+    log.info("demo ended: %s", report.failure or check or "no consistency check was run")
     print_summary(
         console,
         report.snapshot,
-        check=None if report.check is None else report.check.describe(),
+        check=check,
         failure=report.failure,
         interrupted=report.interrupted,
-        log_path=log_path,
+        log_path=log_path if options.keep else None,
     )
+    if not matched and not options.keep:
+        _print_log_tail(console, log_path)
     console.print("stopping the servers...", highlight=False)
-    return 0 if report.check is not None and report.check.matched else 1
+    return 0 if matched else 1
+
+
+LOG_TAIL_LINES: Final = 20
+
+
+def _print_log_tail(console: Console, path: Path) -> None:
+    """The last lines of a log that is about to be removed with the demo directory."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return
+    if not lines:
+        return
+    console.print(
+        f"last {min(len(lines), LOG_TAIL_LINES)} lines of the log (removed with the directory):",
+        highlight=False,
+    )
+    for line in lines[-LOG_TAIL_LINES:]:
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 class _Interrupts:
@@ -545,11 +586,17 @@ def _file_logging(path: Path, level: str) -> Iterator[None]:
     saved = (root.handlers[:], root.level)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # One line per registry request is noise at INFO; cdcsync logs what matters itself.
+    httpx_logger = logging.getLogger("httpx")
+    httpx_level = httpx_logger.level
+    if level.upper() == "INFO":
+        httpx_logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+        httpx_logger.setLevel(httpx_level)
         handler.close()
 
 
@@ -593,6 +640,7 @@ def _start_servers(
     console.print(
         f"  broker {broker.bootstrap}, registry {registry.url}, CRM {crm.url}", highlight=False
     )
+    log.info("servers: broker %s, registry %s, CRM %s", broker.bootstrap, registry.url, crm.url)
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         conn.execute(SAMPLE_SCHEMA_SQL)
     _create_topics(broker.bootstrap, [f"{PREFIX}.public.customers", f"{PREFIX}.public.orders"])

@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Mapping
@@ -310,11 +309,6 @@ def _settle(done: asyncio.Future[tuple[int, int]], err: Any, msg: Any) -> None:
         done.set_result((int(msg.partition()), int(msg.offset())))
 
 
-def _finite(value: float | None) -> float | str | None:
-    """JSON has no infinity: a quantile past the largest bucket reads "+Inf"."""
-    return "+Inf" if value is not None and math.isinf(value) else value
-
-
 class InboundEndpoint:
     """The inbound routes of the admin API; see the module docstring."""
 
@@ -396,7 +390,7 @@ class InboundEndpoint:
             name: {
                 "accepted": s.accepted,
                 "rejected": {str(k): v for k, v in sorted(s.rejected.items())},
-                "accept_latency_p99_s": _finite(s.accept_latency.quantile_s(0.99)),
+                "accept_latency_p99_s": s.accept_latency.quantile_s(0.99),
             }
             for name, s in self.stats.items()
         }

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import math
 import socket
 import time
 from collections import deque
@@ -348,13 +347,6 @@ class AdminError(FatalError):
     """The admin API refused a request."""
 
 
-def _json_seconds(value: float | None) -> float | str | None:
-    """JSON has no infinity: a quantile past the largest bucket reads "+Inf"."""
-    if value is not None and math.isinf(value):
-        return "+Inf"
-    return value
-
-
 def _capture_status(capture: Capture) -> dict[str, Any]:
     s = capture.stats
     lag_bytes = max(int(s.received_lsn) - int(s.flushed_lsn), 0)
@@ -371,7 +363,7 @@ def _capture_status(capture: Capture) -> dict[str, Any]:
         "lag_bytes": lag_bytes,
         "lag_seconds": None if s.heartbeat_lag_ms is None else s.heartbeat_lag_ms / 1000,
         "retained_wal_bytes": s.retained_wal_bytes,
-        "delivery_latency_p99_s": _json_seconds(s.delivery_latency.quantile_s(0.99)),
+        "delivery_latency_p99_s": s.delivery_latency.quantile_s(0.99),
         "last_error": s.last_error,
         "uptime_s": round(time.time() - s.started_at, 3),
     }
@@ -390,13 +382,15 @@ def _integrations_status(sync: Sync) -> dict[str, Any]:
             "retried": s.retried,
             "dead_lettered": s.dead_lettered,
             "records": s.records,
+            "tombstones": s.tombstones,
+            "no_operation": s.no_operation,
             "waits": s.waits,
             "restarts": s.restarts,
             "paused": s.paused,
             "circuit": s.circuit,
             "last_version": s.last_version,
             "last_error": s.last_error,
-            "apply_latency_p99_s": _json_seconds(s.apply_latency.quantile_s(0.99)),
+            "apply_latency_p99_s": s.apply_latency.quantile_s(0.99),
             "checks": [asdict(c) for c in s.checks],
         }
         inbound = sync.inbound_workers.get(name)

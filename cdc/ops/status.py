@@ -264,24 +264,60 @@ def print_status(status: dict[str, Any]) -> None:
         console.print(table)
         counters = live_integrations.get(name)
         if counters:
-            shown = ", ".join(
-                f"{key} {counters.get(key)}"
-                for key in (
-                    "applied",
-                    "older",
-                    "duplicate",
-                    "retried",
-                    "dead_lettered",
-                    "circuit",
-                    "paused",
-                    "last_version",
-                )
-            )
-            console.print(f"  live: {shown}")
+            console.print(f"  live: {_live_integration(counters)}", highlight=False, soft_wrap=True)
     if status.get("live_error"):
         console.print(status["live_error"])
     elif live.get("capture"):
-        console.print(f"live capture: {live['capture']}")
+        console.print(
+            f"live capture: {_live_capture(live['capture'])}", highlight=False, soft_wrap=True
+        )
+
+
+def _live_integration(counters: dict[str, Any]) -> str:
+    """One line of a running integration's counters, as words and numbers."""
+    parts = [
+        f"{key.replace('_', ' ')} {_word(counters.get(key))}"
+        for key in ("applied", "older", "duplicate", "retried", "dead_lettered", "circuit")
+    ]
+    parts.append(f"paused {_word(counters.get('paused'))}")
+    parts.append(f"last version {_word(counters.get('last_version'))}")
+    parts.append(f"apply p99 {_seconds(counters.get('apply_latency_p99_s'))}")
+    parts.append(f"last error {_word(counters.get('last_error'))}")
+    return ", ".join(parts)
+
+
+def _live_capture(capture: dict[str, Any]) -> str:
+    """One line of the running capture's counters, as words and numbers."""
+    return ", ".join(
+        [
+            f"connected {_word(capture.get('connected'))}",
+            f"events {_word(capture.get('events'))}",
+            f"transactions {_word(capture.get('transactions'))}",
+            f"tombstones {_word(capture.get('tombstones'))}",
+            f"restarts {_word(capture.get('restarts'))}",
+            f"confirmed {_word(capture.get('flushed_lsn'))}",
+            f"received {_word(capture.get('received_lsn'))}",
+            f"lag {_bytes(capture.get('lag_bytes'))}",
+            f"lag (s) {_seconds(capture.get('lag_seconds'))}",
+            f"delivery p99 {_seconds(capture.get('delivery_latency_p99_s'))}",
+            f"last error {_word(capture.get('last_error'))}",
+        ]
+    )
+
+
+def _word(value: Any) -> str:
+    """A JSON value as an operator reads it: yes/no, ``-`` for none, grouped integers."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3f} s"
 
 
 def _bytes(value: int | None) -> str:

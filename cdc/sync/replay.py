@@ -68,7 +68,13 @@ _BATCH = 500
 
 @dataclass(frozen=True, slots=True)
 class ReplaySummary:
-    """What a replay did (or, for a dry run, would do)."""
+    """What a replay did (or, for a dry run, would do).
+
+    Records and operations are counted apart: every record read ends as exactly one of
+    ``with_operations``, ``tombstones``, ``no_operation``, ``echo`` or ``dead_lettered``
+    (they add up to ``records``); the operations the mapper made of the first kind end as
+    ``applied``, ``older`` or ``duplicate`` (a mapper may make several of one record).
+    """
 
     integration: str
     dry_run: bool
@@ -79,12 +85,24 @@ class ReplaySummary:
     dead_lettered: int
     would_send: int
     ranges: tuple[PartitionRange, ...]
+    tombstones: int = 0
+    no_operation: int = 0
+    echo: int = 0
+
+    @property
+    def with_operations(self) -> int:
+        """Records the mapper turned into at least one operation."""
+        return self.records - self.tombstones - self.no_operation - self.echo - self.dead_lettered
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "integration": self.integration,
             "dry_run": self.dry_run,
             "records": self.records,
+            "with_operations": self.with_operations,
+            "tombstones": self.tombstones,
+            "no_operation": self.no_operation,
+            "echo": self.echo,
             "applied": self.applied,
             "older": self.older,
             "duplicate": self.duplicate,
@@ -184,6 +202,9 @@ class Replay:
             duplicate=s.duplicate,
             dead_lettered=s.dead_lettered,
             would_send=getattr(applier, "would_send", 0),
+            tombstones=s.tombstones,
+            no_operation=s.no_operation,
+            echo=s.echo,
             ranges=tuple(
                 replace(r, end=max(r.end, self._reached.get((r.topic, r.partition), r.end)))
                 for r in ranges
@@ -334,17 +355,33 @@ def run_replay_command(
         return summary
     out = Console(file=sys.stdout)
     what = "dry run of replay" if summary.dry_run else "replay"
-    out.print(f"{what} of {name}: {summary.records} records")
+    out.print(f"{what} of {name}: {summary.records:,} records", highlight=False)
     for r in summary.ranges:
-        out.print(f"  {r.topic}[{r.partition}] offsets {r.start}..{r.end} ({r.size} records)")
+        out.print(
+            f"  {r.topic}[{r.partition}] offsets {r.start}..{r.end} ({r.size:,} records)",
+            highlight=False,
+        )
+    dead = "would be dead-lettered" if summary.dry_run else "dead-lettered"
+    out.print(
+        f"  records: {summary.with_operations:,} mapped to operations,"
+        f" {summary.tombstones:,} tombstones (nothing to apply),"
+        f" {summary.no_operation:,} mapped to no operation, {summary.echo:,} echoes,"
+        f" {summary.dead_lettered:,} {dead}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if summary.dry_run:
         out.print(
-            f"  would send {summary.would_send} operations to the sink (not compared with the"
-            f" target); would dead-letter {summary.dead_lettered}"
+            f"  operations: would send {summary.would_send:,} to the sink (not compared with"
+            " the target)",
+            highlight=False,
+            soft_wrap=True,
         )
     else:
         out.print(
-            f"  applied {summary.applied}, older {summary.older}, duplicate"
-            f" {summary.duplicate}, dead-lettered {summary.dead_lettered}"
+            f"  operations: applied {summary.applied:,}, older {summary.older:,},"
+            f" duplicate {summary.duplicate:,}",
+            highlight=False,
+            soft_wrap=True,
         )
     return summary

@@ -85,6 +85,9 @@ class IntegrationStats:
     # Events this integration itself wrote back (inbound), not sent to it again.
     echo: int = 0
     records: int = 0
+    # Records with nothing to apply: Kafka tombstones, and events mapped to no operation.
+    tombstones: int = 0
+    no_operation: int = 0
     waits: int = 0
     restarts: int = 0
     last_version: str | None = None
@@ -134,6 +137,7 @@ class _Entry:
     event: TableEvent
     ops: list[EntityOp] = field(default_factory=list)
     mapped: bool = False  # ``ops`` already holds the mapper's result
+    dead_lettered: bool = False
 
 
 class Applier:
@@ -195,9 +199,12 @@ class Applier:
                 except FatalError as exc:
                     await self.dead_letter(entry.msg, exc, attempts=1)
                     entry.ops = []
+                    entry.dead_lettered = True
                     break
             if entry.ops:
                 pending.append(entry)
+            elif not entry.dead_lettered:
+                self.stats.no_operation += 1
         await self.apply(pending, stop)
 
     async def _decode(self, msgs: Sequence[Message]) -> list[_Entry]:
@@ -216,7 +223,8 @@ class Applier:
             self.stats.records += 1
             value = msg.value()
             if value is None:
-                continue  # a tombstone: compaction's business, not an event
+                self.stats.tombstones += 1  # compaction's business, not an event
+                continue
             if _header(msg, ORIGIN_HEADER) == self._own_origin:
                 self.stats.echo += 1  # written back by this integration: no echo
                 continue
@@ -308,6 +316,7 @@ class Applier:
             self.breaker.record_success()
             self._opened_by_check = False
             self.stats.circuit = self.breaker.state.value
+            self.stats.last_error = None  # it applies again: the error is history
             break
         now_us = time.time_ns() // 1000
         latencies = self.stats.latencies_us
@@ -384,6 +393,7 @@ class Applier:
         elif self._opened_by_check and self.breaker.state is not CircuitState.CLOSED:
             self.breaker.record_success()
             self._opened_by_check = False
+            self.stats.last_error = None
             self.log.info("%s: health check passes again; circuit closed", self.name)
         self.stats.circuit = self.breaker.state.value
         return check

@@ -204,7 +204,7 @@ def test_status_shows_the_running_processs_live_counters(env: SyncEnv, tmp_path:
     assert live["integrations"]["analytics"]["applied"] > 0
     assert live["capture"]["connected"] is True
     human = running.cli("status")
-    assert "paused True" in human.stdout
+    assert "paused yes" in human.stdout
     # The same config with a wrong token: status says the API refused it.
     config = yaml.safe_load(running.config_path.read_text())
     config["admin"]["token"] = "wrong-token"
@@ -255,6 +255,45 @@ def test_a_failing_health_check_opens_the_circuit_before_any_record_fails(env: S
     )
     run_workload(env.dsn, customers=3, orders=3, seed=15, id_base=500)
     env.wait_converged()
+
+
+def test_last_error_clears_once_the_circuit_closes_and_the_integration_applies_again(
+    env: SyncEnv,
+) -> None:
+    running = Running(env)
+    running.wait_ready()
+    run_workload(env.dsn, customers=3, orders=3, seed=18)
+    env.wait_converged()
+    assert running.status()["integrations"]["crm"]["last_error"] is None
+
+    env.crm.store.set_faults(status=503, count=1_000_000)
+    run_workload(env.dsn, customers=3, orders=3, seed=19, id_base=600)
+    running.wait_until(
+        "the crm circuit opened with an error",
+        lambda: (
+            running.status()["integrations"]["crm"]["circuit"] != "closed"
+            and running.status()["integrations"]["crm"]["last_error"] is not None
+        ),
+    )
+    assert "503" in running.status()["integrations"]["crm"]["last_error"]
+
+    env.crm.store.clear_faults()
+    env.wait_converged()
+    running.wait_until(
+        "the crm circuit closed and its error cleared",
+        lambda: (
+            running.status()["integrations"]["crm"]["circuit"] == "closed"
+            and running.status()["integrations"]["crm"]["last_error"] is None
+        ),
+        timeout=20,
+    )
+    human = running.cli("status")
+    assert human.returncode == 0, human.stderr
+    lines = human.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("crm (group"))
+    crm_live = next(line for line in lines[header:] if line.strip().startswith("live:"))
+    assert "circuit closed" in crm_live
+    assert crm_live.rstrip().endswith("last error -"), crm_live
 
 
 def test_readiness_reports_an_unreachable_broker(

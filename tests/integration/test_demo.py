@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,7 +82,38 @@ def test_a_bounded_demo_syncs_both_integrations_and_reports_a_matching_check() -
     captured = re.search(r"events captured: (\d+)", output)
     assert written is not None and captured is not None
     assert int(captured.group(1)) == int(written.group(1))
+    # The log goes with the directory, so no path to it is printed.
+    assert "log file" not in output
+    assert "--keep keeps them" in output
     _assert_nothing_left_behind(output)
+
+
+@pytest.mark.timeout(200)
+def test_with_keep_the_demo_leaves_a_log_that_tells_what_happened() -> None:
+    done = subprocess.run(
+        [*DEMO, "--duration", "5", "--rate", "20", "--keep"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    output = done.stdout
+    workdir = _demo_dir(output)
+    try:
+        assert done.returncode == 0, f"{output}\n--- stderr ---\n{done.stderr}"
+        found = re.search(r"^  log file: (\S+)$", output, re.MULTILINE)
+        assert found is not None, output
+        log_path = Path(found.group(1))
+        assert log_path.parent == workdir
+        log = log_path.read_text(encoding="utf-8")
+        assert "capture streaming from slot cdcsync_demo" in log
+        assert "sync running: crm, analytics" in log
+        assert "demo ended: consistency check: MATCHED" in log
+        assert f"kept the demo directory: {workdir}" in output
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.mark.timeout(200)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -99,6 +100,11 @@ def assert_nothing_new(summary: dict[str, Any]) -> None:
     assert summary["records"] > 0
     assert summary["duplicate"] + summary["older"] > 0
     assert summary["dead_lettered"] == 0
+    # Every record is accounted for once, tombstones included.
+    parts = ("with_operations", "tombstones", "no_operation", "echo", "dead_lettered")
+    assert sum(summary[part] for part in parts) == summary["records"]
+    # The example mappers make one operation of each record that has one.
+    assert summary["duplicate"] + summary["older"] == summary["with_operations"]
 
 
 @pytest.mark.parametrize("name", ["analytics", "crm"])
@@ -146,6 +152,32 @@ def test_a_replay_until_an_offset_stops_there(built: Built) -> None:
     assert "replay of crm: 6 records" in human.stdout
     assert f"{topic}[0] offsets 3..9" in human.stdout
     assert "applied 0," in human.stdout
+
+
+def test_the_replay_summary_counts_tombstones_so_its_records_add_up(built: Built) -> None:
+    """Deleted orders left tombstones in Kafka: the summary says so, in both forms."""
+    summary = replay(built, "analytics", "--from-beginning")
+    assert summary["tombstones"] > 0
+    assert (
+        summary["with_operations"]
+        + summary["tombstones"]
+        + summary["no_operation"]
+        + summary["echo"]
+        + summary["dead_lettered"]
+        == summary["records"]
+    )
+    human = cdcsync(built, "replay", "analytics", "--from-beginning")
+    assert human.returncode == 0, human.stderr
+    lines = human.stdout.splitlines()
+    assert lines[0] == f"replay of analytics: {summary['records']:,} records"
+    (records_line,) = [line for line in lines if line.strip().startswith("records:")]
+    numbers = [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", records_line)]
+    assert sum(numbers) == summary["records"], records_line
+    assert f"{summary['tombstones']:,} tombstones" in records_line
+    (operations_line,) = [line for line in lines if line.strip().startswith("operations:")]
+    assert operations_line.strip() == (
+        f"operations: applied 0, older {summary['older']:,}, duplicate {summary['duplicate']:,}"
+    )
 
 
 def test_on_a_terminal_a_progress_bar_shows_how_far_the_replay_is(built: Built) -> None:

@@ -9,8 +9,8 @@ For a relation ``schema.table`` under topic prefix ``P`` this module derives:
   ``before``/``after`` (``P.schema.table.Value`` rows), ``source``
   (``io.debezium.connector.postgresql.Source``), ``op``, ``ts_ms``,
   ``transaction`` (``event.block``), plus two additive fields: ``ts_us`` and
-  ``unavailable_columns`` (names of columns whose value was an unchanged
-  TOAST value and is NOT in the row: their placeholder must never be written).
+  ``unavailable_columns`` (the row fields, by their Avro names, whose value was an
+  unchanged TOAST value and is NOT in the row: their placeholder must never be written).
 
 Invariants:
 - Key columns are required; every other column is optional (pgoutput does
@@ -314,7 +314,7 @@ class RelationEncoder:
             elif v is UNCHANGED:
                 out[f.name] = f.placeholder
                 if unavailable is not None:
-                    unavailable.append(f.column)
+                    unavailable.append(f.name)  # the field name, as rows are keyed
             else:
                 out[f.name] = f.decode(bytes(v).decode())  # type: ignore[arg-type]
         return out
