@@ -528,6 +528,7 @@ class CaptureSession:
             key_columns=key_columns,
             columns=columns,
             additive_fields=src.additive_fields,
+            transaction_block=src.additive_fields or src.provide_transaction_metadata,
         )
         if enc.topic not in self.topics_ready:
             publisher = self.publisher

@@ -295,10 +295,13 @@ class RelationEncoder:
         key_columns: tuple[str, ...] | None = None,
         columns: Mapping[str, ColumnFacts] | None = None,
         additive_fields: bool = True,
+        transaction_block: bool = True,
     ) -> None:
         """``key_columns`` overrides the Relation's key flags (REPLICA IDENTITY FULL flags
         every column; the event key must still be the primary key). ``columns``: NOT NULL
-        and defaults from the catalog (without them, only key columns are required)."""
+        and defaults from the catalog (without them, only key columns are required).
+        ``transaction_block``: fill ``transaction`` (Debezium does only with
+        provide.transaction.metadata; cdcsync's event identity needs its total_order)."""
         self.relation = relation
         self.prefix = prefix
         self.database = database
@@ -374,6 +377,7 @@ class RelationEncoder:
         self._fields = tuple(fields)
         self._key_fields = tuple(key_idx)
         self.additive_fields = additive_fields
+        self.transaction_block = transaction_block
         self.value_row_schema: dict[str, Any] = {
             "type": "record",
             "name": "Value",
@@ -529,7 +533,9 @@ class RelationEncoder:
                 "id": f"{tx.xid}:{lsn}",
                 "total_order": change.seq,
                 "data_collection_order": table_seq,
-            },
+            }
+            if self.transaction_block
+            else None,
             "op": change.op,
             "ts_ms": now_ms,
             "ts_us": now_ms * 1000,

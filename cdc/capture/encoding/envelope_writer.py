@@ -81,6 +81,7 @@ class EnvelopeWriter:
         self._tx_id = ""
         self._last_commit: int | None = None
         self._additive = encoder.additive_fields
+        self._tx_block = encoder.transaction_block
         self._now_ms = -1
         self._now = b""
 
@@ -124,9 +125,9 @@ class EnvelopeWriter:
             + long_bytes(now_ms * 1_000_000)
         )
 
-    def _source_and_tx(self, lsn: int) -> tuple[bytes, ...]:
-        """``source`` and the head of ``transaction`` (its id) for an event at ``lsn``."""
-        return (
+    def _source_and_tx(self, lsn: int, total_order: int, table_seq: int) -> tuple[bytes, ...]:
+        """``source`` and ``transaction`` for an event at ``lsn``."""
+        source = (
             self._tx_head,
             _BRANCH1,
             string_bytes(sequence_text(self._last_commit, lsn)),
@@ -134,8 +135,15 @@ class EnvelopeWriter:
             _BRANCH1,
             long_bytes(lsn),
             self._tx_tail,
+        )
+        if not self._tx_block:
+            return (*source, _NULL)
+        return (
+            *source,
             _BRANCH1,
             string_bytes(self._tx_id + str(lsn)),
+            long_bytes(total_order),
+            long_bytes(table_seq),
         )
 
     def write_reads(
@@ -154,7 +162,7 @@ class EnvelopeWriter:
         self._now_ms = -1
         now = self._now_bytes(now_ms)
         head = self._header + _NULL + _BRANCH1
-        middle = b"".join(self._source_and_tx(int(lsn)))
+        middle = b"".join(self._source_and_tx(int(lsn), 0, 0)[: -2 if self._tx_block else None])
         op_now = string_bytes(OP_READ) + now + (_NULL if self._additive else b"")
         row_bytes, row_record = self._row_bytes, enc.row_record
         for n, row in enumerate(rows, 1):
@@ -162,8 +170,8 @@ class EnvelopeWriter:
             after = row_bytes(row_record(row, unavailable=unavailable))
             if unavailable:
                 raise RecordEncodeError("a snapshot row cannot hold unchanged TOAST values")
-            seq = long_bytes(n)
-            yield b"".join((head, after, middle, seq, seq, op_now))
+            seq = long_bytes(n) * 2 if self._tx_block else b""
+            yield b"".join((head, after, middle, seq, op_now))
 
     def write(self, change: Change, *, table_seq: int, now_ms: int) -> bytes:
         """The framed value of ``change``; equal to encoding ``encoder.envelope(...)``."""
@@ -189,8 +197,8 @@ class EnvelopeWriter:
         op = self._ops.get(change.op)
         if op is None:
             op = self._ops[change.op] = string_bytes(change.op)
-        parts += self._source_and_tx(int(change.lsn))
-        parts += (long_bytes(change.seq), long_bytes(table_seq), op, self._now)
+        parts += self._source_and_tx(int(change.lsn), change.seq, table_seq)
+        parts += (op, self._now)
         if not self._additive:
             pass
         elif unavailable:
