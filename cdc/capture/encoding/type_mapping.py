@@ -4,7 +4,7 @@ The capture runtime builds one ``ColumnCodec`` per column of a relation from the
 column's type OID and typmod (from pgoutput's Relation message) and the catalog facts
 loaded with ``TYPE_CATALOG_SQL``; then it calls ``codec.decode(text)`` on every value,
 where ``text`` is the column's text output form (what ``SELECT col::text`` returns).
-The table of mappings is in docs/types.md.
+The table of mappings is in the README (Type mapping).
 
 Invariants:
 
