@@ -11,8 +11,9 @@ DEFAULT and FULL, a truncate, a keyless table and a multi-row transaction.
 - The registered schemas are equal, subject by subject and version by version.
 - The decoded events are equal, topic by topic, apart from ``ALLOWED``: the processing
   time (``ts_ms``/``ts_us``/``ts_ns`` of the envelope: when each tool wrote it) and
-  ``source.version`` (each tool's own version). cdcsync runs with
-  ``additive_fields: false``, so there is nothing else.
+  ``source.version`` (each tool's own version). With ``additive_fields: false`` there
+  is nothing else; with the default ``true``, also the documented additive fields
+  (``source.commit_lsn``, ``unavailable_columns``, the filled ``transaction`` block).
 - Kafka Connect's AvroConverter (``toConnectData``, tests/java/ConnectProbe.java)
   converts every key and value cdcsync wrote, through the project's registry, and
   confluent-kafka's AvroDeserializer reads every one of them.
@@ -51,6 +52,8 @@ TABLES = [
 # Envelope paths whose values differ by nature: when each tool wrote the event, and its
 # own version. Nothing else may differ.
 ALLOWED = {("ts_ms",), ("ts_us",), ("ts_ns",), ("source", "version")}
+# With additive_fields on (the default), also the documented additive ones.
+ADDITIVE = {("source", "commit_lsn"), ("unavailable_columns",), ("transaction",)}
 
 DDL = """
 CREATE EXTENSION IF NOT EXISTS hstore;
@@ -192,23 +195,43 @@ def decode_all(records: list[dict[str, Any]], registry_url: str) -> list[dict[st
     return decoded
 
 
-def differences(ours: Any, theirs: Any, path: tuple[str, ...] = ()) -> list[str]:
-    """Paths where two decoded values differ, outside ALLOWED."""
-    if path in ALLOWED:
+def differences(
+    ours: Any, theirs: Any, path: tuple[str, ...] = (), allowed: frozenset[Any] = frozenset()
+) -> list[str]:
+    """Paths where two decoded values differ, outside ``allowed``."""
+    if path in allowed:
         return []
     if isinstance(ours, dict) and isinstance(theirs, dict):
         found = []
         for key in list(ours) + [k for k in theirs if k not in ours]:
+            if (*path, key) in allowed:
+                continue
             if key not in ours or key not in theirs:
                 found.append(
                     f"{'.'.join((*path, key))}: only in {'ours' if key in ours else 'Debezium'}"
                 )
             else:
-                found += differences(ours[key], theirs[key], (*path, key))
+                found += differences(ours[key], theirs[key], (*path, key), allowed)
         return found
     if ours != theirs and not (ours != ours and theirs != theirs):  # NaN equals NaN here
         return [f"{'.'.join(path)}: ours {ours!r}, Debezium {theirs!r}"]
     return []
+
+
+def without_additive(schema: Any) -> Any:
+    """A registered schema without cdcsync's additive fields."""
+    if isinstance(schema, list):
+        return [without_additive(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: without_additive(value) for key, value in schema.items()}
+    if schema.get("type") == "record":
+        out["fields"] = [
+            without_additive(f)
+            for f in schema["fields"]
+            if f["name"] not in ("commit_lsn", "unavailable_columns")
+        ]
+    return out
 
 
 def schemas(registry_url: str, prefix: str) -> dict[str, list[Any]]:
@@ -277,13 +300,16 @@ def run_debezium(
     return proc, out, log
 
 
+@pytest.mark.parametrize("additive", [False, True], ids=["strict", "additive"])
 def test_cdcsync_writes_what_debezium_writes_and_kafka_connect_reads_all_of_it(
+    additive: bool,
     env: CaptureEnv,
     debezium_registry: str,
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    env.start(additive_fields=False)
+    env.start(additive_fields=additive)
+    allowed = frozenset(ALLOWED | (ADDITIVE if additive else set()))
     env.wait_for_slot()
     dbz_dir = tmp_path / "debezium"
     dbz_dir.mkdir()
@@ -323,6 +349,8 @@ def test_cdcsync_writes_what_debezium_writes_and_kafka_connect_reads_all_of_it(
     registered = schemas(env.registry_url, env.prefix)
     # ADD COLUMN registers a version; DROP COLUMN returns to the first one.
     assert len(registered[f"{topics[0]}-value"]) == 2
+    if additive:
+        registered = without_additive(registered)
     assert registered == schemas(debezium_registry, env.prefix)
 
     # The same events, topic by topic, in order.
@@ -334,9 +362,9 @@ def test_cdcsync_writes_what_debezium_writes_and_kafka_connect_reads_all_of_it(
             problems.append(f"{topic}: {len(mine)} records, Debezium {len(dbz)}")
         for n, ((key, value), (dkey, dvalue)) in enumerate(zip(mine, dbz, strict=False)):
             where = f"{topic}#{n}"
-            problems += [f"{where} key {d}" for d in differences(key, dkey)]
+            problems += [f"{where} key {d}" for d in differences(key, dkey, (), allowed)]
             if (value is None) != (dvalue is None):
                 problems.append(f"{where}: value {value!r}, Debezium {dvalue!r}")
             elif value is not None:
-                problems += [f"{where} {d}" for d in differences(value, dvalue)]
+                problems += [f"{where} {d}" for d in differences(value, dvalue, (), allowed)]
     assert problems == []
