@@ -18,7 +18,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from cdc.capture import source_setup as source
-from cdc.capture.encoding.type_mapping import DecimalHandling, TypeOptions
+from cdc.capture.encoding.type_mapping import (
+    BinaryHandling,
+    DecimalHandling,
+    HstoreHandling,
+    IntervalHandling,
+    TimePrecision,
+    TypeOptions,
+)
 from cdc.capture.session import CaptureSession
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
@@ -44,8 +51,13 @@ class Capture:
         self.on_batch = on_batch
         src = config.source
         self.type_options = TypeOptions(
-            decimal_handling=DecimalHandling(src.decimal_handling),
-            unavailable_value=src.unavailable_value,
+            decimal_handling=DecimalHandling(src.decimal_handling_mode),
+            interval_handling=IntervalHandling(src.interval_handling_mode),
+            binary_handling=BinaryHandling(src.binary_handling_mode),
+            time_precision=TimePrecision(src.time_precision_mode),
+            hstore_handling=HstoreHandling(src.hstore_handling_mode),
+            unavailable_value=src.unavailable_value_placeholder,
+            temporal_logical_types=src.temporal_logical_types,
         )
 
     async def batch_done(self) -> None:

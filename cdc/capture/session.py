@@ -34,7 +34,16 @@ from typing import Any, Protocol
 
 from cdc.capture import source_setup as source
 from cdc.capture.checkpoint import Checkpoint, TxProgress
-from cdc.capture.encoding.envelope import OP_DELETE, OP_UPDATE, Change, RelationEncoder, TxContext
+from cdc.capture.encoding.envelope import (
+    COLUMN_FACTS_SQL,
+    OP_DELETE,
+    OP_TRUNCATE,
+    OP_UPDATE,
+    Change,
+    RelationEncoder,
+    TxContext,
+    column_facts_from_rows,
+)
 from cdc.capture.encoding.envelope_writer import EnvelopeWriter
 from cdc.capture.encoding.table_encoding import TableEncoding
 from cdc.capture.encoding.type_mapping import PgType, TypeOptions, needs_catalog
@@ -128,6 +137,9 @@ class CaptureSession:
         self.table_seq: dict[int, int] = {}
         self.stream_xid: int | None = None
         self.now_ms = 0
+        # The end of the last transaction seen: Debezium's source.sequence[0].
+        self.last_commit_lsn: Lsn | None = None
+        self.skipped_ops = self.cfg.source.skipped
         self.snapshots = Snapshotter(self, created_slot=created_slot)
         # The Kafka headers of the transaction's events: its replication origin, if any.
         self.headers: list[tuple[str, str | bytes | None]] | None = None
@@ -280,7 +292,7 @@ class CaptureSession:
                 return
             self.on_change(msg, lsn)
         elif kind is Begin:
-            self.begin(TxContext(msg.xid, msg.final_lsn, msg.commit_ts_us))
+            self.begin(TxContext(msg.xid, msg.final_lsn, msg.commit_ts_us, self.last_commit_lsn))
         elif kind is Commit:
             self.commit(msg.end_lsn)
         elif kind is StreamStart:
@@ -327,12 +339,13 @@ class CaptureSession:
                 self.eos.sealed(self.progress.commit_lsn, end_lsn)
         if self.tx is not None:
             self.stats.last_commit_ts_us = self.tx.commit_ts_us
+        self.last_commit_lsn = end_lsn
         self.tx = None
         self.progress = None
 
     async def replay_streamed(self, msg: StreamCommit, stop: asyncio.Event) -> None:
         """Publish a committed streamed transaction from the spool."""
-        self.begin(TxContext(msg.xid, msg.commit_lsn, msg.commit_ts_us))
+        self.begin(TxContext(msg.xid, msg.commit_lsn, msg.commit_ts_us, self.last_commit_lsn))
         for n, (lsn, item) in enumerate(self.spool.replay(msg.xid)):
             if type(item) is Relation:
                 await self.on_relation(item)
@@ -424,6 +437,8 @@ class CaptureSession:
         """Produce ``change`` (and its tombstone); ``key``: its key record, if already built."""
         if self.skipping:
             return  # exactly-once: this transaction is already committed to Kafka
+        if change.op in self.skipped_ops:
+            return  # source.skipped_operations (Debezium's default skips truncates)
         serializer = self.serializer
         publisher = self.publisher
         assert serializer is not None and publisher is not None
@@ -447,11 +462,8 @@ class CaptureSession:
         Checkpoint.sent(progress)
         publisher.produce(enc.topic, key_bytes, value_bytes, callback, headers=headers)
         self.stats.events += 1
-        if (
-            change.op == OP_DELETE
-            and key_bytes is not None
-            and self.cfg.source.tombstones_on_delete
-        ):
+        # Debezium follows every delete with a tombstone, keyless tables' included.
+        if change.op == OP_DELETE and self.cfg.source.tombstones_on_delete:
             Checkpoint.sent(progress)
             publisher.produce(enc.topic, key_bytes, None, callback, headers=headers)
             self.stats.tombstones += 1
@@ -465,6 +477,8 @@ class CaptureSession:
             table = self.tables.get(oid)
             if table is None:
                 continue  # a table outside the publication's schema cache: nothing to say
+            if OP_TRUNCATE in self.skipped_ops:
+                continue  # not numbered either: total_order counts published events
             self.emit(table, Change.truncate(oid, lsn=lsn, seq=self._next(oid), tx=tx))
 
     def delivery_callback(self, progress: TxProgress) -> Callable[[Any, Any], None]:
@@ -506,6 +520,8 @@ class CaptureSession:
         key_columns = None
         if rel.replica_identity == "f":
             key_columns = await source.primary_key(self.catalog, rel.namespace, rel.name)
+        cur = await self.catalog.execute(COLUMN_FACTS_SQL, (rel.namespace, rel.name))
+        columns = column_facts_from_rows(await cur.fetchall())
         enc = RelationEncoder(
             rel,
             prefix=self.cfg.kafka.topic_prefix,
@@ -513,6 +529,9 @@ class CaptureSession:
             types=self.types,
             options=self.capture.type_options,
             key_columns=key_columns,
+            columns=columns,
+            additive_fields=src.additive_fields,
+            transaction_block=src.additive_fields or src.provide_transaction_metadata,
         )
         if enc.topic not in self.topics_ready:
             publisher = self.publisher

@@ -123,6 +123,14 @@ class SourceConfig(Section):
     ``snapshot``: ``initial`` reads every table (``op=r`` events) when capture creates the
     slot; ``when_needed`` also reads a table that was never snapshotted; ``never`` reads
     only on ``cdcsync snapshot``. Reads go in primary-key chunks of ``snapshot_chunk_size``.
+
+    The ``*_mode`` keys, ``provide_transaction_metadata``, ``tombstones_on_delete``,
+    ``skipped_operations`` and ``unavailable_value_placeholder`` are Debezium's settings of
+    the same names (dots as underscores), with Debezium's defaults. ``additive_fields``
+    adds ``source.commit_lsn`` and ``unavailable_columns`` to the envelope (false: exactly
+    Debezium's). ``temporal_logical_types`` opts in to Avro logical types on temporal
+    columns for Python-native readers (Kafka Connect's AvroConverter rejects them).
+    The older names ``decimal_handling`` and ``unavailable_value`` are still accepted.
     """
 
     secret_fields = ("dsn",)
@@ -135,8 +143,18 @@ class SourceConfig(Section):
     create_publication: bool = True
     snapshot: Literal["initial", "never", "when_needed"] = "initial"
     snapshot_chunk_size: int = Field(default=20_000, ge=1)
-    decimal_handling: Literal["precise", "double", "string"] = "precise"
+    time_precision_mode: Literal["adaptive", "adaptive_time_microseconds", "connect"] = "adaptive"
+    decimal_handling_mode: Literal["precise", "double", "string"] = "precise"
+    hstore_handling_mode: Literal["json", "map"] = "json"
+    interval_handling_mode: Literal["numeric", "string"] = "numeric"
+    binary_handling_mode: Literal["bytes", "base64", "base64-url-safe", "hex"] = "bytes"
+    provide_transaction_metadata: bool = False
     tombstones_on_delete: bool = True
+    skipped_operations: list[Literal["c", "u", "d", "t", "none"]] = Field(
+        default_factory=lambda: ["t"]  # type: ignore[arg-type]
+    )
+    additive_fields: bool = True
+    temporal_logical_types: bool = False
     on_incompatible_schema: Literal["stop", "continue"] = "stop"
     status_interval_s: float = Field(default=10.0, gt=0, le=60)
     heartbeat_interval_s: float = Field(default=0.0, ge=0)
@@ -144,7 +162,27 @@ class SourceConfig(Section):
     slot_lag_stop_bytes: int | None = Field(default=None, gt=0)
     max_batch_events: int = Field(default=5000, ge=1)
     max_inflight_bytes: int = Field(default=16 * MiB, ge=1024)
-    unavailable_value: str = "__debezium_unavailable_value"
+    unavailable_value_placeholder: str = "__debezium_unavailable_value"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = dict(data)
+            for old, new in (
+                ("decimal_handling", "decimal_handling_mode"),
+                ("unavailable_value", "unavailable_value_placeholder"),
+            ):
+                if old in data:
+                    if new in data:
+                        raise ValueError(f"{old}: the older name of {new}; set only one")
+                    data[new] = data.pop(old)
+        return data
+
+    @property
+    def skipped(self) -> frozenset[str]:
+        """The operation codes not published (``none`` skips nothing)."""
+        return frozenset(op for op in self.skipped_operations if op != "none")
 
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:

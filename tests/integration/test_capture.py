@@ -224,8 +224,8 @@ def test_incompatible_schema_change_continues_when_configured_to(env: CaptureEnv
     assert "incompatible" in env.log_text()
 
 
-def test_truncate_is_published_as_an_op_t_event(env: CaptureEnv) -> None:
-    env.start()
+def test_truncate_is_published_as_an_op_t_event_when_not_skipped(env: CaptureEnv) -> None:
+    env.start(skipped_operations=["none"])  # Debezium's default skips truncates
     env.wait_for_slot()
     with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO orders VALUES (1, 5, 9.99, 'new')")
@@ -234,3 +234,14 @@ def test_truncate_is_published_as_an_op_t_event(env: CaptureEnv) -> None:
     last = data_events(events)[-1]
     assert last.value is not None and last.value["op"] == "t"
     assert last.key is None
+
+
+def test_truncate_is_skipped_by_default_as_debezium_does(env: CaptureEnv) -> None:
+    env.start()
+    env.wait_for_slot()
+    with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders VALUES (1, 5, 9.99, 'new')")
+        conn.execute("TRUNCATE orders")
+        conn.execute("INSERT INTO orders VALUES (2, 5, 1.00, 'marker')")
+    events = data_events(read_events(env, ["public.orders"], at_least=2, timeout=60))
+    assert [e.value["op"] for e in events] == ["c", "c"]  # type: ignore[index]

@@ -535,3 +535,24 @@ def test_a_mapping_built_in_code_is_validated_like_a_file() -> None:
     assert config.state_dsn() == SecretStr("postgresql://state@db/s")
     with pytest.raises(ConfigError, match=r"^source.dsn_env: environment variable DEMO_DSN"):
         parse_config(data, env={})
+
+
+def test_debeziums_settings_have_debeziums_defaults_and_the_older_names_still_work(
+    tmp_path: Path,
+) -> None:
+    source = load_config(minimal(tmp_path), env={}).source
+    assert (source.time_precision_mode, source.decimal_handling_mode) == ("adaptive", "precise")
+    assert (source.hstore_handling_mode, source.interval_handling_mode) == ("json", "numeric")
+    assert source.binary_handling_mode == "bytes"
+    assert source.provide_transaction_metadata is False
+    assert source.skipped == frozenset({"t"})
+    assert source.unavailable_value_placeholder == "__debezium_unavailable_value"
+    older = "  decimal_handling: string\n  unavailable_value: gone\n"
+    text = MINIMAL.format(password="pw").replace("  tables:", older + "  tables:")
+    source = load_config(write(tmp_path, text), env={}).source
+    assert (source.decimal_handling_mode, source.unavailable_value_placeholder) == (
+        "string",
+        "gone",
+    )
+    both = text.replace("  tables:", "  decimal_handling_mode: double\n  tables:")
+    assert "set only one" in error_of(write(tmp_path, both))

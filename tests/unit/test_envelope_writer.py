@@ -6,11 +6,12 @@ import io
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.capture.encoding.envelope import Change, RelationEncoder, TxContext
+from cdc.capture.encoding.envelope import Change, ColumnFacts, RelationEncoder, TxContext
 from cdc.capture.encoding.envelope_writer import EnvelopeWriter, long_bytes
 from cdc.capture.encoding.type_mapping import TypeOptions
 from cdc.capture.pgoutput import UNCHANGED, Column, Relation
@@ -36,6 +37,22 @@ RELATION = Relation(
 
 ENCODER = RelationEncoder(RELATION, prefix="app", database="shop", types={}, options=TypeOptions())
 SCHEMA = parse_schema(ENCODER.value_schema)
+# Strict drop-in: no additive fields; NOT NULL columns and constant defaults in the schema.
+STRICT = RelationEncoder(
+    RELATION,
+    prefix="app",
+    database="shop",
+    types={},
+    options=TypeOptions(),
+    columns={
+        "n": ColumnFacts(not_null=True, default_text="7"),
+        "flag": ColumnFacts(not_null=True),
+        "note": ColumnFacts(default_text="x"),
+        "amount": ColumnFacts(not_null=True, default_text="1.50"),
+    },
+    additive_fields=False,
+    transaction_block=False,
+)
 
 int8 = st.integers(-(2**63), 2**63 - 1).map(str)
 int4 = st.integers(-(2**31), 2**31 - 1).map(str)
@@ -80,6 +97,7 @@ def changes(draw: st.DrawFn) -> Change:
         xid=draw(st.integers(0, 2**32 - 1)),
         commit_lsn=Lsn(draw(st.integers(0, 2**63 - 1))),
         commit_ts_us=draw(st.integers(0, 2**53)),
+        last_commit_lsn=draw(st.one_of(st.none(), st.integers(0, 2**63 - 1).map(Lsn))),
     )
     lsn = Lsn(draw(st.integers(0, 2**63 - 1)))
     seq = draw(st.integers(1, 2**31))
@@ -95,26 +113,59 @@ def changes(draw: st.DrawFn) -> Change:
     return Change(op, RELATION.oid, lsn, seq, tx, None, None)
 
 
-def reference(change: Change, *, table_seq: int, now_ms: int) -> bytes:
+def reference(
+    change: Change, *, table_seq: int, now_ms: int, encoder: RelationEncoder = ENCODER
+) -> bytes:
     buf = io.BytesIO()
-    schemaless_writer(buf, SCHEMA, ENCODER.envelope(change, table_seq=table_seq, now_ms=now_ms))
+    schema = parse_schema(encoder.value_schema)
+    schemaless_writer(buf, schema, encoder.envelope(change, table_seq=table_seq, now_ms=now_ms))
     return buf.getvalue()
 
 
-@settings(max_examples=400, deadline=None)
+@pytest.mark.parametrize("encoder", [ENCODER, STRICT], ids=["additive", "strict"])
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(changes(), min_size=1, max_size=4),
     st.integers(1, 2**31),
-    st.integers(0, 2**45),
+    st.integers(0, 2**43),  # ts_ns = now_ms * 10**6 must fit a long
 )
 def test_written_envelopes_equal_the_reference_encoding(
-    batch: list[Change], table_seq: int, now_ms: int
+    encoder: RelationEncoder, batch: list[Change], table_seq: int, now_ms: int
 ) -> None:
-    writer = EnvelopeWriter(ENCODER, header=b"\x00\x00\x00\x00\x07")
+    writer = EnvelopeWriter(encoder, header=b"\x00\x00\x00\x00\x07")
     for change in batch:
         written = writer.write(change, table_seq=table_seq, now_ms=now_ms)
         assert written[:5] == b"\x00\x00\x00\x00\x07"
-        assert written[5:] == reference(change, table_seq=table_seq, now_ms=now_ms)
+        expected = reference(change, table_seq=table_seq, now_ms=now_ms, encoder=encoder)
+        assert written[5:] == expected
+
+
+def test_a_key_only_before_image_carries_the_column_defaults_as_debezium_does() -> None:
+    tx = TxContext(xid=9, commit_lsn=Lsn(5000), commit_ts_us=1_700_000_000_000_000)
+    before = ("1", None, None, None, None, None, None)
+    change = Change("d", RELATION.oid, Lsn(4000), 1, tx, before, None, before_is_key=True)
+    written = EnvelopeWriter(STRICT, header=b"").write(change, table_seq=1, now_ms=7)
+    value = schemaless_reader(io.BytesIO(written), parse_schema(STRICT.value_schema), None)
+    assert isinstance(value, dict)
+    row = value["before"]
+    assert (row["n"], row["flag"], row["note"], str(row["amount"])) == (7, False, "x", "1.50")
+    assert row["at"] is None
+    assert "unavailable_columns" not in value
+    assert "commit_lsn" not in value["source"]
+    assert value["transaction"] is None  # Debezium's without provide.transaction.metadata
+
+
+def test_under_replica_identity_full_an_unchanged_toast_value_comes_from_the_old_row() -> None:
+    tx = TxContext(xid=9, commit_lsn=Lsn(5000), commit_ts_us=1_700_000_000_000_000)
+    before = ("1", "2", "t", "long text", "3.50", None, '{"a": 1}')
+    after = ("1", "3", "t", UNCHANGED, "3.50", None, UNCHANGED)
+    change = Change("u", RELATION.oid, Lsn(4000), 1, tx, before, after)
+    written = EnvelopeWriter(ENCODER, header=b"").write(change, table_seq=1, now_ms=7)
+    value = schemaless_reader(io.BytesIO(written), SCHEMA, None)
+    assert isinstance(value, dict)
+    assert value["after"]["note"] == "long text"
+    assert value["after"]["doc"] == '{"a": 1}'
+    assert value["unavailable_columns"] is None
 
 
 def test_an_unchanged_toast_value_is_listed_and_decodes_as_unavailable() -> None:
@@ -127,7 +178,10 @@ def test_an_unchanged_toast_value_is_listed_and_decodes_as_unavailable() -> None
     assert value["unavailable_columns"] == ["note", "doc"]
     assert value["source"]["commit_lsn"] == 5000
     assert value["source"]["table"] == "wide table"
-    assert value["transaction"] == {"id": "9:5000", "total_order": 1, "data_collection_order": 1}
+    # Debezium's transaction.id is txId:lsn of the event; the commit LSN is source.commit_lsn.
+    assert value["transaction"] == {"id": "9:4000", "total_order": 1, "data_collection_order": 1}
+    assert value["source"]["sequence"] == '[null,"4000"]'
+    assert value["source"]["ts_ns"] == 1_700_000_000_000_000_000
 
 
 @given(st.integers(-(2**63), 2**63 - 1))

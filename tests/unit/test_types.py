@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 import math
 import re
 from decimal import Decimal
@@ -28,8 +29,10 @@ from cdc.capture.encoding.type_mapping import (
     BinaryHandling,
     ColumnCodec,
     DecimalHandling,
+    HstoreHandling,
     IntervalHandling,
     PgType,
+    TimePrecision,
     TypeOptions,
     codec_for,
     needs_catalog,
@@ -201,11 +204,16 @@ def test_any_decimal_text_decodes_to_the_same_value(value: Decimal) -> None:
     assert Decimal(f"{unscaled}e-{decoded['scale']}") == value
 
 
-def test_numeric_nan_and_infinity_follow_the_decimal_handling_mode() -> None:
+def test_numeric_nan_and_infinity_follow_the_decimal_handling_mode(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # precise: Debezium writes null with a warning; capture never stops on them.
     for typmod in (-1, numeric_typmod(10, 2)):
         for text in ("NaN", "Infinity", "-Infinity"):
-            with pytest.raises(DecodeError, match="decimal_handling"):
-                codec(NUMERIC, typmod).decode(text)
+            with caplog.at_level(logging.WARNING, logger="cdcsync.capture"):
+                caplog.clear()
+                assert codec(NUMERIC, typmod).decode(text) is None
+            assert "written as null" in caplog.text
     as_double = codec(NUMERIC, options=TypeOptions(decimal_handling=DecimalHandling.DOUBLE))
     assert as_double.avro_type == "double"
     assert math.isnan(through_avro(as_double, "NaN"))
@@ -287,7 +295,6 @@ def test_bytea_follows_the_binary_handling_mode() -> None:
 def test_network_geometry_range_and_search_types_stay_text() -> None:
     for oid, text in (
         (INET, "2001:db8::1/64"),
-        (POINT, "(1,2)"),
         (INT4RANGE, "[1,5)"),
         (TSVECTOR, "'a':1"),
     ):
@@ -298,17 +305,20 @@ def test_network_geometry_range_and_search_types_stay_text() -> None:
 # --- dates and times -----------------------------------------------------------------------------
 
 
-def test_date_is_days_since_epoch_with_the_date_logical_type() -> None:
+def test_date_is_days_since_epoch_named_as_debezium_without_an_avro_logical_type() -> None:
     column = codec(DATE)
     assert column.avro_type == {
         "type": "int",
         "connect.version": 1,
         "connect.name": "io.debezium.time.Date",
-        "logicalType": "date",
     }
     assert column.decode("1970-01-01") == 0
     assert column.decode("1969-12-31") == -1
-    assert through_avro(column, "2024-02-29") == dt.date(2024, 2, 29)
+    assert through_avro(column, "2024-02-29") == 19782
+    # Opt-in for Python-native readers: the Avro logical type beside connect.name.
+    with_logical = codec(DATE, options=TypeOptions(temporal_logical_types=True))
+    assert schema_of(with_logical)["logicalType"] == "date"
+    assert through_avro(with_logical, "2024-02-29") == dt.date(2024, 2, 29)
 
 
 def test_bc_and_far_future_dates_are_counted_on_the_proleptic_calendar() -> None:
@@ -349,9 +359,9 @@ def test_any_date_decodes_to_its_day_number(day: dt.date) -> None:
 
 def test_time_is_microseconds_since_midnight_including_2400() -> None:
     column = codec(TIME)
-    assert schema_of(column)["logicalType"] == "time-micros"
+    assert "logicalType" not in schema_of(column)
     assert schema_of(column)["connect.name"] == "io.debezium.time.MicroTime"
-    assert through_avro(column, "13:45:07.25") == dt.time(13, 45, 7, 250000)
+    assert through_avro(column, "13:45:07.25") == 49_507_250_000
     assert column.decode("24:00:00") == 86_400_000_000
     assert column.decode("00:00:00") == 0
 
@@ -362,20 +372,18 @@ def test_time_with_time_zone_is_normalised_to_utc() -> None:
     assert column.decode("10:15:30.5+05:30") == "04:45:30.5Z"
     assert column.decode("22:00:00-03") == "01:00:00Z"
     assert column.decode("00:00:00+00") == "00:00:00Z"
-    assert column.decode("24:00:00+00") == "24:00:00Z"
+    assert column.decode("24:00:00+00") == "00:00:00Z"  # java.time has no 24:00
     assert column.decode("24:00:00+05") == "19:00:00Z"
     assert column.decode("12:00:00+05:53:28") == "06:06:32Z"
 
 
 def test_timestamp_is_microseconds_since_epoch() -> None:
     column = codec(TIMESTAMP, 6)
-    assert schema_of(column)["logicalType"] == "timestamp-micros"
+    assert "logicalType" not in schema_of(column)
     assert schema_of(column)["connect.name"] == "io.debezium.time.MicroTimestamp"
     assert column.decode("1970-01-01 00:00:00") == 0
     assert column.decode("1969-12-31 23:59:59.999999") == -1
-    assert through_avro(column, "2024-01-01 10:00:00.123456") == dt.datetime(
-        2024, 1, 1, 10, 0, 0, 123456, tzinfo=dt.UTC
-    )
+    assert through_avro(column, "2024-01-01 10:00:00.123456") == 1_704_103_200_123_456
     bc = column.decode("0044-03-15 10:00:00.5 BC")
     assert bc == days_from_civil(-43, 3, 15) * 86_400_000_000 + 36_000_500_000
 
@@ -399,11 +407,12 @@ def test_timestamptz_is_an_iso_string_in_utc_whatever_the_offset() -> None:
         "connect.name": "io.debezium.time.ZonedTimestamp",
     }
     assert column.decode("2024-01-01 10:00:00.123456+00") == "2024-01-01T10:00:00.123456Z"
-    assert column.decode("2024-01-01 10:00:00+05:30") == "2024-01-01T04:30:00Z"
-    assert column.decode("2024-01-01 22:00:00.5-03") == "2024-01-02T01:00:00.5Z"
-    assert column.decode("1883-11-18 12:00:00-04:56:02") == "1883-11-18T16:56:02Z"
-    assert column.decode("0001-01-01 03:00:00+05 BC") == "-0001-12-31T22:00:00Z"
-    assert column.decode("12000-06-01 00:00:00+00") == "+12000-06-01T00:00:00Z"
+    # Debezium always prints six fraction digits when no precision is declared.
+    assert column.decode("2024-01-01 10:00:00+05:30") == "2024-01-01T04:30:00.000000Z"
+    assert column.decode("2024-01-01 22:00:00.5-03") == "2024-01-02T01:00:00.500000Z"
+    assert column.decode("1883-11-18 12:00:00-04:56:02") == "1883-11-18T16:56:02.000000Z"
+    assert column.decode("0001-01-01 03:00:00+05 BC") == "-0001-12-31T22:00:00.000000Z"
+    assert column.decode("12000-06-01 00:00:00+00") == "+12000-06-01T00:00:00.000000Z"
 
 
 def test_timestamptz_with_declared_precision_prints_that_many_digits() -> None:
@@ -475,16 +484,17 @@ def test_text_arrays_unquote_and_unescape_elements() -> None:
     assert through_avro(column, text) == ["a b", None, "NULL", "", 'x"y', "c\\d", "{}", "é", " x "]
 
 
-def test_multidimensional_arrays_are_flattened_in_row_major_order() -> None:
-    assert codec(INT4_ARRAY).decode("{{1,2},{3,NULL}}") == [1, 2, 3, None]
-    assert codec(INT4_ARRAY).decode("[0:1][1:1]={{5},{6}}") == [5, 6]
+def test_multidimensional_arrays_are_one_null_per_sub_array_as_debezium_writes_them() -> None:
+    assert codec(INT4_ARRAY).decode("{{1,2},{3,NULL}}") == [None, None]
+    assert codec(INT4_ARRAY).decode("[0:1][1:1]={{5},{6}}") == [None, None]
+    assert codec(TEXT_ARRAY).decode('{{"{a}","b"},{"c}","d"},{e,f}}') == [None, None, None]
 
 
 def test_arrays_of_typed_elements_decode_each_element() -> None:
     numerics = codec(NUMERIC_ARRAY, numeric_typmod(6, 2))
     assert through_avro(numerics, "{1.50,NULL,-2.25}") == [Decimal("1.50"), None, Decimal("-2.25")]
     assert codec(BYTEA_ARRAY).decode('{"\\\\x00ff",NULL}') == [b"\x00\xff", None]
-    assert codec(TSTZ_ARRAY).decode('{"2024-01-01 00:00:00+02"}') == ["2023-12-31T22:00:00Z"]
+    assert codec(TSTZ_ARRAY).decode('{"2024-01-01 00:00:00+02"}') == ["2023-12-31T22:00:00.000000Z"]
     assert codec(BOX_ARRAY).decode("{(1,1),(0,0);(3,3),(2,2)}") == ["(1,1),(0,0)", "(3,3),(2,2)"]
 
 
@@ -689,3 +699,84 @@ def test_utc_timestamptz_text_takes_the_same_form_as_the_general_parser(
     text = moment.strftime("%Y-%m-%d %H:%M:%S") + (f".{fraction}" if fraction else "") + "+00"
     expected = format_utc_timestamp(parse_timestamptz(text))
     assert timestamptz_to_utc_iso(text) == expected
+
+
+# --- as Debezium writes them ---------------------------------------------------------------------
+
+
+def test_time_precision_adaptive_writes_precisions_up_to_3_in_milliseconds() -> None:
+    time3 = codec(TIME, 3)
+    assert time3.avro_type == {
+        "type": "int",
+        "connect.version": 1,
+        "connect.name": "io.debezium.time.Time",
+    }
+    assert time3.decode("12:34:56.789") == 45_296_789
+    ts3 = codec(TIMESTAMP, 3)
+    assert schema_of(ts3)["connect.name"] == "io.debezium.time.Timestamp"
+    assert ts3.decode("2020-01-02 03:04:05.123") == 1_577_934_245_123
+    assert schema_of(codec(TIMESTAMP))["connect.name"] == "io.debezium.time.MicroTimestamp"
+    micro = TypeOptions(time_precision=TimePrecision.ADAPTIVE_TIME_MICROSECONDS)
+    assert codec(TIME, 3, micro).decode("12:34:56.789") == 45_296_789_000
+
+
+def test_time_precision_connect_uses_kafka_connects_logical_types_in_milliseconds() -> None:
+    connect = TypeOptions(time_precision=TimePrecision.CONNECT)
+    assert codec(DATE, options=connect).avro_type == {
+        "type": "int",
+        "connect.version": 1,
+        "connect.name": "org.apache.kafka.connect.data.Date",
+        "logicalType": "date",
+    }
+    assert schema_of(codec(TIME, options=connect))["logicalType"] == "time-millis"
+    stamp = codec(TIMESTAMP, options=connect)
+    assert schema_of(stamp)["connect.name"] == "org.apache.kafka.connect.data.Timestamp"
+    assert stamp.decode("2020-01-02 03:04:05.5") == 1_577_934_245_500
+
+
+def test_timestamptz_prints_its_declared_precision_as_debezium_does() -> None:
+    assert codec(TIMESTAMPTZ, 2).decode("2020-01-02 03:04:05.1+00") == "2020-01-02T03:04:05.10Z"
+    assert codec(TIMESTAMPTZ).decode("2020-01-02 03:04:05+02") == "2020-01-02T01:04:05.000000Z"
+
+
+def test_an_interval_beyond_a_long_of_microseconds_saturates_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    column = codec(INTERVAL)
+    with caplog.at_level(logging.WARNING, logger="cdcsync.capture"):
+        assert column.decode("300000 years") == 2**63 - 1
+        assert column.decode("-300000 years") == -(2**63)
+    assert "saturated" in caplog.text
+    assert column.decode("1 year 2 mons 3 days 04:05:06.7") == 37_091_106_700_000
+
+
+def test_a_point_is_debeziums_geometry_point_with_its_wkb() -> None:
+    column = codec(POINT)
+    assert schema_of(column)["connect.name"] == "io.debezium.data.geometry.Point"
+    value = through_avro(column, "(1.5,2)")
+    assert value == {
+        "x": 1.5,
+        "y": 2.0,
+        "wkb": bytes.fromhex("0101000000000000000000f83f0000000000000040"),
+        "srid": None,
+    }
+
+
+def hstore_type(oid: int = 60_000) -> PgType:
+    return PgType(oid, "public", "hstore", "b", "U", None, None, -1, ())
+
+
+def test_hstore_is_json_text_in_the_order_debezium_writes_it() -> None:
+    column = codec(60_000, hstore=hstore_type())
+    assert column.avro_type == {
+        "type": "string",
+        "connect.version": 1,
+        "connect.name": "io.debezium.data.Json",
+    }
+    assert column.decode('"a"=>"1", "b"=>NULL') == '{"a":"1","b":null}'
+    # java.util.HashMap order (bucket of String.hashCode), not PostgreSQL's printed order.
+    assert column.decode('"k"=>"v", "aa"=>"x\\"y", "zz"=>"é"') == '{"aa":"x\\"y","zz":"é","k":"v"}'
+    as_map = codec(
+        60_000, options=TypeOptions(hstore_handling=HstoreHandling.MAP), hstore=hstore_type()
+    )
+    assert through_avro(as_map, '"a"=>"1", "b"=>NULL') == {"a": "1", "b": None}

