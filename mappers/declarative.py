@@ -13,8 +13,9 @@ Semantics of one mapping (``integrations.NAME.mapper`` in the config):
   missing key column is a ``MappingError``.
 - ``fields`` maps each target field to an expression over the row; ``constants`` are
   fixed values added to every entity.
-- ``version_column`` orders versions by that column (``TableEvent.version(column)``,
-  commit LSN as tiebreak); without it the commit LSN and position in the transaction.
+- ``version_column`` is accepted and does not order anything: versions are always the
+  commit LSN and the position in the transaction (``mappers.lww``: a column is another
+  clock, never compared with commit order).
 - ``model`` (``module:Class``) is a pydantic model validating the entity; without it a
   model named after the entity, with every mapped field typed ``Any``, is derived.
 - ops ``c``/``u``/``r`` give an ``EntityUpsert``, ``d`` an ``EntityDelete``, ``t``

@@ -128,6 +128,16 @@ MIGRATIONS: Final[tuple[LiteralString, ...]] = (
     CREATE INDEX identities_by_external_id
         ON {schema}.identities (integration, entity, external_id);
     """,
+    # Versions of the column clock (major = a version_column's value) become the commit
+    # LSN they were applied at: targets are ordered by commit order only (mappers.lww).
+    # Bytes: major + 2**63 (8), lsn (8), seq (4); an LSN-clock major is the lsn, top bit set.
+    """
+    UPDATE {schema}.versions
+        SET version = set_byte(substring(version from 9 for 8), 0, get_byte(version, 8) | 128)
+            || substring(version from 9)
+        WHERE substring(version from 1 for 8)
+            <> set_byte(substring(version from 9 for 8), 0, get_byte(version, 8) | 128);
+    """,
 )
 
 _POOL_MAX: Final = 4

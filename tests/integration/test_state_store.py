@@ -250,3 +250,29 @@ def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", ()):
         yield from plan_nodes(child)
+
+
+def test_column_clock_versions_become_the_commit_lsn_they_were_applied_at(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cdc.state.store as store_module
+
+    column_clock = Version(1_772_359_200_000_000, 0x16B374D848, 3)
+    lsn_clock = Version.from_lsn(0x16B374D900, 1)
+
+    async def before(store: StateStore) -> None:
+        await store.save_versions(
+            "crm", "contact", items=[("1", column_clock, False), ("2", lsn_clock, True)]
+        )
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:5])
+    run(pg_dsn, before, schema="clock_upgrade")
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+
+    async def after(store: StateStore) -> dict[str, tuple[Version, bool]]:
+        return await store.versions("crm", "contact", keys=["1", "2"])
+
+    assert run(pg_dsn, after, schema="clock_upgrade") == {
+        "1": (Version.from_lsn(0x16B374D848, 3), False),
+        "2": (lsn_clock, True),
+    }

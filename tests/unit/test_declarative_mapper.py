@@ -220,19 +220,12 @@ def test_a_user_model_with_required_fields_accepts_an_event_missing_some_of_them
 # --------------------------------------------------------------------------- versions
 
 
-def test_a_version_column_orders_updates_by_its_value_not_by_commit_order() -> None:
+def test_a_version_column_does_not_reorder_commits_a_later_commit_wins() -> None:
     spec = mapping(version_column="updated_at")
     [late_commit] = run(spec, event("u", after=customer(updated_at=T0), lsn=LSN + 100))
     [early_commit] = run(spec, event("u", after=customer(updated_at=T1), lsn=LSN))
-    assert early_commit.version > late_commit.version
-    assert late_commit.version.major == microseconds(T0, column="updated_at")
-
-
-def test_equal_version_column_values_are_ordered_by_commit_lsn() -> None:
-    spec = mapping(version_column="updated_at")
-    [first] = run(spec, event("u", after=customer(), lsn=LSN))
-    [second] = run(spec, event("u", after=customer(), lsn=LSN + 1))
-    assert second.version > first.version
+    assert late_commit.version > early_commit.version
+    assert late_commit.version == Version.from_lsn(LSN + 100, 1)
 
 
 def test_without_a_version_column_versions_follow_commit_lsn_and_sequence() -> None:
@@ -242,21 +235,12 @@ def test_without_a_version_column_versions_follow_commit_lsn_and_sequence() -> N
     assert b.version > a.version
 
 
-def test_a_delete_is_versioned_by_the_column_of_its_before_image() -> None:
+def test_a_reinsert_after_a_delete_in_one_transaction_wins_over_the_delete() -> None:
     spec = mapping(version_column="updated_at")
-    [upsert] = run(spec, event("u", after=customer(updated_at=T0)))
-    [delete] = run(spec, event("d", before=customer(updated_at=T1), lsn=LSN - 50))
-    assert delete.version > upsert.version
-
-
-def test_a_delete_without_the_version_column_takes_its_commit_time() -> None:
-    spec = mapping(version_column="updated_at")
-    commit = datetime(2026, 3, 2, tzinfo=UTC)
-    commit_us = microseconds(commit, column="commit")
-    [upsert] = run(spec, event("u", after=customer(updated_at=T1)))
-    [delete] = run(spec, event("d", key={"id": 7}, ts_us=commit_us))
-    assert delete.version.major == commit_us
-    assert delete.version > upsert.version
+    commit_us = microseconds(datetime(2026, 3, 2, tzinfo=UTC), column="commit")
+    [delete] = run(spec, event("d", key={"id": 7}, ts_us=commit_us, lsn=LSN, seq=1))
+    [insert] = run(spec, event("c", after=customer(updated_at=T0), lsn=LSN, seq=2))
+    assert insert.version > delete.version
 
 
 # --------------------------------------------------------------------------- validation
