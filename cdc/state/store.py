@@ -12,7 +12,10 @@ publication):
 - ``dead_letters``: one row per message sent to a dead-letter topic, with its origin and
   where it landed, until it is marked replayed; a failed replay counts in
   ``replay_attempts`` and replaces ``error`` with the new one.
-- ``snapshot_progress``: per table, the last primary key read, rows read, done.
+- ``snapshot_progress``: per (pipeline, table), the last primary key read, rows read, done.
+  A pipeline is one capture's slot and topic prefix (``pipeline_id``): two pipelines on one
+  database never resume or overwrite each other's snapshots. Rows written before pipelines
+  were recorded (pipeline ``''``) are read by any pipeline that has no row of its own.
 - ``inbound_changes``: per (integration, Idempotency-Key), what became of an inbound change
   (``applied``, ``lost`` to a newer write, ...); written by ``cdc.inbound.apply``.
 
@@ -63,6 +66,7 @@ __all__ = [
     "StateStore",
     "StateUnavailable",
     "VersionGuard",
+    "pipeline_id",
 ]
 
 # Appended to, never edited: each entry's position (1-based) is its version number.
@@ -150,6 +154,12 @@ MIGRATIONS: Final[tuple[LiteralString, ...]] = (
             || substring(version from 9)
         WHERE substring(version from 1 for 8)
             <> set_byte(substring(version from 9 for 8), 0, get_byte(version, 8) | 128);
+    """,
+    # Snapshot progress belongs to one pipeline (slot and topic prefix).
+    """
+    ALTER TABLE {schema}.snapshot_progress ADD COLUMN pipeline text NOT NULL DEFAULT '';
+    ALTER TABLE {schema}.snapshot_progress DROP CONSTRAINT snapshot_progress_pkey;
+    ALTER TABLE {schema}.snapshot_progress ADD PRIMARY KEY (pipeline, table_name);
     """,
 )
 
@@ -582,25 +592,37 @@ class StateStore:
     # ----------------------------------------------------------------- snapshots
 
     async def save_snapshot_progress(
-        self, table: str, *, last_key: dict[str, Any] | None, rows: int, done: bool
+        self,
+        table: str,
+        *,
+        last_key: dict[str, Any] | None,
+        rows: int,
+        done: bool,
+        pipeline: str = "",
     ) -> None:
-        """Record how far the snapshot of ``table`` has read (``last_key`` must be JSON-able)."""
+        """Record how far ``pipeline``'s snapshot of ``table`` has read (JSON-able key)."""
         await self._run(
             self._q(
-                "INSERT INTO {schema}.snapshot_progress (table_name, last_key, rows, done)"
-                " VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (table_name) DO UPDATE SET last_key = excluded.last_key,"
+                "INSERT INTO {schema}.snapshot_progress"
+                " (pipeline, table_name, last_key, rows, done) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (pipeline, table_name) DO UPDATE SET last_key = excluded.last_key,"
                 " rows = excluded.rows, done = excluded.done, updated_at = now()"
             ),
-            (table, None if last_key is None else Jsonb(last_key, dumps=_dumps), rows, done),
+            (
+                pipeline,
+                table,
+                None if last_key is None else Jsonb(last_key, dumps=_dumps),
+                rows,
+                done,
+            ),
         )
 
     async def snapshot_progresses(self) -> list[SnapshotProgress]:
-        """The progress of every table ever snapshotted, by table name."""
+        """The progress of every table ever snapshotted, by table name (every pipeline)."""
         rows = await self._fetch(
             self._q(
                 "SELECT table_name, last_key, rows, done, updated_at"
-                " FROM {schema}.snapshot_progress ORDER BY table_name"
+                " FROM {schema}.snapshot_progress ORDER BY table_name, pipeline"
             ),
             (),
         )
@@ -611,14 +633,16 @@ class StateStore:
             for name, last_key, count, done, at in rows
         ]
 
-    async def snapshot_progress(self, table: str) -> SnapshotProgress | None:
-        """The snapshot progress of ``table``, or None if it never started."""
+    async def snapshot_progress(self, table: str, *, pipeline: str = "") -> SnapshotProgress | None:
+        """``pipeline``'s snapshot progress of ``table`` (else a row from before pipelines
+        were recorded), or None if it never started."""
         rows = await self._fetch(
             self._q(
                 "SELECT table_name, last_key, rows, done, updated_at"
                 " FROM {schema}.snapshot_progress WHERE table_name = %s"
+                " AND pipeline IN (%s, '') ORDER BY pipeline DESC LIMIT 1"
             ),
-            (table,),
+            (table, pipeline),
         )
         if not rows:
             return None
@@ -626,6 +650,11 @@ class StateStore:
         return SnapshotProgress(
             table=name, last_key=last_key, rows=int(count), done=bool(done), updated_at=updated_at
         )
+
+
+def pipeline_id(slot: str, topic_prefix: str) -> str:
+    """The pipeline a snapshot belongs to: one capture's replication slot and topic prefix."""
+    return f"{slot}/{topic_prefix}"
 
 
 class VersionGuard:
