@@ -134,12 +134,30 @@ def test_a_derived_model_is_named_after_the_entity() -> None:
 # --------------------------------------------------------------------------- where
 
 
-def test_rows_that_do_not_match_the_filter_yield_nothing() -> None:
+def test_new_rows_that_do_not_match_the_filter_yield_nothing() -> None:
     spec = mapping(where="status == 'active' and email is not None")
     assert run(spec, event("c", after=customer(status="closed"))) == []
-    assert run(spec, event("u", after=customer(email=None))) == []
+    closed = customer(status="closed")
+    assert run(spec, event("u", before=closed, after=closed)) == []
     [op] = run(spec, event("u", after=customer()))
     assert op.key == "7"
+
+
+def test_a_row_that_stops_matching_the_filter_is_deleted_from_the_target() -> None:
+    """Issue 16.8: the target holds the mapping of the source, so a row that no longer
+    matches ``where`` leaves it (an update without a before image, or a snapshot read)."""
+    spec = mapping(where="status == 'active'")
+    [op] = run(spec, event("u", after=customer(status="closed"), lsn=LSN + 8))
+    assert op == EntityDelete(
+        entity="contact",
+        key="7",
+        version=Version.from_lsn(LSN + 8, 1),
+        origin=Origin("app.public.customers", 0, 0),
+    )
+    [read] = run(spec, event("r", after=customer(status="closed")))
+    assert isinstance(read, EntityDelete)
+    [changed] = run(spec, event("u", before=customer(), after=customer(status="closed")))
+    assert isinstance(changed, EntityDelete)
 
 
 def test_a_delete_of_a_row_that_did_not_match_yields_nothing_when_the_image_shows_it() -> None:
