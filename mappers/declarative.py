@@ -2,9 +2,11 @@
 
 Semantics of one mapping (``integrations.NAME.mapper`` in the config):
 
-- ``where`` (an expression, see ``mappers.expr``) filters rows. Inserts, updates and
-  snapshot reads whose ``after`` row does not match yield nothing. A row that stops
-  matching is *not* deleted from the target (the filter selects events, not rows).
+- ``where`` (an expression, see ``mappers.expr``) selects rows: the target holds the rows
+  that match. An insert whose row does not match yields nothing; an update or snapshot read
+  whose ``after`` row does not match yields a delete of its key (the row may have matched
+  before: a row that stops matching leaves the target), unless its ``before`` image shows
+  for sure that it did not match before either.
   A delete is tested against its ``before`` image (else its key) and is dropped only
   when every column the filter reads is present and non-null there and the filter is
   false: with ``REPLICA IDENTITY DEFAULT`` the before image holds only the key, and a
@@ -13,8 +15,9 @@ Semantics of one mapping (``integrations.NAME.mapper`` in the config):
   missing key column is a ``MappingError``.
 - ``fields`` maps each target field to an expression over the row; ``constants`` are
   fixed values added to every entity.
-- ``version_column`` orders versions by that column (``TableEvent.version(column)``,
-  commit LSN as tiebreak); without it the commit LSN and position in the transaction.
+- ``version_column`` is accepted and does not order anything: versions are always the
+  commit LSN and the position in the transaction (``mappers.lww``: a column is another
+  clock, never compared with commit order).
 - ``model`` (``module:Class``) is a pydantic model validating the entity; without it a
   model named after the entity, with every mapped field typed ``Any``, is derived.
 - ops ``c``/``u``/``r`` give an ``EntityUpsert``, ``d`` an ``EntityDelete``, ``t``
@@ -227,7 +230,7 @@ class DeclarativeMapper:
         if self.where is not None:
             self._check_visible(self.where.columns, hidden, what="where", event=event)
             if not _truth(self.where(row), self.where):
-                return []
+                return self._unmatched(event, row)
         self._check_visible(self.key.columns, hidden, what="key", event=event)
         key = self.key.render(row, origin=event.origin)
         data: dict[str, Any] = dict(self.constants)
@@ -244,6 +247,17 @@ class DeclarativeMapper:
         )
         upsert = event.upsert(self.entity, key, model, version_column=self.version_column)
         return [replace(upsert, unavailable=frozenset(left_out))]
+
+    def _unmatched(self, event: TableEvent, row: Mapping[str, Any]) -> list[EntityOp]:
+        """A row that does not match ``where``: deleted from the target unless it is known
+        not to be there (a new row, or a before image that did not match either)."""
+        if event.op == "c":
+            return []
+        if event.before is not None and self._excluded(event.before):
+            return []
+        self._check_visible(self.key.columns, event.unavailable, what="key", event=event)
+        key = self.key.render(row, origin=event.origin)
+        return [event.delete(self.entity, key)]
 
     def _delete(self, event: TableEvent) -> list[EntityOp]:
         image: dict[str, Any] = {**(event.key or {}), **(event.before or {})}

@@ -3,10 +3,10 @@
 - ``TableEvent``: one captured change as a mapper sees it (the decoded Debezium envelope
   plus where it was read from on Kafka).
 - ``Version``: the total order of last-writer-wins. ``(major, lsn, seq)`` compared as a
-  tuple; ``major`` is the commit LSN by default, or a configured column's value in
-  microseconds (``updated_at``) with the commit LSN and the position in the transaction as
-  tiebreaks. ``to_bytes()`` is fixed-width and compares bytewise in the same order, so a
-  ``bytea`` column in PostgreSQL orders versions exactly as Python does.
+  tuple; every event's version is its commit LSN (``major`` and ``lsn``), then its position
+  in the transaction (the source's commit order; the rules are in ``mappers.lww``).
+  ``to_bytes()`` is fixed-width and compares bytewise in the same order, so a ``bytea``
+  column in PostgreSQL orders versions exactly as Python does.
 - ``EntityUpsert`` / ``EntityDelete``: what a mapper yields and a sink applies. A delete
   is a versioned tombstone: no upsert with an older or equal version may resurrect it.
 - ``Mapper``: ``(TableEvent, MapContext) -> Iterable[EntityOp]``; zero, one or several
@@ -160,20 +160,16 @@ class TableEvent:
         return self.after or self.before or self.key or {}
 
     def version(self, column: str | None = None) -> Version:
-        """This event's version; with ``column``, that column's value comes first.
+        """This event's version: its commit LSN, then its position in the transaction.
 
-        A delete whose ``before`` image lacks the column (REPLICA IDENTITY DEFAULT) takes
-        the commit time instead, which is never older than a value the row held.
+        Every change made in the source is ordered by the source's commit order, whatever
+        it is (insert, update, delete with any before-image, snapshot read, inbound write);
+        see ``mappers.lww``. ``column`` (a ``version_column`` such as ``updated_at``) is
+        accepted for mappers written against earlier releases and does not change the
+        version: a column's value is another clock, never compared with commit order.
         """
-        if column is None:
-            return Version.from_lsn(self.commit_lsn, self.seq)
-        row = self.after if self.after is not None else self.before
-        value = None if row is None else row.get(column)
-        if value is None:
-            if self.op == "d":
-                return Version(self.ts_us, self.commit_lsn, self.seq)
-            raise MappingError(f"{self.origin}: version column {column!r} is missing or null")
-        return Version(microseconds(value, column=column), self.commit_lsn, self.seq)
+        del column
+        return Version.from_lsn(self.commit_lsn, self.seq)
 
     def upsert(
         self, entity: str, key: object, model: BaseModel, *, version_column: str | None = None

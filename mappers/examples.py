@@ -79,11 +79,11 @@ _ORDER_FIELDS: Final = {"status": "status"}
 
 
 def customer_to_contact(event: TableEvent, ctx: MapContext) -> list[EntityOp]:
-    """``public.customers`` -> CRM ``contact`` keyed by customer id, versioned by ``updated_at``."""
+    """``public.customers`` -> CRM ``contact`` keyed by customer id, in commit order."""
     if event.op == "t":
         return []
     if event.op == "d":
-        return [event.delete("contact", _key(event, "id"), version_column="updated_at")]
+        return [event.delete("contact", _key(event, "id"))]
     row = _after(event)
     key = _key(event, "id")
     hidden = {f for column, f in _CONTACT_FIELDS.items() if column in event.unavailable}
@@ -96,7 +96,7 @@ def customer_to_contact(event: TableEvent, ctx: MapContext) -> list[EntityOp]:
         data,
         context=f"{ctx.integration}: contact {key} from {event.origin}",
     )
-    upsert = event.upsert("contact", key, model, version_column="updated_at")
+    upsert = event.upsert("contact", key, model)
     return [replace(upsert, unavailable=frozenset(hidden))]
 
 

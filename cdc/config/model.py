@@ -346,7 +346,8 @@ class DeclarativeMapping(Section):
     """A mapper written in the config: ``entity`` keyed by ``key`` (a column or a template).
 
     ``fields`` maps each target field to a source column or expression; ``constants`` are
-    fixed values; ``where`` filters rows; ``version_column`` orders versions (LSN tiebreak);
+    fixed values; ``where`` filters rows; ``version_column`` is accepted and ignored (versions
+    are the source's commit order, see ``mappers.lww``);
     ``model`` (``module:Class``, a pydantic model) validates the entity, else a model with
     the mapped fields is derived.
     """

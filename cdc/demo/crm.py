@@ -25,6 +25,9 @@ Invariants of the writes (PUT and DELETE):
 - ``X-Cdcsync-Version-Bytes`` (hex of ``Version.to_bytes()``, bytewise ordered) is kept per
   contact, tombstones included: an older write gets 409 and changes nothing, an equal one
   is a duplicate. Writes without that header are applied unconditionally.
+- ``check_versions=False`` (``CrmStore``, ``CrmServer``) turns the two rules above off:
+  the CRM then applies every write in arrival order, trusting the sink completely, as a
+  naive target does; the last-writer-wins tests use it so the sink's ordering is observed.
 """
 
 from __future__ import annotations
@@ -103,8 +106,9 @@ class _Faults:
 class CrmStore:
     """The CRM's state and write rules; every method is atomic under one lock."""
 
-    def __init__(self, *, secret: str | None = None) -> None:
+    def __init__(self, *, secret: str | None = None, check_versions: bool = True) -> None:
         self.secret = secret
+        self.check_versions = check_versions
         self._lock = threading.Lock()
         self._contacts: dict[str, Contact] = {}
         self._answers: dict[str, Answer] = {}
@@ -210,7 +214,11 @@ class CrmStore:
             if key in self._faults.reject_keys:
                 self._counts["rejected"] += 1
                 return Answer(self._faults.reject_status, {"error": f"contact {key} refused"})
-            if idempotency_key is not None and idempotency_key in self._answers:
+            if (
+                self.check_versions
+                and idempotency_key is not None
+                and idempotency_key in self._answers
+            ):
                 self._counts["duplicates"] += 1
                 return self._answers[idempotency_key]
             try:
@@ -245,7 +253,12 @@ class CrmStore:
         version_bytes: bytes | None,
     ) -> Answer:
         held = self._contacts.get(key)
-        if held is not None and version_bytes is not None and held.version_bytes is not None:
+        if (
+            self.check_versions
+            and held is not None
+            and version_bytes is not None
+            and held.version_bytes is not None
+        ):
             if version_bytes < held.version_bytes:
                 self._counts["older"] += 1
                 return Answer(409, {"error": "a newer version is stored", "version": held.version})
@@ -367,8 +380,10 @@ def create_app(store: CrmStore) -> Starlette:
 class CrmServer:
     """The CRM served by uvicorn in a background thread on ``host`` and a free port."""
 
-    def __init__(self, *, secret: str | None = None, host: str = "127.0.0.1") -> None:
-        self.store = CrmStore(secret=secret)
+    def __init__(
+        self, *, secret: str | None = None, host: str = "127.0.0.1", check_versions: bool = True
+    ) -> None:
+        self.store = CrmStore(secret=secret, check_versions=check_versions)
         self.host = host
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None

@@ -62,6 +62,7 @@ from cdc.kafka.publisher import Publisher, producer_config
 from cdc.state.store import StateStore
 from mappers.entity import Origin, microseconds
 from mappers.inbound import InboundChange, load_inbound_mapper, load_inbound_model
+from mappers.lww import inbound_wins
 
 __all__ = ["InboundApplier", "InboundStats", "InboundWorker", "Outcome"]
 
@@ -361,10 +362,11 @@ class InboundApplier:
         if row is None:
             return Outcome.ABSENT if change.op == "delete" else Outcome.GONE
         current = row[0]
-        if current is not None:
-            held = microseconds(current, column=self.inbound.version_column)
-            if held >= change.version_us:
-                return Outcome.LOST
+        held = (
+            None if current is None else microseconds(current, column=self.inbound.version_column)
+        )
+        if not inbound_wins(held, change.version_us):
+            return Outcome.LOST
         if change.op == "delete":
             await conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(self.table, where), (key,))
             return Outcome.DELETED

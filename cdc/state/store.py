@@ -12,7 +12,10 @@ publication):
 - ``dead_letters``: one row per message sent to a dead-letter topic, with its origin and
   where it landed, until it is marked replayed; a failed replay counts in
   ``replay_attempts`` and replaces ``error`` with the new one.
-- ``snapshot_progress``: per table, the last primary key read, rows read, done.
+- ``snapshot_progress``: per (pipeline, table), the last primary key read, rows read, done.
+  A pipeline is one capture's slot and topic prefix (``pipeline_id``): two pipelines on one
+  database never resume or overwrite each other's snapshots. Rows written before pipelines
+  were recorded (pipeline ``''``) are read by any pipeline that has no row of its own.
 - ``inbound_changes``: per (integration, Idempotency-Key), what became of an inbound change
   (``applied``, ``lost`` to a newer write, ...); written by ``cdc.inbound.apply``.
 
@@ -21,6 +24,11 @@ Invariants:
 - Migrations run in one transaction under ``pg_advisory_xact_lock``, so processes starting
   together apply each migration exactly once; re-running them is a no-op. Migrations are
   only ever appended to ``MIGRATIONS``, never edited.
+- ``guard(integration, keys)`` locks keys (transaction-scoped advisory locks, taken in hash
+  order so two guards never deadlock) and holds them until the block ends, with the stored
+  versions read under the lock and the versions saved in the same transaction: a sink that
+  checks, sends and saves inside one guard is atomic per key against any other guard (a
+  replay beside the live worker). A block that raises still commits what it saved.
 - A stored version only moves forward: ``save_versions`` updates a key only when the new
   version is strictly greater (compared in SQL on the ``bytea``), in one statement.
 - Every identifier goes through ``psycopg.sql.Identifier``; every value is a parameter.
@@ -34,7 +42,8 @@ Invariants:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -50,7 +59,15 @@ from cdc.core.errors import RetryableError, first_line
 from cdc.core.secrets import redact_dsn
 from mappers.entity import Origin, Version
 
-__all__ = ["MIGRATIONS", "DeadLetter", "SnapshotProgress", "StateStore", "StateUnavailable"]
+__all__ = [
+    "MIGRATIONS",
+    "DeadLetter",
+    "SnapshotProgress",
+    "StateStore",
+    "StateUnavailable",
+    "VersionGuard",
+    "pipeline_id",
+]
 
 # Appended to, never edited: each entry's position (1-based) is its version number.
 MIGRATIONS: Final[tuple[LiteralString, ...]] = (
@@ -128,9 +145,25 @@ MIGRATIONS: Final[tuple[LiteralString, ...]] = (
     CREATE INDEX identities_by_external_id
         ON {schema}.identities (integration, entity, external_id);
     """,
+    # Versions of the column clock (major = a version_column's value) become the commit
+    # LSN they were applied at: targets are ordered by commit order only (mappers.lww).
+    # Bytes: major + 2**63 (8), lsn (8), seq (4); an LSN-clock major is the lsn, top bit set.
+    """
+    UPDATE {schema}.versions
+        SET version = set_byte(substring(version from 9 for 8), 0, get_byte(version, 8) | 128)
+            || substring(version from 9)
+        WHERE substring(version from 1 for 8)
+            <> set_byte(substring(version from 9 for 8), 0, get_byte(version, 8) | 128);
+    """,
+    # Snapshot progress belongs to one pipeline (slot and topic prefix).
+    """
+    ALTER TABLE {schema}.snapshot_progress ADD COLUMN pipeline text NOT NULL DEFAULT '';
+    ALTER TABLE {schema}.snapshot_progress DROP CONSTRAINT snapshot_progress_pkey;
+    ALTER TABLE {schema}.snapshot_progress ADD PRIMARY KEY (pipeline, table_name);
+    """,
 )
 
-_POOL_MAX: Final = 4
+_POOL_MAX: Final = 8
 _ANALYZED_TABLES: Final = ("versions", "identities")
 _ANALYZE_AFTER_ROWS: Final = 1000
 
@@ -307,10 +340,19 @@ class StateStore:
     ) -> None:
         """``record_identity`` for many ``(key, external_id)`` pairs in one statement (of
         several pairs for one key, the last counts)."""
+        statement = self._identities_statement(integration, entity, items)
+        if statement is None:
+            return
+        written = await self._run(*statement)
+        await self._wrote("identities", written)
+
+    def _identities_statement(
+        self, integration: str, entity: str, items: Sequence[tuple[str, str]]
+    ) -> tuple[sql.Composed, Sequence[Any]] | None:
         latest = dict(items)
         if not latest:
-            return
-        written = await self._run(
+            return None
+        return (
             self._q(
                 "INSERT INTO {schema}.identities (integration, entity, key, external_id)"
                 " SELECT %s, %s, k, e FROM unnest(%s::text[], %s::text[]) AS t(k, e)"
@@ -320,7 +362,6 @@ class StateStore:
             ),
             (integration, entity, list(latest), list(latest.values())),
         )
-        await self._wrote("identities", written)
 
     async def external_ids(
         self, integration: str, entity: str, *, keys: Sequence[str]
@@ -361,15 +402,25 @@ class StateStore:
 
         One statement for the whole batch; of several items for one key the newest counts.
         """
+        statement = self._save_versions_statement(integration, entity, items)
+        if statement is None:
+            return 0
+        moved = await self._run(*statement)
+        await self._wrote("versions", moved)
+        return moved
+
+    def _save_versions_statement(
+        self, integration: str, entity: str, items: Sequence[tuple[str, Version, bool]]
+    ) -> tuple[sql.Composed, Sequence[Any]] | None:
         newest: dict[str, tuple[Version, bool]] = {}
         for key, version, deleted in items:
             held = newest.get(key)
             if held is None or version > held[0]:
                 newest[key] = (version, deleted)
         if not newest:
-            return 0
+            return None
         keys = list(newest)
-        moved = await self._run(
+        return (
             self._q(
                 "INSERT INTO {schema}.versions AS stored"
                 " (integration, entity, key, version, deleted)"
@@ -387,8 +438,43 @@ class StateStore:
                 [newest[k][1] for k in keys],
             ),
         )
-        await self._wrote("versions", moved)
-        return moved
+
+    @asynccontextmanager
+    async def guard(
+        self, integration: str, keys: Sequence[tuple[str, str]]
+    ) -> AsyncIterator[VersionGuard]:
+        """Lock ``(entity, key)`` pairs of ``integration`` until the block ends (see above)."""
+        pairs = sorted(set(keys))
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT count(pg_advisory_xact_lock(h)) FROM"
+                    " (SELECT DISTINCT hashtextextended("
+                    "   %s || chr(31) || e || chr(31) || k, 0) AS h"
+                    "  FROM unnest(%s::text[], %s::text[]) AS t(e, k) ORDER BY h) AS locks",
+                    (
+                        f"cdcsync.versions{chr(31)}{integration}",
+                        [e for e, _ in pairs],
+                        [k for _, k in pairs],
+                    ),
+                )
+                held: dict[tuple[str, str], tuple[Version, bool]] = {}
+                if pairs:
+                    cur = await conn.execute(
+                        self._q(
+                            "SELECT entity, key, version, deleted FROM {schema}.versions"
+                            " WHERE integration = %s AND (entity, key) IN"
+                            " (SELECT * FROM unnest(%s::text[], %s::text[]))"
+                        ),
+                        (integration, [e for e, _ in pairs], [k for _, k in pairs]),
+                    )
+                    for entity, key, version, deleted in await cur.fetchall():
+                        held[(str(entity), str(key))] = (Version.from_bytes(version), bool(deleted))
+                guard = VersionGuard(self, conn, integration, held)
+                yield guard
+        except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise self._unavailable(exc) from None
+        await self._wrote("versions", guard.moved)
 
     # ----------------------------------------------------------------- dead letters
 
@@ -506,25 +592,37 @@ class StateStore:
     # ----------------------------------------------------------------- snapshots
 
     async def save_snapshot_progress(
-        self, table: str, *, last_key: dict[str, Any] | None, rows: int, done: bool
+        self,
+        table: str,
+        *,
+        last_key: dict[str, Any] | None,
+        rows: int,
+        done: bool,
+        pipeline: str = "",
     ) -> None:
-        """Record how far the snapshot of ``table`` has read (``last_key`` must be JSON-able)."""
+        """Record how far ``pipeline``'s snapshot of ``table`` has read (JSON-able key)."""
         await self._run(
             self._q(
-                "INSERT INTO {schema}.snapshot_progress (table_name, last_key, rows, done)"
-                " VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (table_name) DO UPDATE SET last_key = excluded.last_key,"
+                "INSERT INTO {schema}.snapshot_progress"
+                " (pipeline, table_name, last_key, rows, done) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (pipeline, table_name) DO UPDATE SET last_key = excluded.last_key,"
                 " rows = excluded.rows, done = excluded.done, updated_at = now()"
             ),
-            (table, None if last_key is None else Jsonb(last_key, dumps=_dumps), rows, done),
+            (
+                pipeline,
+                table,
+                None if last_key is None else Jsonb(last_key, dumps=_dumps),
+                rows,
+                done,
+            ),
         )
 
     async def snapshot_progresses(self) -> list[SnapshotProgress]:
-        """The progress of every table ever snapshotted, by table name."""
+        """The progress of every table ever snapshotted, by table name (every pipeline)."""
         rows = await self._fetch(
             self._q(
                 "SELECT table_name, last_key, rows, done, updated_at"
-                " FROM {schema}.snapshot_progress ORDER BY table_name"
+                " FROM {schema}.snapshot_progress ORDER BY table_name, pipeline"
             ),
             (),
         )
@@ -535,14 +633,16 @@ class StateStore:
             for name, last_key, count, done, at in rows
         ]
 
-    async def snapshot_progress(self, table: str) -> SnapshotProgress | None:
-        """The snapshot progress of ``table``, or None if it never started."""
+    async def snapshot_progress(self, table: str, *, pipeline: str = "") -> SnapshotProgress | None:
+        """``pipeline``'s snapshot progress of ``table`` (else a row from before pipelines
+        were recorded), or None if it never started."""
         rows = await self._fetch(
             self._q(
                 "SELECT table_name, last_key, rows, done, updated_at"
                 " FROM {schema}.snapshot_progress WHERE table_name = %s"
+                " AND pipeline IN (%s, '') ORDER BY pipeline DESC LIMIT 1"
             ),
-            (table,),
+            (table, pipeline),
         )
         if not rows:
             return None
@@ -550,6 +650,48 @@ class StateStore:
         return SnapshotProgress(
             table=name, last_key=last_key, rows=int(count), done=bool(done), updated_at=updated_at
         )
+
+
+def pipeline_id(slot: str, topic_prefix: str) -> str:
+    """The pipeline a snapshot belongs to: one capture's replication slot and topic prefix."""
+    return f"{slot}/{topic_prefix}"
+
+
+class VersionGuard:
+    """Keys locked by ``StateStore.guard``: their stored versions, and saving new ones."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        conn: psycopg.AsyncConnection[TupleRow],
+        integration: str,
+        held: dict[tuple[str, str], tuple[Version, bool]],
+    ) -> None:
+        self._store = store
+        self._conn = conn
+        self.integration = integration
+        self.held = held
+        self.moved = 0
+
+    def version(self, entity: str, key: str) -> Version | None:
+        """The stored version of ``(entity, key)``, None if never applied."""
+        found = self.held.get((entity, key))
+        return None if found is None else found[0]
+
+    async def save_versions(
+        self, entity: str, *, items: Sequence[tuple[str, Version, bool]]
+    ) -> None:
+        """``StateStore.save_versions`` inside the guard's transaction."""
+        statement = self._store._save_versions_statement(self.integration, entity, items)
+        if statement is not None:
+            cur = await self._conn.execute(*statement)
+            self.moved += cur.rowcount
+
+    async def record_identities(self, entity: str, *, items: Sequence[tuple[str, str]]) -> None:
+        """``StateStore.record_identities`` inside the guard's transaction."""
+        statement = self._store._identities_statement(self.integration, entity, items)
+        if statement is not None:
+            await self._conn.execute(*statement)
 
 
 def _dumps(value: object) -> str:

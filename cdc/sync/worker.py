@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from cdc.config import Config, IntegrationConfig
 from cdc.config.names import ORIGIN_HEADER, origin_name
@@ -545,14 +545,21 @@ class SyncWorker:
 
     def _keepalive(self) -> None:
         consumer = self._consumer
+        msg: Message | None = None
         if consumer is not None:
             with contextlib.suppress(KafkaException, RuntimeError):
                 assignment = consumer.assignment()
                 if assignment:
                     consumer.pause(assignment)
-                consumer.poll(0)
+                msg = consumer.poll(0)
                 if assignment:
                     consumer.resume(assignment)
+            if msg is not None and msg.error() is None:
+                # A partition assigned during this poll was not paused: its record is put
+                # back (a failing seek raises, and the worker restarts from its commits).
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                if topic is not None and partition is not None and offset is not None:
+                    consumer.seek(TopicPartition(topic, partition, offset))
 
     # ------------------------------------------------------------------ running
 

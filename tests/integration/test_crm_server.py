@@ -155,3 +155,13 @@ def test_the_signature_is_an_hmac_of_the_exact_body_bytes() -> None:
             "/contacts/1", content=b'{"name": "Ada"}', headers={"X-Signature": signature}
         )
     assert (ok.status_code, spaced.status_code) == (201, 401)
+
+
+def test_without_version_checks_every_write_is_applied_in_arrival_order() -> None:
+    with CrmServer(check_versions=False) as server, httpx.Client(base_url=server.url) as c:
+        v1, v2 = Version.from_lsn(1, 0), Version.from_lsn(2, 0)
+        assert put(c, "1", {"name": "newer"}, v2).status_code == 201
+        assert put(c, "1", {"name": "older"}, v1).status_code == 200
+        assert put(c, "1", {"name": "newer"}, v2).status_code == 200
+        assert delete(c, "1", v1).status_code == 200
+        assert c.get("/contacts/1").status_code == 404

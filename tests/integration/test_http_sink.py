@@ -10,6 +10,7 @@ from email.utils import format_datetime
 from typing import Any, TypeVar
 
 import httpx
+import psycopg
 import pytest
 from pydantic import BaseModel
 
@@ -17,9 +18,10 @@ from cdc.config import HttpSinkConfig
 from cdc.core.errors import SinkRejected, SinkUnavailable
 from cdc.demo.crm import CrmServer
 from cdc.state.store import StateStore
-from cdc.sync.sinks.base import Outcome
+from cdc.sync.sinks.base import Outcome, Result
 from cdc.sync.sinks.http import HttpSink, HttpUnavailable, parse_retry_after
 from mappers.entity import EntityDelete, EntityOp, EntityUpsert, Version
+from tests.naive_target import NaiveTarget
 
 T = TypeVar("T")
 SECRET = "crm-signing-secret-123"
@@ -303,3 +305,52 @@ def test_retry_after_is_read_as_seconds_or_as_an_http_date() -> None:
     )
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+def test_a_replay_beside_the_live_worker_never_sends_an_older_version_after_a_newer(
+    pg_dsn: str,
+) -> None:
+    """Issue 16.3: check, send and save are atomic per key. The live worker's v30 reached
+    the naive target (which trusts whatever arrives); a replay of v20 running beside it
+    must wait for the key and then skip v20, not send it after v30."""
+
+    async def waiting_for_a_key_lock() -> bool:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            row = await cur.fetchone()
+            return row is not None and row[0] > 0
+
+    async def main(target: NaiveTarget) -> Result:
+        config = HttpSinkConfig.model_validate(
+            {"type": "http", "url": target.url + "/contact/{key}"}
+        )
+        async with (
+            await StateStore.open(pg_dsn, schema="lww_replay") as live_state,
+            await StateStore.open(pg_dsn, schema="lww_replay") as replay_state,
+        ):
+            live = HttpSink("crm", config, integration="crm", state=live_state)
+            replay = HttpSink("crm", config, integration="crm", state=replay_state)
+            await live.start()
+            await replay.start()
+            try:
+                target.hold(lambda received: True)
+                live_call = asyncio.create_task(live.apply([up("1", 30, "newer")]))
+                await asyncio.to_thread(target.wait_for, lambda log: len(log) == 1)
+                replay_call = asyncio.create_task(replay.apply([up("1", 20, "older")]))
+                while len(target.log) < 2 and not await waiting_for_a_key_lock():
+                    await asyncio.sleep(0.02)
+                target.release()
+                assert await live_call == [Outcome.APPLIED]
+                [outcome] = await replay_call
+                return outcome
+            finally:
+                await live.close()
+                await replay.close()
+
+    with NaiveTarget() as target:
+        outcome = asyncio.run(main(target))
+        assert target.state("contact") == {"1": {"name": "newer", "email": None}}
+        assert [r.body["name"] for r in target.log if r.body] == ["newer"]
+    assert outcome is Outcome.OLDER

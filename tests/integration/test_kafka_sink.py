@@ -14,9 +14,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
-from cdc.config import KafkaSinkConfig
+from cdc.config import Config, KafkaSinkConfig
 from cdc.core.errors import SinkUnavailable
 from cdc.demo.throwaway import LocalBroker
+from cdc.state.store import StateStore
+from cdc.sync.sinks import build_sink
 from cdc.sync.sinks.base import Outcome
 from cdc.sync.sinks.kafka import KafkaEntitySink
 from mappers.entity import EntityDelete, EntityUpsert, Origin, Version
@@ -224,3 +226,52 @@ def test_a_stalled_broker_makes_apply_unavailable_and_the_next_apply_recovers(
         json.loads(m.value() or b"")["name"] for m in consume(private_broker.bootstrap, topic, 2)
     ]
     assert names[0] == "10" and names[-1] == "20"
+
+
+def test_after_a_restart_a_replayed_older_version_is_not_produced_and_compaction_keeps_newest(
+    kafka_bootstrap: str, topic_prefix: str, pg_dsn: str
+) -> None:
+    """Issue 16.4: compaction keeps the last record per key, so the guard must survive a
+    restart: a sink built as the runtime builds it, restarted, then fed ``replay
+    --from-beginning``'s older versions, produces none of them."""
+    topic = f"{topic_prefix}.crm.contacts-restart"
+    config = Config.model_validate(
+        {
+            "source": {"dsn": pg_dsn, "tables": ["public.customers"]},
+            "kafka": {"bootstrap_servers": kafka_bootstrap, "topic_prefix": topic_prefix},
+            "registry": {"url": "http://127.0.0.1:1"},
+            "integrations": {
+                "contacts": {
+                    "topics": [f"{topic_prefix}.public.customers"],
+                    "mapper": "mappers.examples:customer_to_contact",
+                    "sink": {"type": "kafka", "topic": topic},
+                }
+            },
+        }
+    )
+    v10, v20, v30 = (Version.from_lsn(n, 0) for n in (10, 20, 30))
+    history = [
+        EntityUpsert("contact", "c", v10, Contact(name="first")),
+        EntityUpsert("contact", "c", v20, Contact(name="second")),
+        EntityUpsert("contact", "c", v30, Contact(name="third")),
+    ]
+
+    async def run_once(ops: list[EntityUpsert]) -> list[Any]:
+        async with await StateStore.open(pg_dsn, schema="lww_kafka") as state:
+            sink = build_sink("contacts", config, state=state)
+            await sink.start()
+            try:
+                return await sink.apply(ops)
+            finally:
+                await sink.close()
+
+    assert asyncio.run(run_once(history)) == [Outcome.APPLIED] * 3
+    # A new process replays from the beginning, and live redelivers the newest again.
+    assert asyncio.run(run_once([*history[:2], history[2]])) == [
+        Outcome.OLDER,
+        Outcome.OLDER,
+        Outcome.DUPLICATE,
+    ]
+    records = consume(kafka_bootstrap, topic, 3)
+    last = json.loads(records[-1].value() or b"null")
+    assert (len(records), last["name"]) == (3, "third")

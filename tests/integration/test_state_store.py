@@ -250,3 +250,50 @@ def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", ()):
         yield from plan_nodes(child)
+
+
+def test_column_clock_versions_become_the_commit_lsn_they_were_applied_at(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cdc.state.store as store_module
+
+    column_clock = Version(1_772_359_200_000_000, 0x16B374D848, 3)
+    lsn_clock = Version.from_lsn(0x16B374D900, 1)
+
+    async def before(store: StateStore) -> None:
+        await store.save_versions(
+            "crm", "contact", items=[("1", column_clock, False), ("2", lsn_clock, True)]
+        )
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:5])
+    run(pg_dsn, before, schema="clock_upgrade")
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+
+    async def after(store: StateStore) -> dict[str, tuple[Version, bool]]:
+        return await store.versions("crm", "contact", keys=["1", "2"])
+
+    assert run(pg_dsn, after, schema="clock_upgrade") == {
+        "1": (Version.from_lsn(0x16B374D848, 3), False),
+        "2": (lsn_clock, True),
+    }
+
+
+def test_snapshot_progress_belongs_to_one_pipeline_of_slot_and_topic_prefix(pg_dsn: str) -> None:
+    """Issue 16.6: two pipelines (slots and prefixes) on one database: one's unfinished
+    initial snapshot is neither resumed nor overwritten by the other."""
+    from cdc.state.store import pipeline_id
+
+    a, b = pipeline_id("slot_a", "app_a"), pipeline_id("slot_b", "app_b")
+
+    async def body(store: StateStore) -> tuple[Any, Any]:
+        await store.save_snapshot_progress(
+            "public.orders", last_key={"id": 4600}, rows=4600, done=False, pipeline=a
+        )
+        unseen = await store.snapshot_progress("public.orders", pipeline=b)
+        await store.save_snapshot_progress(
+            "public.orders", last_key=None, rows=10, done=True, pipeline=b
+        )
+        own = await store.snapshot_progress("public.orders", pipeline=a)
+        return unseen, (own.rows, own.done) if own else None
+
+    assert run(pg_dsn, body) == (None, (4600, False))

@@ -134,12 +134,30 @@ def test_a_derived_model_is_named_after_the_entity() -> None:
 # --------------------------------------------------------------------------- where
 
 
-def test_rows_that_do_not_match_the_filter_yield_nothing() -> None:
+def test_new_rows_that_do_not_match_the_filter_yield_nothing() -> None:
     spec = mapping(where="status == 'active' and email is not None")
     assert run(spec, event("c", after=customer(status="closed"))) == []
-    assert run(spec, event("u", after=customer(email=None))) == []
+    closed = customer(status="closed")
+    assert run(spec, event("u", before=closed, after=closed)) == []
     [op] = run(spec, event("u", after=customer()))
     assert op.key == "7"
+
+
+def test_a_row_that_stops_matching_the_filter_is_deleted_from_the_target() -> None:
+    """Issue 16.8: the target holds the mapping of the source, so a row that no longer
+    matches ``where`` leaves it (an update without a before image, or a snapshot read)."""
+    spec = mapping(where="status == 'active'")
+    [op] = run(spec, event("u", after=customer(status="closed"), lsn=LSN + 8))
+    assert op == EntityDelete(
+        entity="contact",
+        key="7",
+        version=Version.from_lsn(LSN + 8, 1),
+        origin=Origin("app.public.customers", 0, 0),
+    )
+    [read] = run(spec, event("r", after=customer(status="closed")))
+    assert isinstance(read, EntityDelete)
+    [changed] = run(spec, event("u", before=customer(), after=customer(status="closed")))
+    assert isinstance(changed, EntityDelete)
 
 
 def test_a_delete_of_a_row_that_did_not_match_yields_nothing_when_the_image_shows_it() -> None:
@@ -220,19 +238,12 @@ def test_a_user_model_with_required_fields_accepts_an_event_missing_some_of_them
 # --------------------------------------------------------------------------- versions
 
 
-def test_a_version_column_orders_updates_by_its_value_not_by_commit_order() -> None:
+def test_a_version_column_does_not_reorder_commits_a_later_commit_wins() -> None:
     spec = mapping(version_column="updated_at")
     [late_commit] = run(spec, event("u", after=customer(updated_at=T0), lsn=LSN + 100))
     [early_commit] = run(spec, event("u", after=customer(updated_at=T1), lsn=LSN))
-    assert early_commit.version > late_commit.version
-    assert late_commit.version.major == microseconds(T0, column="updated_at")
-
-
-def test_equal_version_column_values_are_ordered_by_commit_lsn() -> None:
-    spec = mapping(version_column="updated_at")
-    [first] = run(spec, event("u", after=customer(), lsn=LSN))
-    [second] = run(spec, event("u", after=customer(), lsn=LSN + 1))
-    assert second.version > first.version
+    assert late_commit.version > early_commit.version
+    assert late_commit.version == Version.from_lsn(LSN + 100, 1)
 
 
 def test_without_a_version_column_versions_follow_commit_lsn_and_sequence() -> None:
@@ -242,21 +253,12 @@ def test_without_a_version_column_versions_follow_commit_lsn_and_sequence() -> N
     assert b.version > a.version
 
 
-def test_a_delete_is_versioned_by_the_column_of_its_before_image() -> None:
+def test_a_reinsert_after_a_delete_in_one_transaction_wins_over_the_delete() -> None:
     spec = mapping(version_column="updated_at")
-    [upsert] = run(spec, event("u", after=customer(updated_at=T0)))
-    [delete] = run(spec, event("d", before=customer(updated_at=T1), lsn=LSN - 50))
-    assert delete.version > upsert.version
-
-
-def test_a_delete_without_the_version_column_takes_its_commit_time() -> None:
-    spec = mapping(version_column="updated_at")
-    commit = datetime(2026, 3, 2, tzinfo=UTC)
-    commit_us = microseconds(commit, column="commit")
-    [upsert] = run(spec, event("u", after=customer(updated_at=T1)))
-    [delete] = run(spec, event("d", key={"id": 7}, ts_us=commit_us))
-    assert delete.version.major == commit_us
-    assert delete.version > upsert.version
+    commit_us = microseconds(datetime(2026, 3, 2, tzinfo=UTC), column="commit")
+    [delete] = run(spec, event("d", key={"id": 7}, ts_us=commit_us, lsn=LSN, seq=1))
+    [insert] = run(spec, event("c", after=customer(updated_at=T0), lsn=LSN, seq=2))
+    assert insert.version > delete.version
 
 
 # --------------------------------------------------------------------------- validation

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cdc.core.errors import MappingError, RelationPending
-from mappers.entity import EntityDelete, EntityUpsert, Origin, TableEvent, Version, microseconds
+from mappers.entity import EntityDelete, EntityUpsert, Origin, TableEvent, Version
 from mappers.examples import (
     CRM_INTEGRATION,
     SAMPLE_SCHEMA_SQL,
@@ -104,30 +104,56 @@ def test_a_new_customer_becomes_a_contact_keyed_by_its_id() -> None:
     }
 
 
-def test_contacts_are_versioned_by_updated_at_then_commit_lsn() -> None:
-    [older] = customer_to_contact(
+def test_contacts_are_versioned_by_commit_order_not_by_updated_at() -> None:
+    [later] = customer_to_contact(
         change("customers", "u", after=customer(updated_at=T0), lsn=LSN + 500), CRM
     )
-    [newer] = customer_to_contact(
+    [earlier] = customer_to_contact(
         change("customers", "u", after=customer(updated_at=T1), lsn=LSN), CRM
     )
-    assert newer.version > older.version
-    assert older.version == Version(microseconds(T0, column="updated_at"), LSN + 500, 1)
+    assert later.version > earlier.version
+    assert later.version == Version.from_lsn(LSN + 500, 1)
 
 
 def test_a_deleted_customer_deletes_its_contact() -> None:
     [op] = customer_to_contact(change("customers", "d", before=customer(updated_at=T1)), CRM)
     assert isinstance(op, EntityDelete)
     assert (op.entity, op.key) == ("contact", "7")
-    assert op.version.major == microseconds(T1, column="updated_at")
+    assert op.version == Version.from_lsn(LSN, 1)
 
 
-def test_a_delete_with_only_the_key_is_versioned_by_its_commit_time() -> None:
+def test_a_delete_then_reinsert_in_one_transaction_leaves_the_contact_present() -> None:
+    """Issue 16.1: the re-insert's updated_at (the transaction's start) is older than the
+    delete's commit time; commit order puts the re-insert last, as the source has it."""
+    [delete] = customer_to_contact(
+        change("customers", "d", key={"id": 7}, ts_us=10**18, seq=1), CRM
+    )
+    [insert] = customer_to_contact(
+        change("customers", "c", after=customer(updated_at=T0), seq=2), CRM
+    )
+    assert isinstance(insert, EntityUpsert)
+    assert insert.version > delete.version
+
+
+def test_an_update_after_a_future_dated_inbound_write_is_newer() -> None:
+    """Issue 16.2: an inbound write set updated_at an hour ahead; the application's later
+    UPDATE (updated_at = now()) commits after it and must win at every target."""
+    [inbound] = customer_to_contact(
+        change("customers", "u", after=customer(updated_at="2026-03-01T11:00:00Z"), lsn=LSN),
+        CRM,
+    )
+    [app] = customer_to_contact(
+        change("customers", "u", after=customer(updated_at=T0), lsn=LSN + 8), CRM
+    )
+    assert app.version > inbound.version
+
+
+def test_a_delete_with_only_the_key_is_versioned_by_its_commit() -> None:
     [op] = customer_to_contact(change("customers", "d", key={"id": 7}, ts_us=123_456), CRM)
     assert op == EntityDelete(
         entity="contact",
         key="7",
-        version=Version(123_456, LSN, 1),
+        version=Version.from_lsn(LSN, 1),
         origin=Origin("app.public.customers", 0, 5),
     )
 

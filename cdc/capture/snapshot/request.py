@@ -32,7 +32,7 @@ from cdc.capture.source_setup import TableName, table_facts
 from cdc.config import Config
 from cdc.core.errors import ConfigError, SourceUnavailable, first_line
 from cdc.core.secrets import redact_dsn
-from cdc.state.store import StateStore
+from cdc.state.store import StateStore, pipeline_id
 
 _HINT_AFTER_S = 15.0
 
@@ -88,7 +88,11 @@ async def request_snapshot(config: Config, tables: list[str]) -> tuple[str, list
             for table in tables:
                 key = ProgressKey("incremental", request, None)
                 await store.save_snapshot_progress(
-                    table, last_key=key.to_json(), rows=0, done=False
+                    table,
+                    last_key=key.to_json(),
+                    rows=0,
+                    done=False,
+                    pipeline=pipeline_id(config.source.slot, config.kafka.topic_prefix),
                 )
         await conn.execute(
             "SELECT pg_logical_emit_message(true, %s, %s)",
@@ -114,10 +118,12 @@ async def _estimate(conn: psycopg.AsyncConnection[Any], table: TableName) -> int
     return 0 if row is None else int(row[0])
 
 
-async def poll_progress(store: StateStore, request: str, statuses: list[TableStatus]) -> None:
-    """Refresh ``statuses`` from the state store."""
+async def poll_progress(
+    store: StateStore, request: str, statuses: list[TableStatus], *, pipeline: str = ""
+) -> None:
+    """Refresh ``statuses`` from the state store (``pipeline``'s rows)."""
     for status in statuses:
-        row = await store.snapshot_progress(status.table)
+        row = await store.snapshot_progress(status.table, pipeline=pipeline)
         key = None if row is None else ProgressKey.from_json(row.last_key)
         if row is None or key is None or key.request != request:
             status.superseded = True
@@ -171,7 +177,12 @@ def run_snapshot_command(
         hinted = False
         async with store:
             while not stop.is_set():
-                await poll_progress(store, request, statuses)
+                await poll_progress(
+                    store,
+                    request,
+                    statuses,
+                    pipeline=pipeline_id(config.source.slot, config.kafka.topic_prefix),
+                )
                 for s in statuses:
                     task = tasks[s.table]
                     speed = progress.tasks[task].speed

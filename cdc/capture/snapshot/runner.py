@@ -69,7 +69,7 @@ from cdc.config import Config
 from cdc.core.errors import SourceUnavailable, first_line
 from cdc.core.lsn import Lsn
 from cdc.kafka.publisher import Publisher
-from cdc.state.store import StateStore
+from cdc.state.store import StateStore, pipeline_id
 from schema_registry.serde import AvroSerializer
 
 log = logging.getLogger("cdcsync.snapshot")
@@ -225,6 +225,7 @@ class Snapshotter:
         self._created_slot = created_slot
         self._chunk_size = session.cfg.source.snapshot_chunk_size
         self._tables = [str(TableName.parse(t)) for t in session.cfg.source.tables]
+        self._pipeline = pipeline_id(session.cfg.source.slot, session.cfg.kafka.topic_prefix)
         self._store: StateStore | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._queue: deque[_Job] = deque()
@@ -255,12 +256,12 @@ class Snapshotter:
         mode = cfg.source.snapshot
         request = f"initial-{uuid.uuid4().hex[:12]}"
         for table in self._tables:
-            row = await self._store.snapshot_progress(table)
+            row = await self._store.snapshot_progress(table, pipeline=self._pipeline)
             key = None if row is None else ProgressKey.from_json(row.last_key)
             if wants_initial(mode, created_slot=self._created_slot, ever_started=row is not None):
                 key = ProgressKey("initial", request, None)
                 await self._store.save_snapshot_progress(
-                    table, last_key=key.to_json(), rows=0, done=False
+                    table, last_key=key.to_json(), rows=0, done=False, pipeline=self._pipeline
                 )
                 self._queue.append(_Job(table, "initial", request, None, 0))
             elif row is not None and not row.done and key is not None:
@@ -524,14 +525,18 @@ class Snapshotter:
             ):
                 return  # not acknowledged yet (or, exactly-once, its Kafka transaction is open)
             saves.popleft()
-            row = await store.snapshot_progress(save.table)
+            row = await store.snapshot_progress(save.table, pipeline=self._pipeline)
             current = None if row is None else ProgressKey.from_json(row.last_key)
             if current is not None and current.request != save.key.request:
                 # ``cdcsync snapshot`` asked again meanwhile: its row is not ours to
                 # overwrite (its signal follows in the stream and restarts the table).
                 continue
             await store.save_snapshot_progress(
-                save.table, last_key=save.key.to_json(), rows=save.rows, done=save.done
+                save.table,
+                last_key=save.key.to_json(),
+                rows=save.rows,
+                done=save.done,
+                pipeline=self._pipeline,
             )
 
     async def _take_signals(self) -> None:
@@ -543,7 +548,7 @@ class Snapshotter:
                 if table not in self._tables:
                     log.warning("snapshot of %s requested, but it is not in source.tables", table)
                     continue
-                row = await store.snapshot_progress(table)
+                row = await store.snapshot_progress(table, pipeline=self._pipeline)
                 key = None if row is None else ProgressKey.from_json(row.last_key)
                 if row is None or row.done or key is None or key.request != signal.request:
                     continue  # an old signal re-sent, or one already served

@@ -31,4 +31,5 @@ def build_sink(name: str, config: Config, *, state: StateStore) -> Sink:
         integration=name,
         default_bootstrap=kafka.bootstrap_servers,
         producer_config=props,
+        state=state,
     )

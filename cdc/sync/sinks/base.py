@@ -8,7 +8,10 @@ therefore be idempotent and version-guarded (last-writer-wins by ``Version``):
   target holds for that key (a live row's, or a tombstone's);
 - an equal version is a ``DUPLICATE`` (nothing written), an older one ``OLDER``;
 - a delete leaves a tombstone, so a later-arriving older upsert cannot resurrect the row;
-- fields in ``EntityUpsert.unavailable`` are left untouched in the target.
+- fields in ``EntityUpsert.unavailable`` are left untouched in the target;
+- the check and the write are atomic per key, also against another process applying the
+  same keys (a replay beside the live worker): a transaction with per-key locks, or the
+  target's own conditional write. The rules themselves are ``mappers.lww``.
 
 Errors: a transient failure of the target (connection lost, timeout, 429, 5xx) raises
 ``SinkUnavailable`` for the whole call; some operations may already be applied, which

@@ -1,10 +1,14 @@
 """The HTTP sink: entity upserts and deletes sent to an HTTP API, version-guarded by state.
 
 An HTTP API cannot hold our versions, so the last applied ``Version`` of each key (and
-whether it is a tombstone) lives in the ``StateStore``. ``apply`` reads the stored versions
-of the batch's keys in one query per entity, decides locally, sends only the operations
-that are newer, and saves the versions of those the target accepted in one batch (also
-when the call fails half-way, so a retry finds them as duplicates).
+whether it is a tombstone) lives in the ``StateStore``. ``apply`` locks the batch's keys
+there (``StateStore.guard``: per-key advisory locks in one state-store transaction, held
+across the requests), reads their stored versions, decides locally, sends only the
+operations that are newer, and saves the versions of those the target accepted in the same
+transaction (also when the call fails half-way, so a retry finds them as duplicates). Check,
+send and save are thus atomic per key: a replay running beside the live worker waits for
+the keys and then sees the live worker's versions, so a target never receives an older
+version after a newer one.
 
 Requests:
 
@@ -47,7 +51,7 @@ from pydantic import SecretStr
 from cdc.config import HttpSinkConfig
 from cdc.core.errors import SinkRejected, SinkUnavailable
 from cdc.core.secrets import redact_dsn
-from cdc.state.store import StateStore
+from cdc.state.store import StateStore, VersionGuard
 from cdc.sync.sinks.base import Outcome, Result
 from cdc.sync.sinks.http_client import HttpClient, HttpTransportError
 from mappers.entity import EntityDelete, EntityOp, EntityUpsert, Version
@@ -191,38 +195,35 @@ class HttpSink:
         groups: dict[tuple[str, str], list[int]] = {}
         for index, op in enumerate(ops):
             groups.setdefault((op.entity, op.key), []).append(index)
-        keys_by_entity: dict[str, list[str]] = {}
-        for entity, key in groups:
-            keys_by_entity.setdefault(entity, []).append(key)
-        states: dict[tuple[str, str], _KeyState] = {}
-        for entity, keys in keys_by_entity.items():
-            stored = await self.state.versions(self.integration, entity, keys=keys)
-            for key in keys:
-                held = stored.get(key)
-                states[(entity, key)] = _KeyState(None if held is None else held[0])
-
-        tasks = [
-            asyncio.create_task(self._apply_key(ops, indexes, states[group], results))
-            for group, indexes in groups.items()
-        ]
-        try:
-            if tasks:
-                done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                for task in done:
-                    error = task.exception()
-                    if error is not None:
-                        raise error
-        finally:
-            for task in tasks:
-                if not task.done():
-                    task.cancel()
-            await self._save(states)
+        failure: BaseException | None = None
+        async with self.state.guard(self.integration, list(groups)) as guard:
+            states = {group: _KeyState(guard.version(*group)) for group in groups}
+            tasks = [
+                asyncio.create_task(self._apply_key(ops, indexes, states[group], results))
+                for group, indexes in groups.items()
+            ]
+            try:
+                if tasks:
+                    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    for task in done:
+                        error = task.exception()
+                        if error is not None:
+                            raise error
+            except BaseException as exc:  # saved below, raised once the versions commit
+                failure = exc
+            finally:
+                for task in tasks:
+                    if not task.done():
+                        task.cancel()
+                await self._save(guard, states)
+        if failure is not None:
+            raise failure
         return [r if r is not None else Outcome.DUPLICATE for r in results]
 
-    async def _save(self, states: dict[tuple[str, str], _KeyState]) -> None:
+    async def _save(self, guard: VersionGuard, states: dict[tuple[str, str], _KeyState]) -> None:
         # Identities first: a saved version means "never send again", so an id the target
         # gave must already be stored by then.
         identities: dict[str, list[tuple[str, str]]] = {}
@@ -232,10 +233,10 @@ class HttpSink:
             if state.external_id is not None:
                 identities.setdefault(entity, []).append((key, state.external_id))
         for entity, pairs in identities.items():
-            await self.state.record_identities(self.integration, entity, items=pairs)
+            await guard.record_identities(entity, items=pairs)
         for entity, items in by_entity.items():
             if items:
-                await self.state.save_versions(self.integration, entity, items=items)
+                await guard.save_versions(entity, items=items)
 
     async def _apply_key(
         self,

@@ -14,12 +14,17 @@ Record layout (``config.topic``):
   ``cdc.version_bytes``, ``cdc.integration``, and ``cdc.unavailable`` / ``cdc.origin`` when
   there are any.
 
-Last-writer-wins: Kafka cannot refuse an older record, so the topic's consumers order
-records by ``_version`` / ``cdc.version_bytes``. Within one process the sink keeps a bounded
-map (least recently used keys evicted) of the newest version delivered per key, and reports
-an operation whose version is not newer as ``DUPLICATE`` / ``OLDER`` without producing it;
-after a restart or an eviction it produces again (harmless: equal or older versions).
-A version is recorded only once the broker acknowledged it.
+Last-writer-wins: Kafka cannot refuse an older record and compaction keeps the last record
+per key, not the newest version, so the sink must never produce a version older than one it
+produced before, also after a restart or during ``replay --from-beginning``. The newest
+version produced per key is durable in the state store (``StateStore.guard``): ``apply``
+locks the batch's keys there, reads their versions, produces only newer operations, waits
+for the acknowledgements and saves the acknowledged versions in the same transaction, so a
+replay beside the live worker waits for the keys. An operation whose version is not newer
+is ``DUPLICATE`` / ``OLDER`` and not produced. A version is saved only once the broker
+acknowledged it; a record acknowledged but not saved (a crash in between) is produced again
+at its redelivery, an equal version, which leaves the compacted state unchanged. Without a
+state store (tools and tests only) the guard is a bounded in-memory map of this process.
 
 Delivery: an idempotent producer with ``acks=all`` (a property cannot turn them off; a
 ``transactional.id`` inherited from the cluster's properties is dropped).
@@ -46,6 +51,7 @@ from pydantic import SecretStr
 
 from cdc.config import KafkaSinkConfig
 from cdc.core.errors import ConfigError, SinkRejected, SinkUnavailable
+from cdc.state.store import StateStore, VersionGuard
 from cdc.sync.sinks.base import Outcome, Result
 from mappers.entity import EntityDelete, EntityOp, EntityUpsert, Version
 
@@ -130,6 +136,7 @@ class KafkaEntitySink:
         default_bootstrap: str,
         producer_config: Mapping[str, object] | None = None,
         remembered_keys: int = 100_000,
+        state: StateStore | None = None,
     ) -> None:
         self.name = name
         self.integration = integration
@@ -145,6 +152,7 @@ class KafkaEntitySink:
         self._topic_ready = False
         self._known: OrderedDict[str, Version] = OrderedDict()
         self._remembered = remembered_keys
+        self._state = state
 
     def __repr__(self) -> str:
         return f"KafkaEntitySink({self.name!r}, topic={self.topic!r})"
@@ -177,13 +185,31 @@ class KafkaEntitySink:
         if not ops:
             return []
         await self.start()
+        if self._state is None:
+            results, unavailable = await self._apply(ops, None)
+        else:
+            keys = [(op.entity, op.key) for op in ops]
+            async with self._state.guard(self.integration, keys) as guard:
+                results, unavailable = await self._apply(ops, guard)
+        if unavailable is not None:
+            raise SinkUnavailable(f"kafka sink {self.name}: {unavailable}")
+        return results
+
+    async def _apply(
+        self, ops: Sequence[EntityOp], guard: VersionGuard | None
+    ) -> tuple[list[Result], str | None]:
+        """Produce what is newer than held; save acknowledged versions in ``guard``."""
         producer = self._ensure_producer()
         results: list[Result | None] = [None] * len(ops)
-        newest: dict[str, Version] = {}  # this batch's decisions on top of self._known
+        newest: dict[tuple[str, str], Version] = {}  # this batch's decisions on top of held
         reports: list[object] = []  # a KafkaError, None (delivered) or _PENDING per record
         sent: list[int] = []  # the op index of each record
         for index, op in enumerate(ops):
-            held = newest.get(op.key) or self._known.get(op.key)
+            held = newest.get((op.entity, op.key))
+            if held is None:
+                held = (
+                    self._known.get(op.key) if guard is None else guard.version(op.entity, op.key)
+                )
             if held is not None and op.version <= held:
                 results[index] = Outcome.OLDER if op.version < held else Outcome.DUPLICATE
                 continue
@@ -192,7 +218,7 @@ class KafkaEntitySink:
             except _Refused as refused:
                 results[index] = SinkRejected(str(refused))
                 continue
-            newest[op.key] = op.version
+            newest[(op.entity, op.key)] = op.version
             sent.append(index)
 
         if sent:
@@ -200,12 +226,18 @@ class KafkaEntitySink:
             await asyncio.to_thread(producer.flush, timeout)
 
         unavailable: str | None = None
+        acknowledged: dict[str, list[tuple[str, Version, bool]]] = {}
         for slot, index in enumerate(sent):
             report = reports[slot]
             op = ops[index]
             if report is None:
                 results[index] = Outcome.APPLIED
-                self._remember(op.key, op.version)
+                if guard is None:
+                    self._remember(op.key, op.version)
+                else:
+                    acknowledged.setdefault(op.entity, []).append(
+                        (op.key, op.version, isinstance(op, EntityDelete))
+                    )
             elif report is _PENDING:
                 unavailable = unavailable or "delivery did not complete in time"
             else:
@@ -218,9 +250,10 @@ class KafkaEntitySink:
                     )
                 else:
                     unavailable = unavailable or report.str()
-        if unavailable is not None:
-            raise SinkUnavailable(f"kafka sink {self.name}: {unavailable}")
-        return [r for r in results if r is not None]
+        if guard is not None:
+            for entity, items in acknowledged.items():
+                await guard.save_versions(entity, items=items)
+        return [r for r in results if r is not None], unavailable
 
     async def _produce(self, producer: Producer, op: EntityOp, reports: list[object]) -> None:
         key, value, headers = entity_record(op, integration=self.integration)
