@@ -431,6 +431,8 @@ class AdminConfig(Section):
     enabled: bool = True
     listen: ListenAddress = "127.0.0.1:8080"
     token: SecretValue | None = None
+    # Serve on a non-loopback address without a token (pause/resume open to the network).
+    allow_unauthenticated_remote: bool = False
     # Seconds between the readiness probes of Kafka and the registry.
     probe_interval_s: float = Field(default=10.0, gt=0)
 

@@ -51,12 +51,14 @@ from cdc.core.errors import (
     BrokerUnavailable,
     ConfigError,
     MappingError,
+    RetryableError,
     SourceUnavailable,
     first_line,
 )
 from cdc.core.logs import ContextLogger
 from cdc.core.secrets import redact_dsn
 from cdc.core.supervision import run_restarting
+from cdc.core.text import key_text, storable
 from cdc.kafka.consumer import BatchFeed, group_consumer_config
 from cdc.kafka.publisher import Publisher, producer_config
 from cdc.state.store import StateStore
@@ -448,7 +450,11 @@ class InboundWorker:
             try:
                 change = InboundChange.from_json(msg.value() or b"")
                 outcome, key = await self.applier.apply(change, origin)
-            except (MappingError, psycopg.IntegrityError, psycopg.DataError) as exc:
+            except (RetryableError, ConfigError):
+                raise  # transient, or the setup is wrong: not this record's fault
+            except Exception as exc:
+                # Anything else is this record's: a constraint, bad data, a mapper's bug.
+                # It is dead-lettered and the offset moves on (no poison pill).
                 await self.dead_letter(msg, origin, exc)
                 continue
             self.stats.count(outcome)
@@ -462,8 +468,15 @@ class InboundWorker:
                 )
 
     async def dead_letter(self, msg: Message, origin: Origin, error: BaseException) -> None:
-        """Publish ``msg`` to the inbound dead-letter topic with why, and record it."""
-        reason = first_line(error)[:2000]
+        """Publish ``msg`` to the inbound dead-letter topic with why, and record it.
+
+        Never stopped by the record itself: a key or error the store refuses is escaped
+        (``cdc.core.text``); a record the dead-letter topic refuses for good is kept in the
+        state store alone (its payload there, no topic offset); a row the state store
+        refuses for good is logged at error level with the record's origin. Only transient
+        failures (broker or database away) propagate, to be retried from the last commit.
+        """
+        reason = storable(first_line(error))[:2000]
         self.log.warning("inbound %s: dead-lettering %s: %s", self.name, origin, reason)
         headers: list[tuple[str, str | bytes | None]] = [
             ("cdcsync.error", reason.encode()),
@@ -476,7 +489,15 @@ class InboundWorker:
             ("cdcsync.timestamp", datetime.now(UTC).isoformat().encode()),
         ]
         key, payload = msg.key(), msg.value()
-        partition, offset = await asyncio.to_thread(self._publish, key, payload, headers)
+        partition: int | None = None
+        offset: int | None = None
+        try:
+            partition, offset = await asyncio.to_thread(self._publish, key, payload, headers)
+        except RetryableError:
+            raise
+        except Exception as exc:  # refused for good (too large, invalid): keep it in the store
+            reason = storable(f"{reason} [not on {self.dead_letter_topic}: {first_line(exc)}]")
+            self.log.error("inbound %s: %s: %s", self.name, origin, reason)
         store = await StateStore.open(
             self.config.source.dsn.get_secret_value(), schema=self.config.state.schema_
         )
@@ -484,13 +505,25 @@ class InboundWorker:
             await store.record_dead_letter(
                 f"{self.name}.inbound",
                 origin=origin,
-                key=None if key is None else bytes(key).decode(errors="replace"),
+                key=key_text(key),
                 error=reason,
                 attempts=1,
                 payload=None if payload is None else bytes(payload),
                 dlq_topic=self.dead_letter_topic,
                 dlq_partition=partition,
                 dlq_offset=offset,
+            )
+        except RetryableError:
+            raise
+        except Exception as exc:
+            self.log.error(
+                "inbound %s: dead letter of %s not recorded (%s); on %s at %s/%s",
+                self.name,
+                origin,
+                storable(first_line(exc)),
+                self.dead_letter_topic,
+                partition,
+                offset,
             )
         finally:
             await store.close()

@@ -11,8 +11,11 @@ Answers, in the order they are decided:
 - 413: body larger than ``inbound.max_body_bytes``;
 - 401: neither a valid ``X-Signature: sha256=<HMAC-SHA256 of the body>`` (``inbound.secret``)
   nor a valid ``Authorization: Bearer`` (``inbound.token``);
-- 400: no ``Idempotency-Key``, or a body that is not a JSON object;
-- 422: the body does not validate; ``fields`` names each offending field and why;
+- 400: an external id that is not 1 to 200 characters of valid UTF-8 without control,
+  format, surrogate or line-separator characters; no ``Idempotency-Key`` (or one with such
+  characters); a body that is not a JSON object;
+- 422: the body does not validate, or holds text the database cannot store (NUL, a lone
+  surrogate); ``fields`` names each offending field and why;
 - 503: Kafka did not acknowledge in ``inbound.enqueue_timeout_s`` (retry with the same key);
 - 202: the change is durably on the integration's inbound topic (acks=all, idempotent
   producer, delivery report received).
@@ -33,9 +36,11 @@ import json
 import logging
 import threading
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -63,6 +68,10 @@ __all__ = [
 log = logging.getLogger("cdcsync.inbound")
 
 IDEMPOTENCY_KEY_MAX = 200
+EXTERNAL_ID_MAX = 200
+# Unicode categories refused in ids and keys: controls (C0, C1, DEL), format characters
+# (zero-width, bidi overrides), surrogates, private use and unassigned; line separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 PATH = "/inbound/{integration}/{entity}/{external_id}"
 
 
@@ -140,14 +149,24 @@ class InboundRoute:
         cfg = self.config
         if entity != cfg.entity:
             raise InboundRejected(404, f"{self.name} accepts entity {cfg.entity!r}, not {entity!r}")
-        if not external_id or len(external_id) > 200:
-            raise InboundRejected(400, "external id: 1 to 200 characters")
+        if not external_id or len(external_id) > EXTERNAL_ID_MAX:
+            raise InboundRejected(400, f"external id: 1 to {EXTERNAL_ID_MAX} characters")
+        bad = _unprintable(external_id)
+        if bad is not None:
+            raise InboundRejected(400, f"external id: {bad}")
         key = headers.get("idempotency-key", "").strip()
         if not key or len(key) > IDEMPOTENCY_KEY_MAX:
             raise InboundRejected(
                 400, f"Idempotency-Key header: required, 1 to {IDEMPOTENCY_KEY_MAX} characters"
             )
+        bad = _unprintable(key)
+        if bad is not None:
+            raise InboundRejected(400, f"Idempotency-Key header: {bad}")
         data = _json_object(body, optional=method == "DELETE")
+        problems = _unstorable_text(data)
+        if problems:
+            summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
+            raise InboundRejected(422, f"invalid {entity}: {summary}", fields=problems)
         if method == "DELETE":
             fields: dict[str, Any] = {}
             raw = data.get(cfg.version_field)
@@ -215,6 +234,54 @@ class InboundRoute:
                 fields=[{"field": field_name, "message": message}],
             )
         return version
+
+
+def _unprintable(text: str) -> str | None:
+    """Why ``text`` cannot be an id (a control, surrogate or line-separator character)."""
+    for index, char in enumerate(text):
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            return f"character {index + 1} is U+{ord(char):04X}, a control character"
+    return None
+
+
+def _unstorable_text(value: Any, path: str = "") -> list[dict[str, str]]:
+    """Each string (or object key) in ``value`` that the source database cannot store."""
+    problems: list[dict[str, str]] = []
+    if isinstance(value, str):
+        if "\x00" in value:
+            problems.append({"field": path or "(body)", "message": "contains NUL (U+0000)"})
+        elif any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            problems.append({"field": path or "(body)", "message": "contains a lone surrogate"})
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            where = f"{path}.{name}" if path else str(name)
+            problems.extend(_unstorable_text(name, where + " (name)"))
+            problems.extend(_unstorable_text(item, where))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problems.extend(_unstorable_text(item, f"{path}.{index}" if path else str(index)))
+    return problems
+
+
+def raw_path_segment(scope: Mapping[str, Any], index: int) -> str | None:
+    """Segment ``index`` of the request's raw path, percent-decoded as strict UTF-8.
+
+    The server's decoded path turns invalid UTF-8 into U+FFFD, so that ``%ff%fe`` and
+    ``%fe%ff`` would name the same id; this raises ``InboundRejected`` (400) instead.
+    None when the server gave no raw path.
+    """
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes | bytearray):
+        return None
+    segments = bytes(raw).split(b"?", 1)[0].split(b"/")
+    try:
+        return unquote_to_bytes(segments[index]).decode("utf-8")
+    except IndexError:
+        return None
+    except UnicodeDecodeError as exc:
+        raise InboundRejected(
+            400, f"external id: not valid UTF-8 (byte {exc.start + 1} of the decoded id)"
+        ) from None
 
 
 def _json_object(body: bytes, *, optional: bool) -> dict[str, Any]:
@@ -362,10 +429,11 @@ class InboundEndpoint:
                 raise InboundRejected(413, f"body larger than {limit} bytes")
         headers = {k.lower(): v for k, v in request.headers.items()}
         route.authenticate(headers, body)
+        external_id = raw_path_segment(request.scope, -1)
         change = route.parse(
             method=request.method,
             entity=request.path_params["entity"],
-            external_id=request.path_params["external_id"],
+            external_id=request.path_params["external_id"] if external_id is None else external_id,
             headers=headers,
             body=body,
             now_us=time.time_ns() // 1000,

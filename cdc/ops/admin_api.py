@@ -16,7 +16,8 @@ Endpoints (JSON unless noted):
 With ``admin.token`` set, every endpoint except /health and /ready asks for
 ``Authorization: Bearer TOKEN`` (401 otherwise). The listener binds ``admin.listen``
 (loopback by default); a port already in use is a configuration error at start, not a
-silent absence.
+silent absence, and so is a non-loopback address without ``admin.token`` unless
+``admin.allow_unauthenticated_remote`` is true.
 
 Invariants: handlers only read the roles' stats objects and call ``pause``/``resume``;
 nothing here blocks the event loop; no response or log line carries a secret.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import logging
 import socket
 import time
@@ -243,7 +245,24 @@ class AdminApi:
     # ------------------------------------------------------------------ serving
 
     def bind(self) -> None:
-        """Take the listening socket now, so a busy port fails before anything starts."""
+        """Take the listening socket now, so a busy port fails before anything starts.
+
+        A non-loopback address without ``admin.token`` is refused (``ConfigError``) unless
+        ``admin.allow_unauthenticated_remote`` says so: pause/resume and /status would be
+        open to whoever reaches the address.
+        """
+        admin = self.config.admin
+        if (
+            admin.token is None
+            and not admin.allow_unauthenticated_remote
+            and not _loopback(admin.host)
+        ):
+            raise ConfigError(
+                f"admin.listen: {admin.listen} is not a loopback address and admin.token "
+                "is not set, which would open pause/resume and /status to the network; "
+                "set admin.token, listen on 127.0.0.1, or set "
+                "admin.allow_unauthenticated_remote: true"
+            )
         self._sock = _bind(self.config.admin.host, self.config.admin.port)
         self.port = self._sock.getsockname()[1]
         log.info("admin API on http://%s:%d", self.config.admin.host, self.port)
@@ -282,6 +301,16 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) only ever means this machine."""
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -15,6 +15,10 @@ Invariants:
 - A target that is down is waited for (circuit open, consumption paused), never
   dead-lettered; only a record that keeps failing while the target answers its health
   probe, a record the sink rejects, or one the mapper cannot map is dead-lettered.
+- No record stops the worker: whatever a record makes the decoder, the mapper or the sink
+  raise (other than a ``RetryableError``) dead-letters it; a dead letter the topic or the
+  state store refuses for good is kept where it can be (the store, else the log at error
+  level with its origin), and the offset moves on.
 - A mapper waiting for a related entity (``RelationPending``) first lets the operations
   mapped so far reach the sink (they may be what it waits for), then waits; the record
   is never dropped. The related ids a batch needs are looked up in one query per entity
@@ -41,8 +45,8 @@ from cdc.core.backoff import Backoff, BackoffPolicy
 from cdc.core.circuit_breaker import CircuitBreaker, CircuitState
 from cdc.core.errors import (
     BrokerUnavailable,
-    FatalError,
     RelationPending,
+    RetryableError,
     SinkRejected,
     SinkUnavailable,
     first_line,
@@ -50,6 +54,7 @@ from cdc.core.errors import (
 from cdc.core.histogram import LatencyHistogram
 from cdc.core.logs import ContextLogger
 from cdc.core.supervision import run_restarting
+from cdc.core.text import storable
 from cdc.kafka.consumer import BatchFeed, group_consumer_config
 from cdc.kafka.publisher import Publisher, producer_config
 from cdc.state.store import StateStore
@@ -196,7 +201,11 @@ class Applier:
                     await self.apply(pending, stop)
                     pending = []
                     await self._resolve(exc, stop)
-                except FatalError as exc:
+                except RetryableError:
+                    raise
+                except Exception as exc:
+                    # MappingError, or a mapper's own bug (KeyError, ...): this record's
+                    # fault, dead-lettered; the offset moves on.
                     await self.dead_letter(entry.msg, exc, attempts=1)
                     entry.ops = []
                     entry.dead_lettered = True
@@ -234,7 +243,9 @@ class Applier:
                 raw_key = msg.key()
                 key = None if raw_key is None else await self.deserializer.deserialize(raw_key)
                 event = TableEvent.from_envelope(envelope, key=key, origin=origin)
-            except FatalError as exc:
+            except RetryableError:
+                raise
+            except Exception as exc:  # undecodable, whatever the decoder raised
                 await self.dead_letter(msg, exc, attempts=1)
                 continue
             entries.append(_Entry(msg, event))
@@ -252,8 +263,10 @@ class Applier:
                 entry.mapped = True
             except RelationPending as exc:
                 wanted.setdefault((exc.integration, exc.entity), set()).add(exc.key)
-            except FatalError:
-                continue  # reported when the entry is mapped for real
+            except RetryableError:
+                raise
+            except Exception:  # noqa: S112 - reported when the entry is mapped for real
+                continue
         for (integration, entity), keys in wanted.items():
             found = await self.state.external_ids(integration, entity, keys=sorted(keys))
             for key, external_id in found.items():
@@ -311,6 +324,17 @@ class Applier:
                 self.log.warning("%s: %s; retry in %.1fs", self.name, first_line(exc), delay)
                 await self._sleep(delay, stop)
                 continue
+            except RetryableError:
+                raise
+            except Exception as exc:
+                # Not an outage (the sink would say SinkUnavailable): a record the sink
+                # cannot take, raised instead of answered. Isolate it and dead-letter it.
+                if len(entries) > 1:
+                    for entry in entries:
+                        await self.apply([entry], stop)
+                    return
+                await self.dead_letter(entries[0].msg, exc, attempts=attempt + 1)
+                return
             if self.breaker.state is not CircuitState.CLOSED:
                 self.log.info("%s: circuit closed, the target answers again", self.name)
             self.breaker.record_success()
@@ -424,7 +448,7 @@ class Applier:
     async def dead_letter(self, msg: Message, error: BaseException, *, attempts: int) -> None:
         """Publish ``msg`` to the dead-letter topic with why, and record it."""
         origin = _origin(msg)
-        reason = first_line(error)[:2000]
+        reason = storable(first_line(error))[:2000]
         self.log.warning(
             "%s: dead-lettering %s after %d attempt(s): %s",
             self.name,
@@ -444,20 +468,41 @@ class Applier:
             ("cdcsync.timestamp", datetime.now(UTC).isoformat().encode()),
         ]
         key, payload = msg.key(), msg.value()
-        partition, offset = await asyncio.to_thread(
-            self._publish_dead_letter, key, payload, headers
-        )
-        await self.state.record_dead_letter(
-            self.name,
-            origin=origin,
-            key=None if key is None else bytes(key).hex(),
-            error=reason,
-            attempts=attempts,
-            payload=None if payload is None else bytes(payload),
-            dlq_topic=self.dead_letter_topic,
-            dlq_partition=partition,
-            dlq_offset=offset,
-        )
+        partition: int | None = None
+        offset: int | None = None
+        try:
+            partition, offset = await asyncio.to_thread(
+                self._publish_dead_letter, key, payload, headers
+            )
+        except RetryableError:
+            raise
+        except Exception as exc:  # refused for good (too large...): kept in the state store
+            reason = storable(f"{reason} [not on {self.dead_letter_topic}: {first_line(exc)}]")
+            self.log.error("%s: %s: %s", self.name, origin, reason)
+        try:
+            await self.state.record_dead_letter(
+                self.name,
+                origin=origin,
+                key=None if key is None else bytes(key).hex(),
+                error=reason,
+                attempts=attempts,
+                payload=None if payload is None else bytes(payload),
+                dlq_topic=self.dead_letter_topic,
+                dlq_partition=partition,
+                dlq_offset=offset,
+            )
+        except RetryableError:
+            raise
+        except Exception as exc:
+            self.log.error(
+                "%s: dead letter of %s not recorded (%s); on %s at %s/%s",
+                self.name,
+                origin,
+                storable(first_line(exc)),
+                self.dead_letter_topic,
+                partition,
+                offset,
+            )
         self.stats.dead_lettered += 1
 
     def _publish_dead_letter(

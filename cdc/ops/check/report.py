@@ -21,6 +21,7 @@ import asyncio
 import enum
 import json
 import math
+import re
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -167,8 +168,22 @@ def scrub(findings: Iterable[Finding], secrets: list[str]) -> Iterator[Finding]:
     for f in findings:
         message = redact_dsn(f.message)
         for secret in secrets:
-            message = message.replace(secret, "***")
+            message = _hide(message, secret)
         yield Finding(f.subject, f.status, message)
+
+
+# A secret shorter than this is hidden only where it stands alone (not inside a word):
+# a one-letter password ``y`` must not turn "mysql" into "m***sql".
+_WHOLE_WORD_BELOW = 8
+
+
+def _hide(message: str, secret: str) -> str:
+    if not secret:
+        return message
+    if len(secret) >= _WHOLE_WORD_BELOW:
+        return message.replace(secret, "***")
+    alone = re.compile(rf"(?<![0-9A-Za-z]){re.escape(secret)}(?![0-9A-Za-z])")
+    return alone.sub("***", message)
 
 
 async def bounded(
