@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import psycopg
+
 from cdc.capture import source_setup as source
 from cdc.capture.checkpoint import Checkpoint, TxProgress
 from cdc.capture.encoding.envelope import (
@@ -40,6 +42,7 @@ from cdc.capture.encoding.envelope import (
     OP_TRUNCATE,
     OP_UPDATE,
     Change,
+    ColumnFacts,
     RelationEncoder,
     TxContext,
     column_facts_from_rows,
@@ -76,7 +79,13 @@ from cdc.capture.spool import TransactionSpool
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
 from cdc.config.names import ORIGIN_HEADER
-from cdc.core.errors import BrokerUnavailable, DecodeError, IncompatibleSchemaError
+from cdc.core.errors import (
+    BrokerUnavailable,
+    DecodeError,
+    IncompatibleSchemaError,
+    SourceUnavailable,
+    first_line,
+)
 from cdc.core.histogram import LatencyHistogram
 from cdc.core.lsn import Lsn
 from cdc.kafka.publisher import Publisher, producer_config
@@ -505,23 +514,36 @@ class CaptureSession:
             key = await serializer.prepare(enc.topic, enc.key_schema, is_key=True)
         return key, value
 
+    async def catalog_facts(
+        self, rel: Relation
+    ) -> tuple[tuple[str, ...] | None, dict[str, ColumnFacts]]:
+        """What the Relation message lacks, read from the catalog: the types it needs, the
+        primary key under REPLICA IDENTITY FULL, NOT NULL and defaults. A lost catalog
+        connection (the server restarting) is ``SourceUnavailable``: capture restarts."""
+        try:
+            missing = [
+                c.type_oid
+                for c in rel.columns
+                if needs_catalog(c.type_oid) and c.type_oid not in self.types
+            ]
+            if missing:
+                self.types.update(await source.load_types(self.catalog, missing))
+            key_columns = None
+            if rel.replica_identity == "f":
+                key_columns = await source.primary_key(self.catalog, rel.namespace, rel.name)
+            cur = await self.catalog.execute(COLUMN_FACTS_SQL, (rel.namespace, rel.name))
+            return key_columns, column_facts_from_rows(await cur.fetchall())
+        except psycopg.OperationalError as exc:
+            raise SourceUnavailable(
+                f"lost the catalog connection reading {rel.namespace}.{rel.name}: {first_line(exc)}"
+            ) from exc
+
     async def on_relation(self, rel: Relation) -> None:
         old = self.tables.get(rel.oid)
         if old is not None and old.encoder.relation == rel:
             return
-        missing = [
-            c.type_oid
-            for c in rel.columns
-            if needs_catalog(c.type_oid) and c.type_oid not in self.types
-        ]
-        if missing:
-            self.types.update(await source.load_types(self.catalog, missing))
         src = self.cfg.source
-        key_columns = None
-        if rel.replica_identity == "f":
-            key_columns = await source.primary_key(self.catalog, rel.namespace, rel.name)
-        cur = await self.catalog.execute(COLUMN_FACTS_SQL, (rel.namespace, rel.name))
-        columns = column_facts_from_rows(await cur.fetchall())
+        key_columns, columns = await self.catalog_facts(rel)
         enc = RelationEncoder(
             rel,
             prefix=self.cfg.kafka.topic_prefix,
