@@ -502,8 +502,9 @@ class InboundWorker:
             self.config.source.dsn.get_secret_value(), schema=self.config.state.schema_
         )
         try:
-            await store.record_dead_letter(
+            await store.keep_dead_letter(
                 f"{self.name}.inbound",
+                log=self.log,
                 origin=origin,
                 key=key_text(key),
                 error=reason,
@@ -512,18 +513,6 @@ class InboundWorker:
                 dlq_topic=self.dead_letter_topic,
                 dlq_partition=partition,
                 dlq_offset=offset,
-            )
-        except RetryableError:
-            raise
-        except Exception as exc:
-            self.log.error(
-                "inbound %s: dead letter of %s not recorded (%s); on %s at %s/%s",
-                self.name,
-                origin,
-                storable(first_line(exc)),
-                self.dead_letter_topic,
-                partition,
-                offset,
             )
         finally:
             await store.close()

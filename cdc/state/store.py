@@ -42,6 +42,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cdc.core.errors import RetryableError, first_line
 from cdc.core.secrets import redact_dsn
+from cdc.core.text import storable
 from mappers.entity import Origin, Version
 
 __all__ = [
@@ -477,6 +479,48 @@ class StateStore:
         await self._wrote("versions", guard.moved)
 
     # ----------------------------------------------------------------- dead letters
+
+    async def keep_dead_letter(
+        self,
+        integration: str,
+        *,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        origin: Origin,
+        key: str | None,
+        error: str,
+        attempts: int,
+        payload: bytes | None,
+        dlq_topic: str,
+        dlq_partition: int | None,
+        dlq_offset: int | None,
+    ) -> None:
+        """``record_dead_letter``, where a refusal for good is logged with the record's origin
+        and dead-letter position instead of raised (the offset must still move on); a
+        transient failure (``RetryableError``) is raised, so the worker restarts."""
+        try:
+            await self.record_dead_letter(
+                integration,
+                origin=origin,
+                key=key,
+                error=error,
+                attempts=attempts,
+                payload=payload,
+                dlq_topic=dlq_topic,
+                dlq_partition=dlq_partition,
+                dlq_offset=dlq_offset,
+            )
+        except RetryableError:
+            raise
+        except Exception as exc:
+            log.error(
+                "%s: dead letter of %s not recorded (%s); on %s at %s/%s",
+                integration,
+                origin,
+                storable(first_line(exc)),
+                dlq_topic,
+                dlq_partition,
+                dlq_offset,
+            )
 
     async def record_dead_letter(
         self,

@@ -479,30 +479,18 @@ class Applier:
         except Exception as exc:  # refused for good (too large...): kept in the state store
             reason = storable(f"{reason} [not on {self.dead_letter_topic}: {first_line(exc)}]")
             self.log.error("%s: %s: %s", self.name, origin, reason)
-        try:
-            await self.state.record_dead_letter(
-                self.name,
-                origin=origin,
-                key=None if key is None else bytes(key).hex(),
-                error=reason,
-                attempts=attempts,
-                payload=None if payload is None else bytes(payload),
-                dlq_topic=self.dead_letter_topic,
-                dlq_partition=partition,
-                dlq_offset=offset,
-            )
-        except RetryableError:
-            raise
-        except Exception as exc:
-            self.log.error(
-                "%s: dead letter of %s not recorded (%s); on %s at %s/%s",
-                self.name,
-                origin,
-                storable(first_line(exc)),
-                self.dead_letter_topic,
-                partition,
-                offset,
-            )
+        await self.state.keep_dead_letter(
+            self.name,
+            log=self.log,
+            origin=origin,
+            key=None if key is None else bytes(key).hex(),
+            error=reason,
+            attempts=attempts,
+            payload=None if payload is None else bytes(payload),
+            dlq_topic=self.dead_letter_topic,
+            dlq_partition=partition,
+            dlq_offset=offset,
+        )
         self.stats.dead_lettered += 1
 
     def _publish_dead_letter(
