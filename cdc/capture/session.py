@@ -78,7 +78,7 @@ from cdc.capture.snapshot.runner import Snapshotter
 from cdc.capture.spool import TransactionSpool
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
-from cdc.config.names import ORIGIN_HEADER
+from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER
 from cdc.core.errors import (
     BrokerUnavailable,
     DecodeError,
@@ -328,6 +328,8 @@ class CaptureSession:
             # A write made under a replication origin (cdcsync's inbound apply, or another
             # replicator): its events say so in a header, so sync can avoid echoes.
             self.headers = [(ORIGIN_HEADER, msg.name.encode())]
+            if msg.origin_lsn:
+                self.headers.append((ORIGIN_LSN_HEADER, str(int(msg.origin_lsn)).encode()))
         # Type messages need no action: types are read from the catalog.
 
     def begin(self, tx: TxContext) -> None:
