@@ -57,6 +57,7 @@ from cdc.capture.exactly_once import (
     positions_topic,
 )
 from cdc.capture.pgoutput import (
+    UNCHANGED,
     Begin,
     Commit,
     Decoder,
@@ -424,6 +425,10 @@ class CaptureSession:
                     ),
                     key=new_key,
                 )
+                if any(v is UNCHANGED for v in msg.new):
+                    # The new key's create holds a TOAST placeholder no event filled.
+                    rel = enc.relation
+                    self.snapshots.reread(f"{rel.namespace}.{rel.name}", msg.new)
                 return
         change = Change(
             OP_UPDATE,
