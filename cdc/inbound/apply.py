@@ -328,10 +328,11 @@ class InboundApplier:
             outcome = await self._update(conn, change, key, columns)
         await conn.execute(
             sql.SQL(
-                "UPDATE {}.inbound_changes SET outcome = %s, key = %s"
+                "UPDATE {}.inbound_changes SET outcome = %s, key = %s,"
+                " xid = pg_current_xact_id()::text::bigint & 4294967295, echo_token = %s"
                 " WHERE integration = %s AND idempotency_key = %s"
             ).format(self.state),
-            (outcome, key, self.name, change.idempotency_key),
+            (outcome, key, token, self.name, change.idempotency_key),
         )
         return outcome, key
 

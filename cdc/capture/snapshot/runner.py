@@ -74,6 +74,7 @@ from cdc.capture.snapshot.plan import (
 from cdc.capture.source_setup import TableName
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
+from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER, origin_name
 from cdc.core.errors import SourceUnavailable, first_line
 from cdc.core.lsn import Lsn
 from cdc.kafka.publisher import Publisher
@@ -151,11 +152,12 @@ class TableShape:
         return tuple(c.name for c in self.relation.columns)
 
     def chunk_query(self, *, after: Key | None, limit: int) -> tuple[sql.Composed, list[Any]]:
-        """Keyset pagination: the next ``limit`` rows after ``after``, every column as text."""
+        """Keyset pagination: the next ``limit`` rows after ``after``, every column as text,
+        then the row's ``xmin`` (see ``split_xmin``)."""
         # Qualified: a bare name in ORDER BY would mean the (text) output column.
         cols = [sql.Identifier("t", c.name) for c in self.relation.columns]
         pk = [cols[i] for i in self.pk_positions]
-        select = sql.SQL(", ").join(sql.SQL("{}::text").format(c) for c in cols)
+        select = _select_list(cols)
         order = sql.SQL(", ").join(pk)
         params: list[Any] = []
         where: sql.Composable = sql.SQL("")
@@ -178,13 +180,25 @@ class TableShape:
             sql.SQL(", ").join(sql.SQL("CAST(%s AS {})").format(sql.SQL(t)) for t in self.pk_types)
         )
         query = sql.SQL("SELECT {} FROM {} AS t WHERE ({}) IN ({}) ORDER BY {}").format(
-            sql.SQL(", ").join(sql.SQL("{}::text").format(c) for c in cols),
+            _select_list(cols),
             self.name.ident(),
             pk,
             sql.SQL(", ").join([one] * len(keys)),
             pk,
         )
         return query, [v for key in keys for v in key]
+
+
+def _select_list(cols: list[sql.Identifier]) -> sql.Composed:
+    """Every column as text, then ``xmin`` (the transaction that wrote the row version)."""
+    return sql.SQL(", ").join(
+        [*(sql.SQL("{}::text").format(c) for c in cols), sql.SQL("t.xmin::text")]
+    )
+
+
+def split_xmin(rows: list[tuple[Any, ...]]) -> tuple[list[TupleValues], list[int]]:
+    """A chunk query's rows as tuples of the table's columns, and each row's ``xmin``."""
+    return [tuple(r[:-1]) for r in rows], [int(r[-1]) for r in rows]
 
 
 async def load_shape(conn: psycopg.AsyncConnection[Any], table: TableName) -> TableShape:
@@ -233,6 +247,8 @@ class _Job:
     reread: set[Key] = field(default_factory=set)
     held: _Save | None = None  # the chunk progress a re-read completes
     attempts: int = 0
+    # Rows of the chunk in hand last written by an inbound apply: their origin headers.
+    written_back: dict[Key, list[tuple[str, str | bytes | None]]] = field(default_factory=dict)
 
     def progress_key(self) -> ProgressKey:
         return ProgressKey(self.kind, self.request, self.last_key)
@@ -479,8 +495,10 @@ class Snapshotter:
             assert row is not None
             snapshot = PgSnapshot.parse(str(row[0]))
             cur = await conn.execute(query, params)
-            rows = await cur.fetchall()
-        buffer = ChunkBuffer(rows, job.shape.pk_positions)
+            rows, xmins = split_xmin(await cur.fetchall())
+        positions = job.shape.pk_positions
+        job.written_back = await self._written_back(rows, xmins, positions)
+        buffer = ChunkBuffer(rows, positions)
         if job.truncated:
             buffer = ChunkBuffer((), job.shape.pk_positions)
             buffer.last_key, buffer.read = job.last_key, len(rows)
@@ -492,6 +510,27 @@ class Snapshotter:
         job.buffer = buffer
         job.phase = "high"
         await self._emit(Watermark(job.chunk, high=True))
+
+    async def _written_back(
+        self, rows: list[TupleValues], xmins: list[int], positions: tuple[int, ...]
+    ) -> dict[Key, list[tuple[str, str | bytes | None]]]:
+        """The origin headers of the rows an inbound apply wrote last (key -> headers), so
+        the integration they came from treats their reads as its own writes (no echo)."""
+        assert self._store is not None
+        writers = await self._store.inbound_writers(sorted(set(xmins)))
+        out: dict[Key, list[tuple[str, str | bytes | None]]] = {}
+        for row, xmin in zip(rows, xmins, strict=True):
+            found = writers.get(xmin)
+            if found is None:
+                continue
+            integration, token = found
+            headers: list[tuple[str, str | bytes | None]] = [
+                (ORIGIN_HEADER, origin_name(integration).encode())
+            ]
+            if token:
+                headers.append((ORIGIN_LSN_HEADER, str(token).encode()))
+            out[key_of(row, positions)] = headers
+        return out
 
     def _writer(self, table: TableEncoding, kind: SnapshotKind) -> EnvelopeWriter:
         slot = (table.encoder.relation.oid, kind)
@@ -530,7 +569,10 @@ class Snapshotter:
         job.truncated = False
         progress: TxProgress | None = None
         if rows:
-            progress = self._produce(table, job.kind, rows, commit_lsn)
+            back = job.written_back
+            origins = [back.get(key_of(r, shape.pk_positions)) for r in rows] if back else None
+            progress = self._produce(table, job.kind, rows, commit_lsn, origins)
+        job.written_back = {}
         job.rows += len(rows)
         job.published += len(rows)
         if job.keys is not None:
@@ -602,8 +644,15 @@ class Snapshotter:
             log.info("%s snapshot of %s done (with key re-reads)", job.kind, job.table)
 
     def _produce(
-        self, table: TableEncoding, kind: SnapshotKind, rows: list[TupleValues], commit_lsn: Lsn
+        self,
+        table: TableEncoding,
+        kind: SnapshotKind,
+        rows: list[TupleValues],
+        commit_lsn: Lsn,
+        origins: list[list[tuple[str, str | bytes | None]] | None] | None = None,
     ) -> TxProgress:
+        """Produce ``rows`` as reads at ``commit_lsn``; ``origins``: per row, the origin
+        headers of an inbound write it holds (None: none)."""
         session = self._session
         publisher, serializer = session.publisher, session.serializer
         assert publisher is not None and serializer is not None
@@ -626,8 +675,13 @@ class Snapshotter:
         eos = session.eos
         headers = None if eos is None else eos.event_headers(session.confirmable())
         produce = publisher.produce
-        for key, value in zip(keys, values, strict=True):
-            produce(topic, key, value, callback, headers=headers)
+        if origins is not None:
+            for origin, key, value in zip(origins, keys, values, strict=True):
+                row_headers = headers if origin is None else [*(headers or ()), *origin]
+                produce(topic, key, value, callback, headers=row_headers)
+        else:
+            for key, value in zip(keys, values, strict=True):
+                produce(topic, key, value, callback, headers=headers)
         session.checkpoint.seal(progress, commit_lsn)
         if eos is not None:
             eos.sealed(commit_lsn, commit_lsn)
