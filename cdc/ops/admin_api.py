@@ -408,6 +408,7 @@ def _integrations_status(sync: Sync) -> dict[str, Any]:
             "older": s.older,
             "duplicate": s.duplicate,
             "echo": s.echo,
+            "rereads": s.rereads,
             "retried": s.retried,
             "dead_lettered": s.dead_lettered,
             "records": s.records,

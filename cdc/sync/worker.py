@@ -58,6 +58,7 @@ from cdc.core.text import storable
 from cdc.kafka.consumer import BatchFeed, group_consumer_config
 from cdc.kafka.publisher import Publisher, producer_config
 from cdc.state.store import StateStore
+from cdc.sync.reread import blind_creates, reread_signal, send_signal
 from cdc.sync.sinks.base import Outcome, Sink
 from mappers.entity import EntityOp, Mapper, Origin, TableEvent
 from schema_registry.serde import AvroDeserializer
@@ -94,6 +95,9 @@ class IntegrationStats:
     tombstones: int = 0
     no_operation: int = 0
     waits: int = 0
+    # Rows capture was asked to read again (an upsert would have created an entity
+    # without its unchanged TOAST values).
+    rereads: int = 0
     restarts: int = 0
     last_version: str | None = None
     last_error: str | None = None
@@ -314,6 +318,7 @@ class Applier:
             await self._wait_for_circuit(stop)
             try:
                 async with self._sink_lock:
+                    await self._reread_blind_creates(entries, ops)
                     results = await self.sink.apply(ops)
             except SinkUnavailable as exc:
                 attempt += 1
@@ -372,6 +377,24 @@ class Applier:
                         latencies.append(now_us - entry.event.ts_us)
             if rejected is not None:
                 await self.dead_letter(entry.msg, rejected, attempts=attempt + 1)
+
+    async def _reread_blind_creates(self, entries: list[_Entry], ops: list[EntityOp]) -> None:
+        """Ask capture to read again the rows whose upsert would create an entity without
+        the fields it cannot see (``cdc.sync.reread``)."""
+        blind = await blind_creates(self.sink, ops)
+        if not blind:
+            return
+        owners = [entry.event for entry in entries for _ in entry.ops]
+        signal = reread_signal([owners[i] for i in blind])
+        if signal is not None:
+            await send_signal(self.config.source.dsn.get_secret_value(), signal)
+            self.stats.rereads += len(blind)
+            self.log.info(
+                "%s: %d upserts would create entities without unchanged TOAST values; "
+                "asked capture to read those rows again",
+                self.name,
+                len(blind),
+            )
 
     async def _wait_for_circuit(self, stop: asyncio.Event) -> None:
         """Return when the circuit lets a call through; probes the target while open."""

@@ -42,7 +42,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -56,7 +56,6 @@ from cdc.capture.encoding.table_encoding import TableEncoding
 from cdc.capture.exactly_once import ExactlyOnce
 from cdc.capture.pgoutput import UNCHANGED, Column, LogicalMessage, Relation, TupleValues
 from cdc.capture.snapshot.plan import (
-    SIGNAL_PREFIX,
     SOURCE_SNAPSHOT,
     WATERMARK_PREFIX,
     ChangeHistory,
@@ -68,6 +67,7 @@ from cdc.capture.snapshot.plan import (
     SnapshotMessageError,
     SnapshotSignal,
     Watermark,
+    decode_signal,
     key_of,
     wants_initial,
 )
@@ -77,6 +77,7 @@ from cdc.config import Config
 from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER, origin_name
 from cdc.core.errors import SourceUnavailable, first_line
 from cdc.core.lsn import Lsn
+from cdc.core.signals import SIGNAL_PREFIX, RereadSignal
 from cdc.kafka.publisher import Publisher
 from cdc.state.store import StateStore, pipeline_id
 from schema_registry.serde import AvroSerializer
@@ -243,6 +244,7 @@ class _Job:
     # are known once the shape is, from ``tuples`` (stream tuples) when not given.
     keys: list[Key] | None = None
     tuples: list[TupleValues] = field(default_factory=list)
+    key_maps: list[Mapping[str, str | None]] = field(default_factory=list)  # {column: text}
     # Keys of this read dropped for a change that left a TOAST value out: read again.
     reread: set[Key] = field(default_factory=set)
     held: _Save | None = None  # the chunk progress a re-read completes
@@ -280,7 +282,7 @@ class Snapshotter:
         self._queue: deque[_Job] = deque()
         self._job: _Job | None = None
         self._saves: deque[_Save] = deque()
-        self._signals: list[SnapshotSignal] = []
+        self._signals: list[SnapshotSignal | RereadSignal] = []
         self._writers: dict[tuple[int, str], tuple[TableEncoding, EnvelopeWriter]] = {}
         self._session_id = uuid.uuid4().hex[:12]
         self._chunks = 0
@@ -360,7 +362,7 @@ class Snapshotter:
             return True
         if msg.prefix == SIGNAL_PREFIX:
             try:
-                self._signals.append(SnapshotSignal.decode(msg.content))
+                self._signals.append(decode_signal(msg.content))
             except SnapshotMessageError as exc:
                 log.warning("ignoring a malformed signal: %s", exc)
             return True
@@ -423,7 +425,7 @@ class Snapshotter:
             and job.keys is None
             and not job.tuples
             and self._queue
-            and self._queue[0].tuples
+            and (self._queue[0].tuples or self._queue[0].key_maps)
         ):
             # Between two chunks: a key re-read (a primary-key change) goes first.
             self._queue.appendleft(job)
@@ -432,7 +434,7 @@ class Snapshotter:
             if not self._queue:
                 return
             job = self._job = self._queue.popleft()
-            if job.keys is None and not job.tuples and job.published == 0:
+            if job.keys is None and not job.tuples and not job.key_maps and job.published == 0:
                 job.started = time.monotonic()
                 log.info("%s snapshot of %s starting", job.kind, job.table)
         try:
@@ -441,10 +443,13 @@ class Snapshotter:
                 if job.shape is None:
                     self._job = None
                     return
-            if job.tuples:
+            if job.tuples or job.key_maps:
                 positions = job.shape.pk_positions
-                job.keys = sorted({key_of(t, positions) for t in job.tuples}, key=repr)
-                job.tuples = []
+                names = [job.shape.relation.columns[i].name for i in positions]
+                wanted = {key_of(t, positions) for t in job.tuples}
+                wanted.update(tuple(m.get(n) for n in names) for m in job.key_maps)
+                job.keys = sorted(wanted, key=repr)
+                job.tuples, job.key_maps = [], []
             if job.phase == "idle":
                 job.truncated = False
                 self._chunks += 1
@@ -721,6 +726,9 @@ class Snapshotter:
         assert store is not None
         signals, self._signals = self._signals, []
         for signal in signals:
+            if isinstance(signal, RereadSignal):
+                self._take_reread(signal)
+                continue
             for table in signal.tables:
                 if table not in self._tables:
                     log.warning("snapshot of %s requested, but it is not in source.tables", table)
@@ -736,6 +744,16 @@ class Snapshotter:
                 self._cancel(table)
                 log.info("incremental snapshot of %s requested (%s)", table, signal.request)
                 self._queue.append(_Job(table, key.kind, key.request, key.key, row.rows))
+
+    def _take_reread(self, signal: RereadSignal) -> None:
+        """Queue the re-read of the signal's keys, before the next chunk of anything."""
+        for table, keys in signal.keys.items():
+            if table not in self._tables:
+                log.warning("re-read of %s requested, but it is not in source.tables", table)
+                continue
+            if keys:
+                job = _Job(table, "incremental", signal.request, None, 0, key_maps=list(keys))
+                self._queue.appendleft(job)
 
     def _cancel(self, table: str) -> None:
         """Forget an earlier snapshot of ``table``: a new request supersedes it."""

@@ -193,6 +193,10 @@ class HttpSink:
                 retry_after_s=parse_retry_after(answer.retry_after),
             )
 
+    async def holding(self, entity: str, keys: Sequence[str]) -> set[str]:
+        held = await self.state.versions(self.integration, entity, keys=keys)
+        return {key for key, (_, deleted) in held.items() if not deleted}
+
     async def apply(self, ops: Sequence[EntityOp]) -> list[Result]:
         """Apply ``ops``; one result per operation, in order (see ``cdc.sync.sinks.base``)."""
         results: list[Result | None] = [None] * len(ops)

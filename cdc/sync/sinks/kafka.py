@@ -166,6 +166,12 @@ class KafkaEntitySink:
             await asyncio.to_thread(self._ensure_topic)
             self._topic_ready = True
 
+    async def holding(self, entity: str, keys: Sequence[str]) -> set[str]:
+        if self._state is None:
+            return {key for key in keys if key in self._known}
+        held = await self._state.versions(self.integration, entity, keys=keys)
+        return {key for key, (_, deleted) in held.items() if not deleted}
+
     async def probe(self) -> None:
         producer = self._ensure_producer()
         try:
