@@ -51,6 +51,7 @@ from cdc.config import Config
 from cdc.core.errors import ConfigError, FatalError, RetryableError, first_line
 from cdc.core.secrets import redact_dsn
 from cdc.inbound.endpoint import InboundEndpoint
+from cdc.kafka.client_log import with_logger
 from cdc.kafka.publisher import producer_config
 from cdc.ops.metrics import RuntimeCollector
 
@@ -115,7 +116,7 @@ class DependencyProbes:
             for k, v in conf.items()
             if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "client."))
         }
-        client = AdminClient(admin_conf)
+        client = AdminClient(with_logger(admin_conf))
         await asyncio.to_thread(client.list_topics, timeout=5)
 
     async def _registry(self) -> None:
