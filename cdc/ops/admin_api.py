@@ -187,7 +187,10 @@ class AdminApi:
 
     def _not_ready(self) -> Iterator[str]:
         if self.capture is not None and not self.capture.stats.connected:
-            yield "capture is not streaming from its replication slot"
+            why = self.capture.stats.last_error
+            yield "capture is not streaming from its replication slot" + (
+                f" (last error: {why})" if why else ""
+            )
         if self.sync is not None and not self.sync.ready.is_set():
             yield "sync workers are not running yet"
         for name in ("kafka", "registry"):
