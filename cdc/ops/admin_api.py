@@ -279,7 +279,13 @@ class AdminApi:
         assert sock is not None
         server = _QuietServer(
             uvicorn.Config(
-                self.app, log_level="warning", access_log=False, lifespan="off", loop="none"
+                self.app,
+                log_level="warning",
+                # No handlers of uvicorn's own: its records reach the configured format.
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                loop="none",
             )
         )
         probes = asyncio.create_task(self.probes.run(stop))

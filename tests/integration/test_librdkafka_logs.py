@@ -1,5 +1,7 @@
 """librdkafka's lines during a broker outage: log records in the configured format, bounded.
 
+(The admin listener's HTTP server, sent a request it cannot parse, logs in that format too.)
+
 ``cdcsync run`` (capture, a sync worker, the admin API's probes: several Kafka clients)
 streams against a broker of the test's own, which is then stopped for real. Every client
 retries its connection every few tens of milliseconds and librdkafka writes a line per
@@ -10,7 +12,9 @@ lines a second on stderr, also with ``logging.format: json``.
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +79,12 @@ def test_a_broker_outage_logs_librdkafka_as_json_records_a_bounded_number_of_tim
             time.sleep(0.2)
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO items VALUES (1, 'before the outage')")
+        # The admin listener's HTTP server logs too: a request it cannot parse.
+        found = re.search(r"admin API on http://127\.0\.0\.1:(\d+)", stderr.read_text())
+        assert found, stderr.read_text()
+        with socket.create_connection(("127.0.0.1", int(found[1])), timeout=5) as garbage:
+            garbage.sendall(b"\x16\x03\x01 not HTTP\r\n\r\n")
+            garbage.recv(1024)
         private_broker.stop()
         time.sleep(OUTAGE_S)  # the outage itself: what is logged during it is the subject
         assert proc.poll() is None, "a broker outage is waited out, not fatal"
@@ -83,6 +93,7 @@ def test_a_broker_outage_logs_librdkafka_as_json_records_a_bounded_number_of_tim
         proc.wait(30)
     lines = stderr.read_text().strip().splitlines()
     records = [json.loads(line) for line in lines]  # nothing raw, nothing else
+    assert any(r["logger"].startswith("uvicorn") for r in records), lines
     librdkafka = [r for r in records if r["logger"] == "cdcsync.librdkafka"]
     assert librdkafka, "librdkafka's lines did not reach the log"
     kinds = {(r["level"], r["message"].split(" ", 1)[0]) for r in librdkafka}
