@@ -10,6 +10,7 @@ replication slot and no publication behind.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -24,9 +25,13 @@ import httpx
 import psycopg
 import pytest
 import yaml
+from confluent_kafka import Producer
 
+from cdc.config import parse_config
+from cdc.core.errors import RegistryRefused
 from cdc.demo.throwaway import LocalPostgres, LocalRegistry, free_port
 from cdc.kafka.client_log import BURST
+from cdc.sync.runtime import Sync
 
 PASSWORD = "right-Pa55word"
 WRONG = "wrong-Pa55word"
@@ -264,3 +269,53 @@ def test_a_source_that_is_down_is_retried_with_the_reason_in_ready_and_status(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_registry_refusing_the_credentials_while_running_stops_sync_and_dead_letters_nothing(
+    pg_dsn: str, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the start checks (credentials changed on the registry while sync runs), every
+    record's schema look-up is refused: sync stops with ``RegistryRefused`` (exit 5) instead
+    of dead-lettering each record as undecodable."""
+    monkeypatch.setenv("CDCSYNC_TEST_REGISTRY_AUTH", f"cdc:{PASSWORD}")
+    registry = LocalRegistry(extra_args=("--basic-auth-env", "CDCSYNC_TEST_REGISTRY_AUTH"))
+    registry.start()
+    topic = f"{topic_prefix}.public.items"
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for n in range(3):  # Confluent framing: magic byte 0, schema id 1, then the Avro body
+        producer.produce(topic, value=b"\x00\x00\x00\x00\x01" + bytes([n]), key=str(n).encode())
+    assert producer.flush(30) == 0
+    config = parse_config(
+        {
+            "source": {"dsn": pg_dsn, "tables": ["public.items"]},
+            "kafka": {"bootstrap_servers": kafka_bootstrap, "topic_prefix": topic_prefix},
+            "registry": {"url": registry.url, "username": "cdc", "password": WRONG},
+            "admin": {"enabled": False},
+            "integrations": {
+                "items": {
+                    "topics": [topic],
+                    "mapper": {"entity": "Item", "key": "id", "fields": {"name": "name"}},
+                    "sink": {"type": "kafka", "topic": f"{topic_prefix}.entities.items"},
+                }
+            },
+        },
+        env={},
+    )
+
+    async def run_sync() -> BaseException | None:
+        stop = asyncio.Event()
+        try:
+            await asyncio.wait_for(Sync(config).run(stop), 60)
+        except Exception as exc:
+            return exc
+        return None
+
+    try:
+        error = asyncio.run(run_sync())
+    finally:
+        registry.stop()
+    assert isinstance(error, RegistryRefused), error
+    assert error.exit_code == 5 and "HTTP 401" in str(error)
+    with psycopg.connect(pg_dsn) as conn:
+        letters = conn.execute("SELECT count(*) FROM cdcsync.dead_letters").fetchone()
+    assert letters == (0,)
