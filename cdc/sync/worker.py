@@ -16,7 +16,8 @@ Invariants:
   dead-lettered; only a record that keeps failing while the target answers its health
   probe, a record the sink rejects, or one the mapper cannot map is dead-lettered.
 - No record stops the worker: whatever a record makes the decoder, the mapper or the sink
-  raise (other than a ``RetryableError``) dead-letters it; a dead letter the topic or the
+  raise (other than a ``RetryableError``, or the registry refusing the credentials, which
+  stops the worker) dead-letters it; a dead letter the topic or the
   state store refuses for good is kept where it can be (the store, else the log at error
   level with its origin), and the offset moves on.
 - A mapper waiting for a related entity (``RelationPending``) first lets the operations
@@ -45,6 +46,7 @@ from cdc.core.backoff import Backoff, BackoffPolicy
 from cdc.core.circuit_breaker import CircuitBreaker, CircuitState
 from cdc.core.errors import (
     BrokerUnavailable,
+    RegistryRefused,
     RelationPending,
     RetryableError,
     SinkRejected,
@@ -258,7 +260,7 @@ class Applier:
                 raw_key = msg.key()
                 key = None if raw_key is None else await self.deserializer.deserialize(raw_key)
                 event = TableEvent.from_envelope(envelope, key=key, origin=origin)
-            except RetryableError:
+            except (RetryableError, RegistryRefused):  # refused credentials: not the record's
                 raise
             except Exception as exc:  # undecodable, whatever the decoder raised
                 await self.dead_letter(msg, exc, attempts=1)
