@@ -407,7 +407,13 @@ def _run_roles(config: Config, *, capture: Capture | None = None, sync: Sync | N
         runs.append(freeze_when_ready(ready, stop))
         await asyncio.gather(*runs)
 
-    _run_until_signalled(main, shutdown_timeout_s=config.process.shutdown_timeout_s)
+    from cdc.core import tracing  # noqa: PLC0415
+
+    tracing.configure(config.tracing.settings())  # opt-in (tracing.enabled)
+    try:
+        _run_until_signalled(main, shutdown_timeout_s=config.process.shutdown_timeout_s)
+    finally:
+        tracing.shutdown()  # exports what is pending
 
 
 def _run_until_signalled(
