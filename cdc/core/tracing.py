@@ -5,9 +5,11 @@ provider with an OTLP exporter; until it is called with ``enabled: true`` nothin
 any work. The hops of a change and the helpers they call:
 
 - capture (``cdc.capture.session``): ``change_sampler()`` once per session; per sampled
-  change ``ChangeSampler.start`` opens a ``capture`` span (commit LSN, table, op, xid) with a
-  ``decode`` child (from the batch's arrival to the hand-over) and a ``publish`` child ended
-  by Kafka's acknowledgement; the record carries ``traceparent`` (and ``tracestate``);
+  change ``ChangeSampler.start`` opens one ``capture {table}`` span (commit LSN, table, op,
+  xid): it starts when the change's batch was read and decoding began, marks the hand-over
+  to the producer (event ``produce``) and ends at Kafka's acknowledgement (event ``ack``
+  with partition and offset, or an error status); the record carries its ``traceparent``.
+  One span, not three, since a sampled change's cost is mostly its spans (bench/capture.py);
 - sync (``cdc.sync.worker``): ``record_context`` reads a record's headers; ``span`` wraps
   the mapping, ``applying`` the sink call (one ``apply`` span per traced record),
   ``event_span`` marks a dead letter (its ``traceparent`` goes on the dead-letter record);
@@ -42,20 +44,20 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import SecretStr
 
 from cdc.core.errors import ConfigError
 from cdc.core.secrets import redact_dsn
+
+if TYPE_CHECKING:  # the SDK is imported by ``configure`` only: nothing to load when off
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
     "ENABLED",
@@ -124,6 +126,11 @@ def configure(
     shutdown()
     if not settings.enabled:
         return
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased  # noqa: PLC0415
+
     where = "the given exporter" if exporter or processor else redact_dsn(settings.endpoint)
     provider = TracerProvider(
         resource=Resource.create({"service.name": settings.service_name}),
@@ -226,46 +233,43 @@ class ChangeSampler:
         headers: KafkaHeaders | None,
         on_delivery: Callable[[Any, Any], None],
     ) -> tuple[KafkaHeaders, Callable[[Any, Any], None]]:
-        """Open the spans of a sampled change: (its record headers, its delivery callback).
+        """Open the span of a sampled change: (its record headers, its delivery callback).
 
-        The callback ends the spans at Kafka's acknowledgement (or failure), then calls
+        The callback ends the span at Kafka's acknowledgement (or failure), then calls
         ``on_delivery``; a delete's tombstone shares it and only the first report counts.
         """
-        tracer = self._tracer
-        root = tracer.start_span(
+        opened = self._tracer.start_span(
             f"capture {table}",
             start_time=decoded_ns,
+            kind=SpanKind.PRODUCER,
             attributes={
                 "cdc.commit_lsn": str(commit_lsn),
                 "cdc.table": table,
                 "cdc.op": op,
                 "cdc.xid": xid,
+                "messaging.system": "kafka",
+                "messaging.destination.name": topic,
             },
         )
-        parent = trace.set_span_in_context(root)
-        tracer.start_span("decode", context=parent, start_time=decoded_ns).end()
-        publish = tracer.start_span(
-            f"{topic} publish",
-            context=parent,
-            kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": topic},
-        )
-        carried: KafkaHeaders = [(TRACEPARENT, _traceparent(publish))]
-        open_ = [publish, root]
+        opened.add_event("produce")
+        carried: KafkaHeaders = [(TRACEPARENT, _traceparent(opened))]
+        open_ = [opened]
 
         def delivered(err: Any, msg: Any) -> None:
             if open_:
+                open_.clear()
                 if err is not None:
-                    publish.set_status(Status(StatusCode.ERROR, str(err)))
+                    opened.set_status(Status(StatusCode.ERROR, str(err)))
                 else:
                     with contextlib.suppress(Exception):
-                        publish.set_attribute("messaging.kafka.offset", int(msg.offset()))
-                        publish.set_attribute(
-                            "messaging.destination.partition.id", str(msg.partition())
+                        opened.add_event(
+                            "ack",
+                            {
+                                "messaging.destination.partition.id": str(msg.partition()),
+                                "messaging.kafka.offset": int(msg.offset()),
+                            },
                         )
-                for span_ in open_:
-                    span_.end()
-                open_.clear()
+                opened.end()
             on_delivery(err, msg)
 
         return (carried if headers is None else [*headers, *carried]), delivered

@@ -228,15 +228,13 @@ def test_one_trace_links_a_source_commit_to_the_crm_request_and_an_inbound_reque
     assert commit.attributes["cdc.table"] == "public.customers"
     assert commit.attributes["cdc.op"] == "c"
     assert before < Lsn.parse(commit.attributes["cdc.commit_lsn"]) <= after
-    publish = by_name[f"{sync_env.capture.prefix}.public.customers publish"]
-    assert publish.parent_span_id == commit.span_id
-    assert by_name["decode"].parent_span_id == commit.span_id
-    # Sync continued the trace from the record's headers: map and apply under the publish span.
+    assert commit.attributes["messaging.destination.name"].endswith(".public.customers")
+    # Sync continued the trace from the record's headers: map and apply under capture's span.
     crm_spans = [s for s in spans if s.attributes.get("cdc.integration") == "crm"]
     apply = next(s for s in crm_spans if s.name == "apply")
     assert {s.service for s in crm_spans} == {"cdcsync-sync"}
-    assert apply.parent_span_id == publish.span_id
-    assert any(s.name == "map" and s.parent_span_id == publish.span_id for s in crm_spans)
+    assert apply.parent_span_id == commit.span_id
+    assert any(s.name == "map" and s.parent_span_id == commit.span_id for s in crm_spans)
     # ... and the CRM's request carries the apply span as its parent.
     assert parent_span_id == apply.span_id
 
@@ -253,8 +251,8 @@ def test_one_trace_links_a_source_commit_to_the_crm_request_and_an_inbound_reque
     refused_trace = refused[0].split("-")[1]
     spans = otlp.wait_trace(refused_trace, lambda spans: "dead-letter" in {s.name for s in spans})
     dead = next(s for s in spans if s.name == "dead-letter")
-    refused_publish = next(s for s in spans if s.name.endswith(" publish"))
-    assert dead.parent_span_id == refused_publish.span_id
+    refused_capture = next(s for s in spans if s.name == "capture public.customers")
+    assert dead.parent_span_id == refused_capture.span_id
     assert dead.attributes["cdc.integration"] == "crm"
     assert "HTTP 400" in dead.attributes["cdc.error"]
 
