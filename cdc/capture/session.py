@@ -57,6 +57,7 @@ from cdc.capture.exactly_once import (
     positions_topic,
 )
 from cdc.capture.pgoutput import (
+    UNCHANGED,
     Begin,
     Commit,
     Decoder,
@@ -78,7 +79,7 @@ from cdc.capture.snapshot.runner import Snapshotter
 from cdc.capture.spool import TransactionSpool
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
-from cdc.config.names import ORIGIN_HEADER
+from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER
 from cdc.core import tracing
 from cdc.core.errors import (
     BrokerUnavailable,
@@ -331,6 +332,8 @@ class CaptureSession:
             # A write made under a replication origin (cdcsync's inbound apply, or another
             # replicator): its events say so in a header, so sync can avoid echoes.
             self.headers = [(ORIGIN_HEADER, msg.name.encode())]
+            if msg.origin_lsn:
+                self.headers.append((ORIGIN_LSN_HEADER, str(int(msg.origin_lsn)).encode()))
         # Type messages need no action: types are read from the catalog.
 
     def begin(self, tx: TxContext) -> None:
@@ -425,6 +428,10 @@ class CaptureSession:
                     ),
                     key=new_key,
                 )
+                if any(v is UNCHANGED for v in msg.new):
+                    # The new key's create holds a TOAST placeholder no event filled.
+                    rel = enc.relation
+                    self.snapshots.reread(f"{rel.namespace}.{rel.name}", msg.new)
                 return
         change = Change(
             OP_UPDATE,
