@@ -408,11 +408,16 @@ def _run_roles(config: Config, *, capture: Capture | None = None, sync: Sync | N
         runs.append(freeze_when_ready(ready, stop))
         await asyncio.gather(*runs)
 
+    from cdc.core import tracing  # noqa: PLC0415
     from cdc.ops.preflight import preflight  # noqa: PLC0415
 
     # Before anything is created (slot, publication, consumer group): refused for good exits.
     asyncio.run(preflight(config, capture=capture is not None, sync=sync is not None))
-    _run_until_signalled(main, shutdown_timeout_s=config.process.shutdown_timeout_s)
+    tracing.configure(config.tracing.settings())  # opt-in (tracing.enabled)
+    try:
+        _run_until_signalled(main, shutdown_timeout_s=config.process.shutdown_timeout_s)
+    finally:
+        tracing.shutdown()  # exports what is pending
 
 
 def _run_until_signalled(

@@ -80,6 +80,7 @@ from cdc.capture.spool import TransactionSpool
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
 from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER
+from cdc.core import tracing
 from cdc.core.errors import (
     BrokerUnavailable,
     DecodeError,
@@ -153,6 +154,8 @@ class CaptureSession:
         self.snapshots = Snapshotter(self, created_slot=created_slot)
         # The Kafka headers of the transaction's events: its replication origin, if any.
         self.headers: list[tuple[str, str | bytes | None]] | None = None
+        # Tracing (cdc.core.tracing): None when off, the one value the hot path checks.
+        self.trace = tracing.change_sampler()
 
     async def open(self) -> None:
         cfg = self.cfg
@@ -475,6 +478,18 @@ class CaptureSession:
         if eos is not None:
             txn = eos.event_headers(self.confirmable())
             headers = txn if headers is None else [*txn, *headers]
+        trace = self.trace
+        if trace is not None and trace.due():  # a sampled change: its spans and traceparent
+            headers, callback = trace.start(
+                topic=enc.topic,
+                table=f"{enc.relation.namespace}.{enc.relation.name}",
+                op=change.op,
+                commit_lsn=change.tx.commit_lsn,
+                xid=change.tx.xid,
+                decoded_ns=self.now_ms * 1_000_000,
+                headers=headers,
+                on_delivery=callback,
+            )
         Checkpoint.sent(progress)
         publisher.produce(enc.topic, key_bytes, value_bytes, callback, headers=headers)
         self.stats.events += 1

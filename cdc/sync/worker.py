@@ -42,6 +42,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from cdc.config import Config, IntegrationConfig
 from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER, origin_name
+from cdc.core import tracing
 from cdc.core.backoff import Backoff, BackoffPolicy
 from cdc.core.circuit_breaker import CircuitBreaker, CircuitState
 from cdc.core.errors import (
@@ -153,6 +154,7 @@ class _Entry:
     dead_lettered: bool = False
     # Nonzero: a write this integration made itself (inbound), with its echo token.
     echo_token: int = 0
+    trace: Any = None  # the trace the record carries (cdc.core.tracing), when tracing is on
 
 
 class Applier:
@@ -197,6 +199,9 @@ class Applier:
     async def handle(self, msgs: Sequence[Message], stop: asyncio.Event) -> None:
         """Map and apply ``msgs`` (one consumed batch) completely, or raise."""
         entries = await self._decode(msgs)
+        if tracing.ENABLED:
+            for entry in entries:
+                entry.trace = tracing.record_context(entry.msg.headers())
         await self._prefetch_relations(entries)
         pending: list[_Entry] = []
         for entry in entries:
@@ -204,7 +209,7 @@ class Applier:
                 raise asyncio.CancelledError
             while not entry.mapped:
                 try:
-                    entry.ops = list(self.mapper(entry.event, self.context))
+                    entry.ops = self._map(entry)
                     break
                 except RelationPending as exc:
                     # What it waits for may be in the operations mapped so far.
@@ -276,7 +281,7 @@ class Applier:
         wanted: dict[tuple[str, str], set[str]] = {}
         for entry in entries:
             try:
-                entry.ops = list(self.mapper(entry.event, self.context))
+                entry.ops = self._map(entry)
                 entry.mapped = True
             except RelationPending as exc:
                 wanted.setdefault((exc.integration, exc.entity), set()).add(exc.key)
@@ -321,7 +326,10 @@ class Applier:
             try:
                 async with self._sink_lock:
                     await self._reread_blind_creates(entries, ops)
-                    results = await self.sink.apply(ops)
+                    with tracing.applying(
+                        ((e.trace, e.ops) for e in entries), {"cdc.integration": self.name}
+                    ):
+                        results = await self.sink.apply(ops)
             except SinkUnavailable as exc:
                 attempt += 1
                 self.stats.retried += 1
@@ -397,6 +405,13 @@ class Applier:
                 self.name,
                 len(blind),
             )
+
+    def _map(self, entry: _Entry) -> list[EntityOp]:
+        """The mapper's operations for ``entry``, in a ``map`` span when it is traced."""
+        if entry.trace is None:
+            return list(self.mapper(entry.event, self.context))
+        with tracing.span("map", entry.trace, {"cdc.integration": self.name}):
+            return list(self.mapper(entry.event, self.context))
 
     async def _wait_for_circuit(self, stop: asyncio.Event) -> None:
         """Return when the circuit lets a call through; probes the target while open."""
@@ -503,6 +518,9 @@ class Applier:
             ("cdcsync.origin.offset", str(origin.offset).encode()),
             ("cdcsync.timestamp", datetime.now(UTC).isoformat().encode()),
         ]
+        headers += tracing.event_span(
+            "dead-letter", msg.headers(), {"cdc.integration": self.name, "cdc.error": reason}
+        )
         key, payload = msg.key(), msg.value()
         partition: int | None = None
         offset: int | None = None

@@ -52,6 +52,7 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 from cdc.config import HttpSinkConfig
+from cdc.core import tracing
 from cdc.core.errors import SinkRejected, SinkUnavailable
 from cdc.core.secrets import redact_dsn
 from cdc.state.store import StateStore, VersionGuard
@@ -291,6 +292,7 @@ class HttpSink:
         if self._secret is not None:
             digest = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
             headers["X-Signature"] = f"sha256={digest}"
+        tracing.inject_op(op, headers)  # traceparent of the change's trace, when traced
         what = f"{method} {op.entity} {op.key!r}"
         try:
             answer = await self._request(method, url, body=body or None, headers=headers)
