@@ -12,6 +12,8 @@ Endpoints (JSON unless noted):
   integration; the others go on.
 - ``POST|PUT|DELETE /inbound/{integration}/{entity}/{external_id}``: external changes
   (``cdc.inbound.endpoint``), authenticated per integration rather than by ``admin.token``.
+- ``/console/``: the web console (``cdc.ops.console``), HTML for people, under the same
+  token (a login form sets a session cookie); ``GET /`` redirects there.
 
 With ``admin.token`` set, every endpoint except /health and /ready asks for
 ``Authorization: Bearer TOKEN`` (401 otherwise). The listener binds ``admin.listen``
@@ -44,7 +46,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from cdc.config import Config
@@ -53,6 +55,7 @@ from cdc.core.secrets import redact_dsn
 from cdc.inbound.endpoint import InboundEndpoint
 from cdc.kafka.client_log import with_logger
 from cdc.kafka.publisher import producer_config
+from cdc.ops.console import Console
 from cdc.ops.metrics import RuntimeCollector
 
 if TYPE_CHECKING:
@@ -146,6 +149,9 @@ class AdminApi:
         self.port = 0
         self._sock: socket.socket | None = None
         self.inbound = InboundEndpoint.from_config(config)
+        self.console = Console(
+            config, capture=capture, sync=sync, token=self._token, status=self.status_document
+        )
         self.app = Starlette(
             routes=[
                 Route("/health", self.health),
@@ -156,6 +162,8 @@ class AdminApi:
                 Route("/integrations/{name}/resume", self.resume, methods=["POST"]),
                 # Inbound changes authenticate per integration, not with the admin token.
                 *(self.inbound.routes() if self.inbound is not None else []),
+                Route("/", lambda _request: RedirectResponse("/console/", 303)),
+                *self.console.routes(),
             ]
         )
 
@@ -289,6 +297,7 @@ class AdminApi:
             )
         )
         probes = asyncio.create_task(self.probes.run(stop))
+        console = asyncio.create_task(self.console.run(stop))
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         try:
             await stop.wait()
@@ -299,6 +308,9 @@ class AdminApi:
             probes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probes
+            console.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await console
             sock.close()
             self._sock = None
             if self.inbound is not None:
