@@ -41,14 +41,7 @@ from cdc.core.circuit_breaker import CircuitState
 from cdc.core.errors import first_line
 from cdc.ops.console import formatting
 from cdc.ops.console.dead_letters import DeadLetterDesk, ReplayBusy
-from cdc.ops.console.sampler import (
-    CAPTURE_COUNTERS,
-    CAPTURE_GAUGES,
-    HISTORY_S,
-    SYNC_COUNTERS,
-    SYNC_GAUGES,
-    Sampler,
-)
+from cdc.ops.console.sampler import HISTORY_S, SYNC_COUNTERS, SYNC_GAUGES, Sampler
 from cdc.ops.console.session import CSRF_FIELD, Sessions
 
 if TYPE_CHECKING:
@@ -337,16 +330,11 @@ class Console:
     async def series(self, request: Request) -> Response:
         name = request.path_params["name"]
         since = time.time() - HISTORY_S
-        if name == "_capture":
-            data = self.sampler.capture_series.columns(
-                since=since, counters=CAPTURE_COUNTERS, gauges=CAPTURE_GAUGES
-            )
-        elif self._known(request) is None:
+        if self._known(request) is None:
             return JSONResponse({"error": f"integration {name!r} does not run here"}, 404)
-        else:
-            data = self.sampler.series(name).columns(
-                since=since, counters=SYNC_COUNTERS, gauges=SYNC_GAUGES
-            )
+        data = self.sampler.series(name).columns(
+            since=since, counters=SYNC_COUNTERS, gauges=SYNC_GAUGES
+        )
         return JSONResponse({"interval_s": self.sampler.interval_s, **data})
 
     # ------------------------------------------------------------------ actions
