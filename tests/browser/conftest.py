@@ -1,5 +1,9 @@
-"""Fixtures of the console's browser tests: one ``cdcsync run`` per module, one Chromium per
-session, a fresh browser context per test that fails the test on any console error."""
+"""Fixtures of the console's browser tests: one ``cdcsync run`` and one Chromium per module,
+a fresh browser context per test that fails the test on any console error.
+
+Playwright's synchronous API keeps an event loop marked running in this thread while it is
+started, which makes ``asyncio.run`` in later tests fail: it is started and stopped per
+module, never for the whole session."""
 
 from __future__ import annotations
 
@@ -18,13 +22,13 @@ from tests.fix_servers import unavailable
 from tests.integration.sync_harness import SyncEnv
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     path = chromium_path()
     if path is None:
