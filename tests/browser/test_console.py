@@ -126,6 +126,16 @@ def test_dead_letters_are_listed_and_replayed_one_and_then_all_from_the_page(
     )
     expect(page.get_by_test_id("no-dead-letters")).to_be_visible()
     assert set(REJECTED) <= set(env.crm_contacts())
+    # A refresh of the list (as its poll does every 10 s) keeps the replay's message.
+    page.evaluate(
+        """() => new Promise((settled) => {
+            document.body.addEventListener("htmx:afterSettle", settled, {once: true});
+            htmx.ajax("GET", "/console/integrations/crm/parts/dead-letters",
+                      {target: "#dead-letters", swap: "innerHTML"});
+        })"""
+    )
+    expect(page.get_by_test_id("no-dead-letters")).to_be_visible()
+    expect(page.get_by_test_id("replay-result")).to_have_text("Replay: 2 replayed (2 applied).")
     page.goto(run.url + "/console/")
     expect(row(page, "crm", "dead-letters")).to_have_text("0", timeout=10_000)
 
