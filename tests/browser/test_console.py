@@ -103,7 +103,6 @@ def test_dead_letters_are_listed_and_replayed_one_and_then_all_from_the_page(
         "the CRM's refusals are dead-lettered",
         lambda: run.api("/status")["integrations"]["crm"]["dead_lettered"] >= len(REJECTED),
     )
-    env.crm.store.clear_faults()
     log_in(page, run)
     page.goto(run.url + "/console/integrations/crm")
     letters = page.locator("#dead-letter-table tbody tr")
@@ -112,7 +111,16 @@ def test_dead_letters_are_listed_and_replayed_one_and_then_all_from_the_page(
     expect(letters.first).to_contain_text("400")
     expect(letters.first.locator("summary")).to_contain_text("Customer 9001")
 
+    # While the CRM still refuses it, a replay fails again and the dead letter stays.
     first_id = letters.first.get_attribute("data-dead-letter")
+    page.locator(f"#replay-{first_id}").click()
+    expect(page.get_by_test_id("replay-result")).to_contain_text(
+        f"0 replayed (0 applied), 1 failed again (#{first_id}: ", timeout=20_000
+    )
+    expect(letters).to_have_count(3)
+    expect(letters.first).to_contain_text("(+1 replays)")
+
+    env.crm.store.clear_faults()
     page.locator(f"#replay-{first_id}").click()
     expect(page.get_by_test_id("replay-result")).to_have_text(
         "Replay: 1 replayed (1 applied).", timeout=20_000
@@ -138,6 +146,25 @@ def test_dead_letters_are_listed_and_replayed_one_and_then_all_from_the_page(
     expect(page.get_by_test_id("replay-result")).to_have_text("Replay: 2 replayed (2 applied).")
     page.goto(run.url + "/console/")
     expect(row(page, "crm", "dead-letters")).to_have_text("0", timeout=10_000)
+
+
+def test_a_target_outage_shows_as_an_open_circuit_with_its_error_and_failed_checks(
+    console: Console, page: Page
+) -> None:
+    env, run = console
+    log_in(page, run)
+    env.crm.store.set_faults(status=503, count=100_000)
+    try:
+        expect(row(page, "crm", "state")).to_have_text("circuit open", timeout=15_000)
+        expect(row(page, "crm", "last-error")).to_contain_text("503")
+        expect(row(page, "analytics", "state")).to_have_text("running")
+        page.locator("#open-crm").click()
+        expect(page.locator("#checks tbody tr").first).to_contain_text("failed")
+        expect(page.locator("#checks tbody tr").first).to_contain_text("503")
+    finally:
+        env.crm.store.clear_faults()
+    expect(page.locator("#summary").get_by_test_id("state")).to_have_text("running", timeout=15_000)
+    expect(page.locator("#checks tbody tr").first).to_contain_text("healthy")
 
 
 def test_the_console_needs_the_token_and_its_actions_a_csrf_token(console: Console) -> None:
