@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
 
 from cdc.config import Config
+from cdc.kafka.client_log import with_logger
 from cdc.kafka.consumer import producer_only
 from cdc.kafka.replay_plan import end_offset, replay_consumer_config
 
@@ -46,7 +47,9 @@ class GroupLag:
                 for k, v in self.config.kafka.client_properties().items()
                 if not producer_only(k)
             }
-            group = Consumer({**base, "group.id": group_id, "enable.auto.commit": False})
+            group = Consumer(
+                with_logger({**base, "group.id": group_id, "enable.auto.commit": False})
+            )
             reader = Consumer(replay_consumer_config(self.config, name))
             pair = self._clients[name] = (group, reader)
         return pair
