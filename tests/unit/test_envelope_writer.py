@@ -98,6 +98,8 @@ def changes(draw: st.DrawFn) -> Change:
         commit_lsn=Lsn(draw(st.integers(0, 2**63 - 1))),
         commit_ts_us=draw(st.integers(0, 2**53)),
         last_commit_lsn=draw(st.one_of(st.none(), st.integers(0, 2**63 - 1).map(Lsn))),
+        origin=draw(st.one_of(st.none(), text)),
+        origin_lsn=draw(st.one_of(st.none(), st.integers(0, 2**63 - 1))),
     )
     lsn = Lsn(draw(st.integers(0, 2**63 - 1)))
     seq = draw(st.integers(1, 2**31))

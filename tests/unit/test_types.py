@@ -65,7 +65,7 @@ INT4_ARRAY, TEXT_ARRAY, NUMERIC_ARRAY, BOX_ARRAY, BYTEA_ARRAY, TSTZ_ARRAY = (
     1001,
     1185,
 )
-INET, POINT, INT4RANGE, TSVECTOR = 869, 600, 3904, 3614
+INET, POINT, INT4RANGE, TSVECTOR, BIT, VARBIT = 869, 600, 3904, 3614, 1560, 1562
 
 
 def numeric_typmod(precision: int, scale: int) -> int:
@@ -292,14 +292,87 @@ def test_bytea_follows_the_binary_handling_mode() -> None:
     assert mode(BinaryHandling.HEX) == "fbff01"
 
 
-def test_network_geometry_range_and_search_types_stay_text() -> None:
-    for oid, text in (
-        (INET, "2001:db8::1/64"),
-        (INT4RANGE, "[1,5)"),
-        (TSVECTOR, "'a':1"),
-    ):
+def test_network_and_range_types_stay_text() -> None:
+    for oid, text in ((INET, "2001:db8::1/64"), (INT4RANGE, "[1,5)")):
         assert codec(oid).avro_type == "string"
         assert codec(oid).decode(text) == text
+
+
+def test_tsvector_is_its_text_named_as_debezium() -> None:
+    column = codec(TSVECTOR)
+    assert column.avro_type == {
+        "type": "string",
+        "connect.version": 1,
+        "connect.name": "io.debezium.data.Tsvector",
+    }
+    assert column.decode("'a':1 'cat':2") == "'a':1 'cat':2"
+
+
+def test_bit_1_is_a_boolean_and_longer_bit_strings_are_debezium_bits_little_endian() -> None:
+    assert codec(BIT, 1).avro_type == "boolean"
+    assert codec(BIT, 1).decode("1") is True
+    assert codec(BIT, 1).decode("0") is False
+    bit3 = codec(BIT, 3)
+    assert bit3.avro_type == {
+        "type": "bytes",
+        "connect.version": 1,
+        "connect.parameters": {"length": "3"},
+        "connect.name": "io.debezium.data.Bits",
+    }
+    assert bit3.decode("101") == b"\x05"
+    assert bit3.decode("000") == b""  # as java.util.BitSet.toByteArray
+    varbit = codec(VARBIT)
+    assert varbit.avro_type["connect.parameters"] == {"length": "2147483647"}  # type: ignore[index]
+    assert varbit.decode("1100110011") == b"3\x03"
+    assert varbit.decode("") == b""
+    assert codec(VARBIT, 9).decode("111111111") == b"\xff\x01"
+    assert round_trip(varbit, varbit.decode("10000000")) == b"\x80"  # unsigned: no sign byte
+    with pytest.raises(DecodeError):
+        varbit.decode("12")
+
+
+def test_types_debezium_leaves_out_are_text_marked_as_skipped() -> None:
+    for oid in (601, 602, 603, 604, 628, 718, 3220, 3615):
+        column = codec(oid)
+        assert column.debezium_skips
+        assert column.avro_type == "string"
+    assert not codec(INET).debezium_skips
+    assert not codec(POINT).debezium_skips
+
+
+def test_unchanged_toast_placeholders_of_arrays_are_debeziums() -> None:
+    raw = list(DEFAULTS.unavailable_value.encode())
+    assert codec(INT4_ARRAY).unavailable == raw
+    assert codec(1182).unavailable == raw  # date[]
+    assert codec(1016).unavailable == raw  # bigint[]
+    assert codec(TEXT_ARRAY).unavailable == [DEFAULTS.unavailable_value]
+    assert codec(BYTEA_ARRAY).unavailable == [DEFAULTS.unavailable_value.encode()]
+    # java.util.UUID.nameUUIDFromBytes of the placeholder, as Debezium 3.6 writes it
+    assert codec(2951).unavailable == ["b68a35a7-17ad-35b3-af2a-ae46edb4545a"]
+    # other arrays: null
+    assert codec(NUMERIC_ARRAY).unavailable is None
+    assert codec(1000).unavailable is None  # boolean[]
+    # a non-ASCII placeholder: Java's signed bytes
+    options = TypeOptions(unavailable_value="é")
+    assert codec(INT4_ARRAY, options=options).unavailable == [-61, -87]
+
+
+def test_unchanged_toast_placeholder_of_hstore_maps_the_placeholder_to_itself() -> None:
+    hstore = PgType(16400, "public", "hstore", "b", "U", None, None, -1, ())
+    p = DEFAULTS.unavailable_value
+    assert codec(16400, hstore=hstore).unavailable == f'{{"{p}":"{p}"}}'
+    as_map = codec(16400, options=TypeOptions(hstore_handling=HstoreHandling.MAP), hstore=hstore)
+    assert as_map.unavailable == {p: p}
+
+
+def test_a_numeric_array_holding_nan_is_null_as_debezium_writes_it() -> None:
+    column = codec(NUMERIC_ARRAY)
+    assert column.decode("{NaN}") is None
+    assert column.decode("{1.5,NULL,-2}") == [
+        {"scale": 1, "value": b"\x0f"},
+        None,
+        {"scale": 0, "value": b"\xfe"},
+    ]
 
 
 # --- dates and times -----------------------------------------------------------------------------

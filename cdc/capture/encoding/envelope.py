@@ -15,6 +15,8 @@ For a relation ``schema.table`` under topic prefix ``P`` this module derives:
   unchanged TOAST value and is NOT in the row: their placeholder must never be written).
 
 Invariants:
+- Columns of a type Debezium leaves out (``ColumnCodec.debezium_skips``) are in the
+  row only with ``additive_fields``.
 - Key columns and NOT NULL columns (``ColumnFacts``, read from the catalog) are
   required; a column's constant default is in its schema (``default`` and
   ``connect.default``) as Debezium puts it; every other column is optional.
@@ -86,12 +88,16 @@ class TxContext:
 
     ``last_commit_lsn``: the end of the previous transaction this session saw (Debezium's
     ``lsn_commit``, the first element of ``source.sequence``); None for the first one.
+    ``origin``, ``origin_lsn``: the replication origin the transaction was written under
+    (pgoutput's Origin message), Debezium's ``source.origin`` and ``source.origin_lsn``.
     """
 
     xid: int
     commit_lsn: Lsn
     commit_ts_us: int
     last_commit_lsn: Lsn | None = None
+    origin: str | None = None
+    origin_lsn: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +335,8 @@ class RelationEncoder:
         seen: set[str] = set()
         facts = columns or {}
         for i, (col, codec) in enumerate(zip(relation.columns, codecs, strict=True)):
+            if codec.debezium_skips and not additive_fields and not is_key_flags[i]:
+                continue  # a type Debezium leaves out of its events
             value_type = value_types[i]
             name = avro_name(col.name)
             while name in seen:
@@ -349,9 +357,10 @@ class RelationEncoder:
             filler = default if default is not _NO_DEFAULT else None
             if filler is None and required:
                 filler = _zero(codec.avro_type, codec.unavailable)
-            field = _Field(
-                i, name, col.name, codec.decode, codec.unavailable, default, required, filler
-            )
+            # An array without a typed placeholder is null, as Debezium writes it (a
+            # required one takes its filler).
+            placeholder = filler if codec.unavailable is None else codec.unavailable
+            field = _Field(i, name, col.name, codec.decode, placeholder, default, required, filler)
             fields.append(field)
             entry: dict[str, Any] = {"name": name}
             if name != col.name:
@@ -437,6 +446,11 @@ class RelationEncoder:
         }
 
     @property
+    def data_collection(self) -> str:
+        """Debezium's name of the table: ``schema.table``."""
+        return f"{self.relation.namespace}.{self.relation.name}"
+
+    @property
     def has_key(self) -> bool:
         return self.key_schema is not None
 
@@ -467,10 +481,10 @@ class RelationEncoder:
         TOAST column takes instead of the placeholder, as Debezium does. ``key_only``:
         ``values`` is a key-only before-image; its missing columns take their defaults.
         """
-        if len(values) != len(self._fields):
+        if len(values) != len(self.relation.columns):
             raise DecodeError(
                 f"{self.relation.namespace}.{self.relation.name}: tuple has {len(values)} "
-                f"columns, relation has {len(self._fields)}"
+                f"columns, relation has {len(self.relation.columns)}"
             )
         out: dict[str, Any] = {}
         for f in self._fields:
@@ -523,6 +537,8 @@ class RelationEncoder:
         source["sequence"] = sequence_text(tx.last_commit_lsn, lsn)
         source["txId"] = tx.xid
         source["lsn"] = lsn
+        source["origin"] = tx.origin
+        source["origin_lsn"] = tx.origin_lsn
         if self.additive_fields:
             source["commit_lsn"] = commit_lsn
         envelope = {

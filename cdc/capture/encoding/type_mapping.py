@@ -14,7 +14,12 @@ Invariants:
 - ``codec.decode`` returns exactly what fastavro's writer accepts for ``avro_type`` and
   raises only ``cdc.core.errors.DecodeError`` (naming the type and the truncated text).
 - ``codec.unavailable`` is a value valid for ``avro_type``, written in place of an
-  unchanged TOAST value: Debezium's placeholder for strings, bytes and arrays of them.
+  unchanged TOAST value: Debezium's placeholder for strings, bytes and arrays of them;
+  for ``int[]``, ``date[]`` and ``bigint[]`` the placeholder's bytes as numbers, for
+  ``uuid[]`` its name-based UUID, for ``hstore`` a map of it to itself; None (null) for
+  the other arrays, as Debezium writes them.
+- ``codec.debezium_skips``: Debezium (``include.unknown.datatypes: false``) leaves columns
+  of this type out of its events; cdcsync keeps them, as text, only as additive fields.
 - Values Debezium cannot represent are handled as Debezium does, never by stopping
   capture: numeric ``NaN``/``Infinity`` in ``precise`` mode decode to None (the caller
   writes null, or the column's default when it is NOT NULL) with a warning; intervals
@@ -30,6 +35,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
+import hashlib
 import json
 import logging
 import struct
@@ -38,6 +45,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 from cdc.capture.encoding import pg_text as tp
 from cdc.core.errors import DecodeError, SchemaError
@@ -225,6 +233,7 @@ class ColumnCodec:
     decode: Callable[[str], Any]
     unavailable: Any
     pg_type_name: str
+    debezium_skips: bool = False
 
 
 def decode_failure(text: str, pg_type_name: str, reason: str | None = None) -> DecodeError:
@@ -571,18 +580,52 @@ def _point_codec(options: TypeOptions) -> ColumnCodec:
 
 
 def _hstore_codec(name: str, options: TypeOptions) -> ColumnCodec:
+    placeholder = {options.unavailable_value: options.unavailable_value}
     if options.hstore_handling is HstoreHandling.MAP:
         schema: dict[str, Any] = {"type": "map", "values": ["null", "string"]}
-        return ColumnCodec(schema, _guarded(lambda t: dict(tp.parse_hstore(t)), name), {}, name)
+        parse = _guarded(lambda t: dict(tp.parse_hstore(t)), name)
+        return ColumnCodec(schema, parse, placeholder, name)
 
     def as_json(text: str) -> str:
         pairs = dict(tp.parse_hstore(text))
         ordered = {key: pairs[key] for key in tp.java_hashmap_order(list(pairs))}
         return json.dumps(ordered, ensure_ascii=False, separators=(",", ":"))
 
-    return _codec(
-        _semantic("string", "io.debezium.data.Json"), _guarded(as_json, name), name, options
+    return ColumnCodec(
+        _semantic("string", "io.debezium.data.Json"),
+        _guarded(as_json, name),
+        json.dumps(placeholder, ensure_ascii=False, separators=(",", ":")),
+        name,
     )
+
+
+# bit strings and text search --------------------------------------------------------------------
+
+
+def _bits_codec(typmod: int, name: str, options: TypeOptions) -> ColumnCodec:
+    """``bit(1)`` (and ``varbit(1)``): boolean; longer ones ``io.debezium.data.Bits``: the
+    bits as an unsigned number, little-endian, in as few bytes as it takes (0: none)."""
+    length = typmod if typmod >= 0 else 2_147_483_647
+    if length <= 1:
+        return _codec("boolean", _guarded(lambda t: t == "1", name), name, options)
+
+    def parse(text: str) -> bytes:
+        if text.strip("01"):
+            raise ValueError("not a bit string")
+        number = int(text, 2) if text else 0
+        return number.to_bytes((number.bit_length() + 7) // 8, "little")
+
+    schema = {
+        "type": "bytes",
+        "connect.version": 1,
+        "connect.parameters": {"length": str(length)},
+        "connect.name": "io.debezium.data.Bits",
+    }
+    return _codec(schema, _guarded(parse, name), name, options)
+
+
+def _skipped_by_debezium(name: str) -> _Builder:
+    return lambda _m, o: dataclasses.replace(_text_codec(name, o), debezium_skips=True)
 
 
 # --- the built-in type table -----------------------------------------------------------------
@@ -624,16 +667,26 @@ _BUILDERS: dict[int, _Builder] = {
     1700: lambda m, o: _numeric_codec(m, _numeric_name(m), o),
     2950: _named_text("uuid", "io.debezium.data.Uuid"),
     3802: _named_text("jsonb", "io.debezium.data.Json"),
+    1560: lambda m, o: _bits_codec(m, "bit", o),
+    1562: lambda m, o: _bits_codec(m, "varbit", o),
+    3614: _named_text("tsvector", "io.debezium.data.Tsvector"),
+    # Types Debezium leaves out of its events.
+    601: _skipped_by_debezium("lseg"),
+    602: _skipped_by_debezium("path"),
+    603: _skipped_by_debezium("box"),
+    604: _skipped_by_debezium("polygon"),
+    628: _skipped_by_debezium("line"),
+    718: _skipped_by_debezium("circle"),
+    3220: _skipped_by_debezium("pg_lsn"),
+    3615: _skipped_by_debezium("tsquery"),
 }
 
 # Built-in types whose text form is the value (inet, cidr, macaddr, macaddr8, tsvector, ...):
 # listed for their names in messages; any other built-in OID gets the same treatment.
 _TEXT_NAMES: dict[int, str] = {
-    22: "int2vector", 30: "oidvector", 601: "lseg", 602: "path", 603: "box",
-    604: "polygon", 628: "line", 718: "circle", 650: "cidr", 869: "inet", 774: "macaddr8",
-    829: "macaddr", 1560: "bit", 1562: "varbit", 3614: "tsvector", 3615: "tsquery",
-    3904: "int4range", 3906: "numrange", 3908: "tsrange", 3910: "tstzrange", 3912: "daterange",
-    3926: "int8range",
+    22: "int2vector", 30: "oidvector", 650: "cidr", 869: "inet", 774: "macaddr8",
+    829: "macaddr", 3904: "int4range", 3906: "numrange", 3908: "tsrange", 3910: "tstzrange",
+    3912: "daterange", 3926: "int8range",
 }  # fmt: skip
 
 # Built-in array types -> their element type.
@@ -664,12 +717,33 @@ def needs_catalog(type_oid: int) -> bool:
 # --- arrays and catalog types -------------------------------------------------------------------
 
 
-def _array_codec(element: ColumnCodec, *, delimiter: str) -> ColumnCodec:
+# Element types whose arrays Debezium gives a typed unchanged-TOAST placeholder (by the
+# array's type name): text-like and bytea as [placeholder], int4 and date as the
+# placeholder's bytes as ints, int8 as longs, uuid as [its name-based UUID].
+_TEXT_LIKE_ELEMENTS = frozenset({25, 1043, 1042, 114, 3802, 17})
+_BYTES_AS_NUMBERS_ELEMENTS = frozenset({23, 1082, 20})
+
+
+def _array_placeholder(element_oid: int | None, element: ColumnCodec, options: TypeOptions) -> Any:
+    """Debezium's placeholder for an unchanged TOAST array; None (null) when it has none."""
+    raw = options.unavailable_value.encode("utf-8")
+    if element_oid in _TEXT_LIKE_ELEMENTS:
+        return [element.unavailable]
+    if element_oid in _BYTES_AS_NUMBERS_ELEMENTS:
+        return [b - 256 if b > 127 else b for b in raw]  # Java's signed bytes
+    if element_oid == 2950:  # java.util.UUID.nameUUIDFromBytes
+        return [str(UUID(bytes=hashlib.md5(raw).digest(), version=3))]  # noqa: S324
+    return None
+
+
+def _array_codec(
+    element: ColumnCodec, *, delimiter: str, element_oid: int | None, options: TypeOptions
+) -> ColumnCodec:
     name = f"{element.pg_type_name}[]"
     decode_element = element.decode
     passthrough = decode_element is _identity
 
-    def decode(text: str) -> list[Any]:
+    def decode(text: str) -> list[Any] | None:
         outer = tp.array_outer_length(text)
         if outer is not None:
             # Debezium reads a multidimensional array as arrays of arrays, which its
@@ -682,14 +756,18 @@ def _array_codec(element: ColumnCodec, *, delimiter: str) -> ColumnCodec:
         if passthrough:
             return items
         try:
-            return [None if item is None else decode_element(item) for item in items]
+            values = [None if item is None else decode_element(item) for item in items]
         except DecodeError as exc:
             raise decode_failure(text, name, str(exc)) from exc
+        # An element Debezium cannot represent (numeric NaN) makes the whole array null.
+        if any(v is None and item is not None for v, item in zip(values, items, strict=True)):
+            return None
+        return values
 
     return ColumnCodec(
         avro_type={"type": "array", "items": ["null", element.avro_type]},
         decode=decode,
-        unavailable=[element.unavailable],
+        unavailable=_array_placeholder(element_oid, element, options),
         pg_type_name=name,
     )
 
@@ -734,7 +812,8 @@ def _codec_for(
     element_oid = _ARRAYS.get(type_oid)
     if element_oid is not None:
         element = _codec_for(element_oid, typmod, types, options, depth=depth + 1)
-        return _array_codec(element, delimiter=";" if element_oid == 603 else ",")
+        delimiter = ";" if element_oid == 603 else ","
+        return _array_codec(element, delimiter=delimiter, element_oid=element_oid, options=options)
     pg_type = types.get(type_oid)
     if pg_type is None:
         if needs_catalog(type_oid):
@@ -754,7 +833,7 @@ def _codec_for(
         element_type = types.get(pg_type.element_oid)
         element = _codec_for(pg_type.element_oid, typmod, types, options, depth=depth + 1)
         delimiter = element_type.delimiter if element_type is not None else ","
-        return _array_codec(element, delimiter=delimiter)
+        return _array_codec(element, delimiter=delimiter, element_oid=None, options=options)
     # composites, ranges, multiranges, extension base types (citext, hstore, geometry...)
     return _text_codec(pg_type.qualified_name, options)
 
