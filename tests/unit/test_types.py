@@ -365,6 +365,29 @@ def test_unchanged_toast_placeholder_of_hstore_maps_the_placeholder_to_itself() 
     assert as_map.unavailable == {p: p}
 
 
+def test_arrays_debezium_leaves_out_or_writes_otherwise() -> None:
+    for oid in (791, 1187, 143, 1017, 1020, 4451, 28, 2205):  # money[] ... regclass
+        assert codec(oid).debezium_skips, oid
+    assert not codec(INT4_ARRAY).debezium_skips
+    price = domain_type(50_001, NUMERIC, numeric_typmod(8, 3))
+    prices = codec(50_011, price=price, prices=array_type(50_011, 50_001, "_price"))
+    assert prices.debezium_skips  # an array of a domain
+    # bit(3)[]: Debezium 3.6 gives it the element's schema and no value
+    bits = codec(1561, 3)
+    assert schema_of(bits)["connect.name"] == "io.debezium.data.Bits"
+    assert bits.decode("{101,010}") is None
+    # tsvector[]: required elements
+    tsvectors = codec(3643)
+    assert schema_of(tsvectors)["items"]["connect.name"] == "io.debezium.data.Tsvector"
+    assert tsvectors.decode("{'a',NULL}") is None
+    # time[]: 24:00:00 is read as midnight
+    assert codec(1183).decode("{12:00:00.5,24:00:00}") == [43_200_500_000, 0]
+    # int2vector: an array of int16
+    vector = codec(22)
+    assert vector.avro_type == {"type": "array", "items": {"type": "int", "connect.type": "int16"}}
+    assert through_avro(vector, "1 2 3") == [1, 2, 3]
+
+
 def test_a_numeric_array_holding_nan_is_null_as_debezium_writes_it() -> None:
     column = codec(NUMERIC_ARRAY)
     assert column.decode("{NaN}") is None
@@ -619,8 +642,10 @@ def test_domains_map_as_their_base_type_with_the_domains_typmod() -> None:
 
 def test_arrays_of_enums_and_domains_use_the_catalog_element() -> None:
     moods = codec(50_010, mood=enum_type(), moods=array_type(50_010, 50_000, "_mood"))
-    assert schema_of(moods)["items"][1]["connect.name"] == "io.debezium.data.Enum"
-    assert moods.decode("{sad,NULL,happy}") == ["sad", None, "happy"]
+    # Debezium's enum array elements are required: an array holding a NULL is null.
+    assert schema_of(moods)["items"]["connect.name"] == "io.debezium.data.Enum"
+    assert moods.decode("{sad,happy}") == ["sad", "happy"]
+    assert moods.decode("{sad,NULL,happy}") is None
     price = domain_type(50_001, NUMERIC, numeric_typmod(8, 3))
     prices = codec(50_011, price=price, prices=array_type(50_011, 50_001, "_price"))
     assert through_avro(prices, "{1.500,2.000}") == [Decimal("1.500"), Decimal("2.000")]
@@ -632,6 +657,7 @@ def test_composites_and_unknown_types_fall_back_to_their_text() -> None:
         codec(50_020, address=composite).decode('("1 Main St",Springfield)')
         == '("1 Main St",Springfield)'
     )
+    assert codec(50_020, address=composite).debezium_skips  # Debezium leaves them out
     assert codec(9_999).avro_type == "string"  # a built-in OID this module does not know
     assert codec(9_999).decode("whatever") == "whatever"
 

@@ -679,12 +679,20 @@ _BUILDERS: dict[int, _Builder] = {
     718: _skipped_by_debezium("circle"),
     3220: _skipped_by_debezium("pg_lsn"),
     3615: _skipped_by_debezium("tsquery"),
+    28: _skipped_by_debezium("xid"),
+    2205: _skipped_by_debezium("regclass"),
+    22: lambda _m, o: _int2vector_codec(o),
 }
+
+# Built-in types Debezium leaves out, met on the text path: the multiranges.
+_SKIPPED_BY_DEBEZIUM = frozenset({4451, 4532, 4533, 4534, 4535, 4536})
+# Built-in arrays Debezium leaves out: money[], interval[], xml[], the geometric ones.
+_ARRAYS_SKIPPED_BY_DEBEZIUM = frozenset({791, 1187, 143, 1017, 1018, 1019, 1020, 1027, 629, 719})
 
 # Built-in types whose text form is the value (inet, cidr, macaddr, macaddr8, tsvector, ...):
 # listed for their names in messages; any other built-in OID gets the same treatment.
 _TEXT_NAMES: dict[int, str] = {
-    22: "int2vector", 30: "oidvector", 650: "cidr", 869: "inet", 774: "macaddr8",
+    30: "oidvector", 650: "cidr", 869: "inet", 774: "macaddr8",
     829: "macaddr", 3904: "int4range", 3906: "numrange", 3908: "tsrange", 3910: "tstzrange",
     3912: "daterange", 3926: "int8range",
 }  # fmt: skip
@@ -737,11 +745,24 @@ def _array_placeholder(element_oid: int | None, element: ColumnCodec, options: T
 
 
 def _array_codec(
-    element: ColumnCodec, *, delimiter: str, element_oid: int | None, options: TypeOptions
+    element: ColumnCodec,
+    *,
+    delimiter: str,
+    element_oid: int | None,
+    options: TypeOptions,
+    nullable_items: bool = True,
 ) -> ColumnCodec:
+    """``nullable_items=False``: Debezium's required elements (enum and tsvector arrays);
+    an array holding a NULL element is then null, like one holding a numeric NaN."""
     name = f"{element.pg_type_name}[]"
     decode_element = element.decode
-    passthrough = decode_element is _identity
+    if element_oid == 1083:  # Debezium reads 24:00:00 inside a time[] as midnight
+        decode_time = decode_element
+
+        def decode_element(text: str) -> Any:
+            return 0 if text.startswith("24:") else decode_time(text)
+
+    passthrough = decode_element is _identity and nullable_items
 
     def decode(text: str) -> list[Any] | None:
         outer = tp.array_outer_length(text)
@@ -760,16 +781,36 @@ def _array_codec(
         except DecodeError as exc:
             raise decode_failure(text, name, str(exc)) from exc
         # An element Debezium cannot represent (numeric NaN) makes the whole array null.
-        if any(v is None and item is not None for v, item in zip(values, items, strict=True)):
+        if any(
+            v is None and (item is not None or not nullable_items)
+            for v, item in zip(values, items, strict=True)
+        ):
             return None
         return values
 
+    items_type: Any = ["null", element.avro_type] if nullable_items else element.avro_type
     return ColumnCodec(
-        avro_type={"type": "array", "items": ["null", element.avro_type]},
+        avro_type={"type": "array", "items": items_type},
         decode=decode,
         unavailable=_array_placeholder(element_oid, element, options),
         pg_type_name=name,
+        debezium_skips=element.debezium_skips,
     )
+
+
+def _bits_array_codec(element: ColumnCodec) -> ColumnCodec:
+    """A bit-string array: Debezium 3.6 gives it its element's schema and writes it null."""
+    return ColumnCodec(element.avro_type, lambda _text: None, None, f"{element.pg_type_name}[]")
+
+
+def _int2vector_codec(options: TypeOptions) -> ColumnCodec:
+    """``int2vector`` (``1 2 3``): an array of int16, as Debezium's schema has it."""
+
+    def parse(text: str) -> list[int]:
+        return [int(part) for part in text.split()]
+
+    schema = {"type": "array", "items": {"type": "int", "connect.type": "int16"}}
+    return ColumnCodec(schema, _guarded(parse, "int2vector"), [], "int2vector")
 
 
 def _enum_codec(pg_type: PgType, options: TypeOptions) -> ColumnCodec:
@@ -812,15 +853,28 @@ def _codec_for(
     element_oid = _ARRAYS.get(type_oid)
     if element_oid is not None:
         element = _codec_for(element_oid, typmod, types, options, depth=depth + 1)
-        delimiter = ";" if element_oid == 603 else ","
-        return _array_codec(element, delimiter=delimiter, element_oid=element_oid, options=options)
+        if element_oid in (1560, 1562):
+            return _bits_array_codec(element)
+        codec = _array_codec(
+            element,
+            delimiter=";" if element_oid == 603 else ",",
+            element_oid=element_oid,
+            options=options,
+            nullable_items=element_oid != 3614,
+        )
+        if type_oid in _ARRAYS_SKIPPED_BY_DEBEZIUM:
+            codec = dataclasses.replace(codec, debezium_skips=True)
+        return codec
     pg_type = types.get(type_oid)
     if pg_type is None:
         if needs_catalog(type_oid):
             raise SchemaError(
                 f"no catalog facts for type OID {type_oid}: load them with TYPE_CATALOG_SQL first"
             )
-        return _text_codec(_TEXT_NAMES.get(type_oid, f"type {type_oid}"), options)
+        codec = _text_codec(_TEXT_NAMES.get(type_oid, f"type {type_oid}"), options)
+        if type_oid in _SKIPPED_BY_DEBEZIUM:
+            codec = dataclasses.replace(codec, debezium_skips=True)
+        return codec
     if pg_type.kind == "d" and pg_type.base_oid is not None:
         base_typmod = pg_type.base_typmod if pg_type.base_typmod >= 0 else typmod
         base = _codec_for(pg_type.base_oid, base_typmod, types, options, depth=depth + 1)
@@ -833,9 +887,22 @@ def _codec_for(
         element_type = types.get(pg_type.element_oid)
         element = _codec_for(pg_type.element_oid, typmod, types, options, depth=depth + 1)
         delimiter = element_type.delimiter if element_type is not None else ","
-        return _array_codec(element, delimiter=delimiter, element_oid=None, options=options)
-    # composites, ranges, multiranges, extension base types (citext, hstore, geometry...)
-    return _text_codec(pg_type.qualified_name, options)
+        codec = _array_codec(
+            element,
+            delimiter=delimiter,
+            element_oid=None,
+            options=options,
+            nullable_items=element_type is None or element_type.kind != "e",
+        )
+        if element_type is not None and element_type.kind == "d":
+            codec = dataclasses.replace(codec, debezium_skips=True)  # Debezium skips these
+        return codec
+    # composites, ranges, multiranges, extension base types (citext, hstore, geometry...);
+    # Debezium leaves composites and multiranges out.
+    codec = _text_codec(pg_type.qualified_name, options)
+    if pg_type.kind in ("c", "m"):
+        codec = dataclasses.replace(codec, debezium_skips=True)
+    return codec
 
 
 # --- helpers for whoever assembles a record schema ----------------------------------------------
