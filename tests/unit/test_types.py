@@ -388,6 +388,13 @@ def test_arrays_debezium_leaves_out_or_writes_otherwise() -> None:
     assert through_avro(vector, "1 2 3") == [1, 2, 3]
 
 
+def test_values_debezium_loses_are_marked_with_what_debezium_writes() -> None:
+    assert codec(22).debezium_constant == ([],)  # int2vector: always empty
+    assert codec(19).debezium_constant == (None,)  # name: always null
+    assert codec(19).decode("nämé") == "nämé"  # the codec itself keeps the value
+    assert codec(TEXT).debezium_constant is None
+
+
 def test_a_numeric_array_holding_nan_is_null_as_debezium_writes_it() -> None:
     column = codec(NUMERIC_ARRAY)
     assert column.decode("{NaN}") is None

@@ -16,7 +16,8 @@ For a relation ``schema.table`` under topic prefix ``P`` this module derives:
 
 Invariants:
 - Columns of a type Debezium leaves out (``ColumnCodec.debezium_skips``) are in the
-  row only with ``additive_fields``.
+  row only with ``additive_fields``; without them, a type whose every value Debezium
+  writes as one constant (``ColumnCodec.debezium_constant``) is written as that.
 - Key columns and NOT NULL columns (``ColumnFacts``, read from the catalog) are
   required; a column's constant default is in its schema (``default`` and
   ``connect.default``) as Debezium puts it; every other column is optional.
@@ -32,6 +33,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -273,6 +275,10 @@ def _with_connect_default(avro_type: Any, default: Any) -> Any:
 _NO_DEFAULT: Final[Any] = object()
 
 
+def _constant(value: Any, _text: str) -> Any:
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class _Field:
     index: int
@@ -360,7 +366,11 @@ class RelationEncoder:
             # An array without a typed placeholder is null, as Debezium writes it (a
             # required one takes its filler).
             placeholder = filler if codec.unavailable is None else codec.unavailable
-            field = _Field(i, name, col.name, codec.decode, placeholder, default, required, filler)
+            decode = codec.decode
+            constant = codec.debezium_constant
+            if constant is not None and not additive_fields and not is_key_flags[i]:
+                decode = functools.partial(_constant, constant[0])  # Debezium loses the value
+            field = _Field(i, name, col.name, decode, placeholder, default, required, filler)
             fields.append(field)
             entry: dict[str, Any] = {"name": name}
             if name != col.name:

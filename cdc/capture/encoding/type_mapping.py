@@ -20,6 +20,9 @@ Invariants:
   the other arrays, as Debezium writes them.
 - ``codec.debezium_skips``: Debezium (``include.unknown.datatypes: false``) leaves columns
   of this type out of its events; cdcsync keeps them, as text, only as additive fields.
+- ``codec.debezium_constant``: ``(value,)`` when Debezium writes that same value for
+  every non-null value of the type (it loses them: ``name`` null, ``int2vector`` empty);
+  cdcsync writes it only without additive fields, the real values otherwise.
 - Values Debezium cannot represent are handled as Debezium does, never by stopping
   capture: numeric ``NaN``/``Infinity`` in ``precise`` mode decode to None (the caller
   writes null, or the column's default when it is NOT NULL) with a warning; intervals
@@ -234,6 +237,7 @@ class ColumnCodec:
     unavailable: Any
     pg_type_name: str
     debezium_skips: bool = False
+    debezium_constant: tuple[Any] | None = None
 
 
 def decode_failure(text: str, pg_type_name: str, reason: str | None = None) -> DecodeError:
@@ -644,7 +648,7 @@ _BUILDERS: dict[int, _Builder] = {
     16: lambda _m, o: _codec("boolean", _guarded(tp.parse_bool, "boolean"), "boolean", o),
     17: lambda _m, o: _bytea_codec(o),
     18: _named_text('"char"'),
-    19: _named_text("name"),
+    19: lambda _m, o: dataclasses.replace(_text_codec("name", o), debezium_constant=(None,)),
     20: _number("long", int, "bigint"),
     21: _number({"type": "int", "connect.type": "int16"}, int, "smallint"),
     23: _number("int", int, "integer"),
@@ -810,7 +814,9 @@ def _int2vector_codec(options: TypeOptions) -> ColumnCodec:
         return [int(part) for part in text.split()]
 
     schema = {"type": "array", "items": {"type": "int", "connect.type": "int16"}}
-    return ColumnCodec(schema, _guarded(parse, "int2vector"), [], "int2vector")
+    return ColumnCodec(
+        schema, _guarded(parse, "int2vector"), [], "int2vector", debezium_constant=([],)
+    )
 
 
 def _enum_codec(pg_type: PgType, options: TypeOptions) -> ColumnCodec:
