@@ -77,6 +77,16 @@ ADDITIVE |= {(image, c) for image in ("before", "after") for c in SKIPPED_BY_DEB
 # value (Debezium: null) and every int2vector (Debezium: an empty array).
 ADDITIVE |= {(image, c) for image in ("before", "after") for c in ("nm", "i2v")}
 
+# Debezium's settings other than their defaults, by Debezium's names (cdcsync's: dots as
+# underscores).
+OTHER_MODES = {
+    "decimal.handling.mode": "string",
+    "interval.handling.mode": "string",
+    "hstore.handling.mode": "map",
+    "binary.handling.mode": "base64",
+    "time.precision.mode": "adaptive_time_microseconds",
+}
+
 DDL = """
 CREATE EXTENSION IF NOT EXISTS hstore;
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -475,12 +485,18 @@ def test_cdcsync_writes_what_debezium_writes_and_kafka_connect_reads_all_of_it(
     # The default run is strict drop-in; the other adds the additive fields and turns
     # Debezium's transaction metadata on, on both sides.
     metadata = additive
-    env.start(additive_fields=additive, provide_transaction_metadata=metadata)
+    # The additive run also takes Debezium's other modes, on both sides.
+    modes = OTHER_MODES if additive else {}
+    env.start(
+        additive_fields=additive,
+        provide_transaction_metadata=metadata,
+        **{key.replace(".", "_"): value for key, value in modes.items()},
+    )
     allowed = frozenset(ALLOWED | (ADDITIVE if additive else set()))
     env.wait_for_slot()
     dbz_dir = tmp_path / "debezium"
     dbz_dir.mkdir()
-    properties = {"provide.transaction.metadata": str(metadata).lower()}
+    properties = {"provide.transaction.metadata": str(metadata).lower(), **modes}
     proc, dbz_out, dbz_log = run_debezium(env, debezium_registry, dbz_dir, properties)
     try:
         workload(env.pg_dsn)

@@ -395,6 +395,22 @@ def test_values_debezium_loses_are_marked_with_what_debezium_writes() -> None:
     assert codec(TEXT).debezium_constant is None
 
 
+def test_a_numeric_array_holding_nan_is_null_in_every_decimal_mode() -> None:
+    for mode in DecimalHandling:
+        column = codec(NUMERIC_ARRAY, options=TypeOptions(decimal_handling=mode))
+        assert column.decode("{1,NaN}") is None, mode
+        assert column.decode("{1,Infinity}") is None, mode
+    as_string = codec(NUMERIC_ARRAY, options=TypeOptions(decimal_handling=DecimalHandling.STRING))
+    assert as_string.decode("{1.5,NULL}") == ["1.5", None]
+
+
+def test_unchanged_toast_bytea_is_null_when_bytes_travel_as_text() -> None:
+    base64 = TypeOptions(binary_handling=BinaryHandling.BASE64)
+    assert codec(BYTEA, options=base64).unavailable is None
+    assert codec(BYTEA_ARRAY, options=base64).unavailable is None
+    assert codec(BYTEA).unavailable == DEFAULTS.unavailable_value.encode()
+
+
 def test_a_numeric_array_holding_nan_is_null_as_debezium_writes_it() -> None:
     column = codec(NUMERIC_ARRAY)
     assert column.decode("{NaN}") is None
@@ -824,6 +840,9 @@ def test_time_precision_adaptive_writes_precisions_up_to_3_in_milliseconds() -> 
     assert schema_of(codec(TIMESTAMP))["connect.name"] == "io.debezium.time.MicroTimestamp"
     micro = TypeOptions(time_precision=TimePrecision.ADAPTIVE_TIME_MICROSECONDS)
     assert codec(TIME, 3, micro).decode("12:34:56.789") == 45_296_789_000
+    # ... which changes time columns only: timestamp(0-3) stay in milliseconds.
+    assert schema_of(codec(TIMESTAMP, 3, micro))["connect.name"] == "io.debezium.time.Timestamp"
+    assert codec(TIMESTAMP, 3, micro).decode("2020-01-02 03:04:05.123") == 1_577_934_245_123
 
 
 def test_time_precision_connect_uses_kafka_connects_logical_types_in_milliseconds() -> None:

@@ -474,7 +474,9 @@ def _timetz_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
 
 def _timestamp_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
     name = _with_precision("timestamp", typmod)
-    millis = options.time_precision is TimePrecision.CONNECT or _millis_precision(typmod, options)
+    # adaptive_time_microseconds changes time columns only: timestamp(0-3) stay in ms.
+    adaptive = options.time_precision is not TimePrecision.CONNECT
+    millis = not adaptive or 0 <= typmod <= 3
     divisor = 1000 if millis else 1
     sentinels = {
         "infinity": POSITIVE_INFINITY_TIMESTAMP_MICROS // divisor,
@@ -542,15 +544,16 @@ def _bytea_codec(options: TypeOptions) -> ColumnCodec:
     encode: Callable[[bytes], Any]
     if mode is BinaryHandling.BYTES:
         return _codec("bytes", _guarded(tp.parse_bytea, "bytea"), "bytea", options)
+    # Debezium's placeholder (a string) does not convert to these modes: an unchanged
+    # TOAST value is null (measured with base64).
     if mode is BinaryHandling.BASE64:
         encode = lambda raw: base64.b64encode(raw).decode("ascii")  # noqa: E731
     elif mode is BinaryHandling.BASE64_URL_SAFE:
         encode = lambda raw: base64.urlsafe_b64encode(raw).decode("ascii")  # noqa: E731
     else:
         encode = bytes.hex
-    return _codec(
-        "string", _guarded(lambda text: encode(tp.parse_bytea(text)), "bytea"), "bytea", options
-    )
+    parse = _guarded(lambda text: encode(tp.parse_bytea(text)), "bytea")
+    return ColumnCodec("string", parse, None, "bytea")
 
 
 # geometry and hstore --------------------------------------------------------------------------
@@ -740,7 +743,7 @@ def _array_placeholder(element_oid: int | None, element: ColumnCodec, options: T
     """Debezium's placeholder for an unchanged TOAST array; None (null) when it has none."""
     raw = options.unavailable_value.encode("utf-8")
     if element_oid in _TEXT_LIKE_ELEMENTS:
-        return [element.unavailable]
+        return None if element.unavailable is None else [element.unavailable]
     if element_oid in _BYTES_AS_NUMBERS_ELEMENTS:
         return [b - 256 if b > 127 else b for b in raw]  # Java's signed bytes
     if element_oid == 2950:  # java.util.UUID.nameUUIDFromBytes
@@ -755,9 +758,12 @@ def _array_codec(
     element_oid: int | None,
     options: TypeOptions,
     nullable_items: bool = True,
+    null_when: frozenset[str] = frozenset(),
 ) -> ColumnCodec:
     """``nullable_items=False``: Debezium's required elements (enum and tsvector arrays);
-    an array holding a NULL element is then null, like one holding a numeric NaN."""
+    an array holding a NULL element is then null. ``null_when``: element texts that make
+    the whole array null (numeric NaN and infinities, which Debezium cannot read into an
+    array in any decimal mode)."""
     name = f"{element.pg_type_name}[]"
     decode_element = element.decode
     if element_oid == 1083:  # Debezium reads 24:00:00 inside a time[] as midnight
@@ -778,6 +784,8 @@ def _array_codec(
             items = tp.parse_array(text, delimiter=delimiter)
         except ValueError as exc:
             raise decode_failure(text, name, str(exc)) from exc
+        if null_when and any(item in null_when for item in items):
+            return None
         if passthrough:
             return items
         try:
@@ -867,6 +875,7 @@ def _codec_for(
             element_oid=element_oid,
             options=options,
             nullable_items=element_oid != 3614,
+            null_when=frozenset(_SPECIAL_NUMERIC) if element_oid == 1700 else frozenset(),
         )
         if type_oid in _ARRAYS_SKIPPED_BY_DEBEZIUM:
             codec = dataclasses.replace(codec, debezium_skips=True)
