@@ -12,9 +12,10 @@ truncate, a keyless table, a multi-row transaction and one written under a repli
 origin.
 
 Two runs: strict (``additive_fields: false``, Debezium's defaults) and additive (the
-default ``additive_fields: true``, with ``provide_transaction_metadata`` on both sides,
-so the ``{prefix}.transaction`` topic and each event's ``transaction`` block are compared
-too).
+default ``additive_fields: true``, with ``provide_transaction_metadata`` and
+``OTHER_MODES`` on both sides, so the ``{prefix}.transaction`` topic, each event's
+``transaction`` block and the decimal, interval, hstore, binary and time precision
+modes are compared too).
 
 - The registered schemas are equal, subject by subject and version by version.
 - The decoded events are equal, topic by topic, apart from ``ALLOWED``: the processing
