@@ -67,6 +67,7 @@ from cdc.capture.exactly_once import (
     positions_topic,
 )
 from cdc.capture.pgoutput import (
+    UNCHANGED,
     Begin,
     Commit,
     Decoder,
@@ -88,7 +89,7 @@ from cdc.capture.snapshot.runner import Snapshotter
 from cdc.capture.spool import TransactionSpool
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
-from cdc.config.names import ORIGIN_HEADER
+from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER
 from cdc.core.errors import (
     BrokerUnavailable,
     DecodeError,
@@ -361,6 +362,8 @@ class CaptureSession:
             # A write made under a replication origin (cdcsync's inbound apply, or another
             # replicator): its events say so in a header, so sync can avoid echoes.
             self.headers = [(ORIGIN_HEADER, msg.name.encode())]
+            if msg.origin_lsn:
+                self.headers.append((ORIGIN_LSN_HEADER, str(int(msg.origin_lsn)).encode()))
             if self.tx is not None:  # Debezium's source.origin and origin_lsn
                 self.tx = dataclasses.replace(
                     self.tx, origin=msg.name, origin_lsn=int(msg.origin_lsn)
@@ -467,6 +470,10 @@ class CaptureSession:
                     ),
                     key=new_key,
                 )
+                if any(v is UNCHANGED for v in msg.new):
+                    # The new key's create holds a TOAST placeholder no event filled.
+                    rel = enc.relation
+                    self.snapshots.reread(f"{rel.namespace}.{rel.name}", msg.new)
                 return
         change = Change(
             OP_UPDATE,

@@ -33,14 +33,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from cdc.config import Config, IntegrationConfig
-from cdc.config.names import ORIGIN_HEADER, origin_name
+from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER, origin_name
 from cdc.core.backoff import Backoff, BackoffPolicy
 from cdc.core.circuit_breaker import CircuitBreaker, CircuitState
 from cdc.core.errors import (
@@ -87,7 +87,7 @@ class IntegrationStats:
     duplicate: int = 0
     retried: int = 0
     dead_lettered: int = 0
-    # Events this integration itself wrote back (inbound), not sent to it again.
+    # Operations echoing this integration's own inbound writes, not sent to it again.
     echo: int = 0
     records: int = 0
     # Records with nothing to apply: Kafka tombstones, and events mapped to no operation.
@@ -112,6 +112,8 @@ class IntegrationStats:
             self.applied += 1
         elif outcome is Outcome.OLDER:
             self.older += 1
+        elif outcome is Outcome.ECHO:
+            self.echo += 1
         else:
             self.duplicate += 1
 
@@ -143,6 +145,8 @@ class _Entry:
     ops: list[EntityOp] = field(default_factory=list)
     mapped: bool = False  # ``ops`` already holds the mapper's result
     dead_lettered: bool = False
+    # Nonzero: a write this integration made itself (inbound), with its echo token.
+    echo_token: int = 0
 
 
 class Applier:
@@ -210,6 +214,8 @@ class Applier:
                     entry.ops = []
                     entry.dead_lettered = True
                     break
+            if entry.ops and entry.echo_token:
+                entry.ops = [replace(op, echo_token=entry.echo_token) for op in entry.ops]
             if entry.ops:
                 pending.append(entry)
             elif not entry.dead_lettered:
@@ -234,9 +240,14 @@ class Applier:
             if value is None:
                 self.stats.tombstones += 1  # compaction's business, not an event
                 continue
+            echo = 0
             if _header(msg, ORIGIN_HEADER) == self._own_origin:
-                self.stats.echo += 1  # written back by this integration: no echo
-                continue
+                # Written back by this integration. With a base (``mappers.lww``) the sink
+                # skips it while the target still holds that write; without one, skipped.
+                echo = _echo_token(msg)
+                if echo == 0:
+                    self.stats.echo += 1
+                    continue
             origin = _origin(msg)
             try:
                 envelope = await self.deserializer.deserialize(value)
@@ -248,7 +259,7 @@ class Applier:
             except Exception as exc:  # undecodable, whatever the decoder raised
                 await self.dead_letter(msg, exc, attempts=1)
                 continue
-            entries.append(_Entry(msg, event))
+            entries.append(_Entry(msg, event, echo_token=echo))
         return entries
 
     async def _prefetch_relations(self, entries: list[_Entry]) -> None:
@@ -655,6 +666,14 @@ class SyncWorker:
 
 def _origin(msg: Message) -> Origin:
     return Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+
+def _echo_token(msg: Message) -> int:
+    raw = _header(msg, ORIGIN_LSN_HEADER)
+    try:
+        return int(raw) if raw else 0
+    except ValueError:
+        return 0
 
 
 def _header(msg: Message, name: str) -> bytes | None:

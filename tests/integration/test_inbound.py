@@ -110,6 +110,43 @@ def test_concurrent_app_and_crm_writes_converge_and_every_accepted_change_is_app
     crm.close()
 
 
+def _control(env: InboundEnv, name: str, action: str) -> None:
+    response = httpx.post(f"{env.url}/integrations/{name}/{action}", timeout=5)
+    response.raise_for_status()
+    deadline = time.monotonic() + 30
+    while env.status()["integrations"][name]["paused"] != (action == "pause"):
+        assert time.monotonic() < deadline, f"{name} not {action}d"
+        time.sleep(0.1)
+
+
+def test_a_crm_edit_replaced_there_by_an_older_source_write_is_sent_back_to_the_crm(
+    env: InboundEnv,
+) -> None:
+    """The application writes a row, then the CRM edits the same contact before that write
+    reached it. The database keeps the edit (newer in the inbound clock); the application's
+    write then reaches the CRM and replaces the edit there. The edit's echo must be sent,
+    or the CRM keeps a row the database no longer holds."""
+    crm = _started(env, customers=3)
+    key = sorted(env.sync.crm_contacts())[0]
+    _control(env, "crm", "pause")
+    requests = env.sync.crm.store.stats().requests
+    with psycopg.connect(env.sync.dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE customers SET email = 'app-first@example.com', updated_at = clock_timestamp()"
+            " WHERE id = %s",
+            (int(key),),
+        )
+    accepted = crm.edit(key, email="crm-later@example.com", phone="+33-2")
+    assert accepted is not None
+    assert env.wait_outcomes({accepted})[accepted] == "applied"
+    assert env.sync.crm.store.stats().requests == requests  # the app's write is still queued
+    _control(env, "crm", "resume")
+    env.wait_all_equal()
+    assert env.sync.crm_contacts()[key]["email"] == "crm-later@example.com"
+    assert env.status()["integrations"]["crm"]["applied"] >= 2  # the write, then the echo
+    crm.close()
+
+
 def test_a_change_written_back_by_the_crm_reaches_profiles_but_is_not_sent_back_to_the_crm(
     env: InboundEnv,
 ) -> None:

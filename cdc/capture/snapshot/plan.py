@@ -208,9 +208,12 @@ class ChunkBuffer:
         self.last_key = last
         self.dropped = 0
 
-    def drop(self, key: Key) -> None:
+    def drop(self, key: Key) -> bool:
+        """Remove ``key``'s row; whether the chunk held it."""
         if self._rows.pop(key, None) is not None:
             self.dropped += 1
+            return True
+        return False
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -225,6 +228,7 @@ class _Seen:
     at: float
     xid: int
     key: Key
+    toast: bool  # the change left an unchanged TOAST value out (a placeholder downstream)
 
 
 class ChangeHistory:
@@ -241,18 +245,26 @@ class ChangeHistory:
         self._cap = cap
         self.seq = 0
 
-    def add(self, xid: int, key: Key, *, now: float | None = None) -> None:
+    def add(self, xid: int, key: Key, *, toast: bool = False, now: float | None = None) -> None:
         at = time.monotonic() if now is None else now
         self.seq += 1
         items = self._items
-        items.append(_Seen(self.seq, at, xid, key))
+        items.append(_Seen(self.seq, at, xid, key, toast))
         while items and (len(items) > self._cap or items[0].at < at - self._keep_s):
             items.popleft()
 
     def conflicts(self, *, after_seq: int, snapshot: PgSnapshot) -> set[Key]:
         """Keys changed after the low watermark (``seq > after_seq``), or by a transaction
         the chunk's snapshot did not see."""
-        return {s.key for s in self._items if s.seq > after_seq or not snapshot.visible(s.xid)}
+        return set(self.conflicting(after_seq=after_seq, snapshot=snapshot))
+
+    def conflicting(self, *, after_seq: int, snapshot: PgSnapshot) -> dict[Key, bool]:
+        """``conflicts``, each with whether one of its changes left a TOAST value out."""
+        out: dict[Key, bool] = {}
+        for s in self._items:
+            if s.seq > after_seq or not snapshot.visible(s.xid):
+                out[s.key] = out.get(s.key, False) or s.toast
+        return out
 
     def clear(self) -> None:
         self._items.clear()

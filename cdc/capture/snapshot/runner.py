@@ -15,6 +15,14 @@ order on Kafka is the stream's order. Per table, chunk after chunk in primary-ke
    high watermark's commit LSN and tracked by the checkpoint like a transaction;
 5. once Kafka has acknowledged them, persist the progress (``snapshot_progress``).
 
+A dropped read whose key's change left an unchanged TOAST value out (pgoutput sends a
+placeholder for it) would leave no event carrying that value: the read was its only
+carrier. Such keys are read again, by key, in a window of their own right after the chunk
+(again until no such change interferes, at most ``_REREAD_ATTEMPTS`` times), and the
+chunk's progress is saved only once the re-read is acknowledged. A primary-key change that
+left a TOAST value out is re-read the same way (the new key's create carries the
+placeholder), between two chunks of whatever snapshot is running.
+
 Invariants:
 - A published ``op=r`` row holds the row's state as of the high watermark: changes
   ordered before it are either visible to the read or dropped the row; later changes
@@ -35,7 +43,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import psycopg
@@ -46,7 +54,7 @@ from cdc.capture.encoding.envelope import TxContext
 from cdc.capture.encoding.envelope_writer import EnvelopeWriter
 from cdc.capture.encoding.table_encoding import TableEncoding
 from cdc.capture.exactly_once import ExactlyOnce
-from cdc.capture.pgoutput import Column, LogicalMessage, Relation, TupleValues
+from cdc.capture.pgoutput import UNCHANGED, Column, LogicalMessage, Relation, TupleValues
 from cdc.capture.snapshot.plan import (
     SIGNAL_PREFIX,
     SOURCE_SNAPSHOT,
@@ -117,6 +125,7 @@ ORDER BY a.attnum
 
 
 _WATERMARK_TIMEOUT_S = 120.0
+_REREAD_ATTEMPTS = 20
 
 
 class SnapshotError(SourceUnavailable):
@@ -161,6 +170,22 @@ class TableShape:
         )
         return query, params
 
+    def keys_query(self, keys: list[Key]) -> tuple[sql.Composed, list[Any]]:
+        """The rows of ``keys`` (those that still exist), every column as text."""
+        cols = [sql.Identifier("t", c.name) for c in self.relation.columns]
+        pk = sql.SQL(", ").join(cols[i] for i in self.pk_positions)
+        one = sql.SQL("({})").format(
+            sql.SQL(", ").join(sql.SQL("CAST(%s AS {})").format(sql.SQL(t)) for t in self.pk_types)
+        )
+        query = sql.SQL("SELECT {} FROM {} AS t WHERE ({}) IN ({}) ORDER BY {}").format(
+            sql.SQL(", ").join(sql.SQL("{}::text").format(c) for c in cols),
+            self.name.ident(),
+            pk,
+            sql.SQL(", ").join([one] * len(keys)),
+            pk,
+        )
+        return query, [v for key in keys for v in key]
+
 
 async def load_shape(conn: psycopg.AsyncConnection[Any], table: TableName) -> TableShape:
     """Read ``table``'s columns, replica identity and primary key from the catalog."""
@@ -200,6 +225,14 @@ class _Job:
     published: int = 0
     truncated: bool = False  # since the low watermark: the chunk read is void
     waiting_since: float = 0.0  # when the awaited watermark was written
+    # A re-read of single keys (None: the table in key order after ``last_key``); the keys
+    # are known once the shape is, from ``tuples`` (stream tuples) when not given.
+    keys: list[Key] | None = None
+    tuples: list[TupleValues] = field(default_factory=list)
+    # Keys of this read dropped for a change that left a TOAST value out: read again.
+    reread: set[Key] = field(default_factory=set)
+    held: _Save | None = None  # the chunk progress a re-read completes
+    attempts: int = 0
 
     def progress_key(self) -> ProgressKey:
         return ProgressKey(self.kind, self.request, self.last_key)
@@ -326,13 +359,28 @@ class Snapshotter:
         job = self._job
         assert job is not None and job.shape is not None
         positions = job.shape.pk_positions
+        toast = new is not None and any(v is UNCHANGED for v in new)
         for values in (new, old):
             if values is None:
                 continue
             key = key_of(values, positions)
-            job.history.add(xid, key)
-            if job.phase == "high" and job.buffer is not None:
-                job.buffer.drop(key)
+            left_out = toast and values is new
+            job.history.add(xid, key, toast=left_out)
+            # drop() first: every changed key leaves the chunk, toasted or not.
+            if job.phase == "high" and job.buffer is not None and job.buffer.drop(key) and left_out:
+                job.reread.add(key)
+
+    def reread(self, table: str, new: TupleValues) -> None:
+        """Read the row ``new`` (a stream tuple) is about again, by key, soon: its event
+        carries a TOAST placeholder that no earlier event of that key filled."""
+        if table not in self._tables or self._conn is None:
+            return
+        for job in self._queue:
+            if job.table == table and job.keys is None and job.tuples and job.held is None:
+                job.tuples.append(new)
+                return
+        request = f"reread-{uuid.uuid4().hex[:12]}"
+        self._queue.appendleft(_Job(table, "incremental", request, None, 0, tuples=[new]))
 
     def on_truncate(self, oid: int) -> None:
         """The table being read was truncated: the chunk in hand is void."""
@@ -353,18 +401,34 @@ class Snapshotter:
         if self._saves:
             await self._save_acknowledged()
         job = self._job
+        if (
+            job is not None
+            and job.phase == "idle"
+            and job.keys is None
+            and not job.tuples
+            and self._queue
+            and self._queue[0].tuples
+        ):
+            # Between two chunks: a key re-read (a primary-key change) goes first.
+            self._queue.appendleft(job)
+            job = self._job = None
         if job is None:
             if not self._queue:
                 return
             job = self._job = self._queue.popleft()
-            job.started = time.monotonic()
-            log.info("%s snapshot of %s starting", job.kind, job.table)
+            if job.keys is None and not job.tuples and job.published == 0:
+                job.started = time.monotonic()
+                log.info("%s snapshot of %s starting", job.kind, job.table)
         try:
             if job.shape is None:
                 job.shape = await self._shape(job)
                 if job.shape is None:
                     self._job = None
                     return
+            if job.tuples:
+                positions = job.shape.pk_positions
+                job.keys = sorted({key_of(t, positions) for t in job.tuples}, key=repr)
+                job.tuples = []
             if job.phase == "idle":
                 job.truncated = False
                 self._chunks += 1
@@ -405,7 +469,10 @@ class Snapshotter:
     async def _read(self, job: _Job) -> None:
         conn = self._conn
         assert conn is not None and job.shape is not None
-        query, params = job.shape.chunk_query(after=job.last_key, limit=self._chunk_size)
+        if job.keys is not None:
+            query, params = job.shape.keys_query(job.keys)
+        else:
+            query, params = job.shape.chunk_query(after=job.last_key, limit=self._chunk_size)
         async with conn.transaction():
             cur = await conn.execute("SELECT pg_current_snapshot()::text")
             row = await cur.fetchone()
@@ -417,8 +484,11 @@ class Snapshotter:
         if job.truncated:
             buffer = ChunkBuffer((), job.shape.pk_positions)
             buffer.last_key, buffer.read = job.last_key, len(rows)
-        for key in job.history.conflicts(after_seq=job.low_seq, snapshot=snapshot):
-            buffer.drop(key)
+        for key, left_out in job.history.conflicting(
+            after_seq=job.low_seq, snapshot=snapshot
+        ).items():
+            if buffer.drop(key) and left_out:
+                job.reread.add(key)
         job.buffer = buffer
         job.phase = "high"
         await self._emit(Watermark(job.chunk, high=True))
@@ -463,10 +533,31 @@ class Snapshotter:
             progress = self._produce(table, job.kind, rows, commit_lsn)
         job.rows += len(rows)
         job.published += len(rows)
+        if job.keys is not None:
+            self._reread_published(job, progress)
+            return
         if buffer.last_key is not None:
             job.last_key = buffer.last_key
         done = buffer.read < self._chunk_size
-        self._saves.append(_Save(progress, job.table, job.progress_key(), job.rows, done))
+        save = _Save(progress, job.table, job.progress_key(), job.rows, done)
+        if job.reread:
+            # Some reads were dropped for changes that left TOAST values out: read those
+            # keys again first; this chunk's progress is saved once that is acknowledged.
+            self._job = _Job(
+                job.table,
+                job.kind,
+                job.request,
+                None,
+                0,
+                shape=job.shape,
+                keys=sorted(job.reread, key=repr),
+                held=save,
+            )
+            job.reread = set()
+            if not done:
+                self._queue.appendleft(job)
+            return
+        self._saves.append(save)
         if done:
             elapsed = max(time.monotonic() - job.started, 1e-6)
             log.info(
@@ -477,6 +568,38 @@ class Snapshotter:
                 job.published / elapsed,
             )
             self._job = None
+
+    def _reread_published(self, job: _Job, progress: TxProgress | None) -> None:
+        """A key re-read was published: again for keys dropped again, else done."""
+        held = job.held
+        if held is not None and progress is not None:
+            held = replace(held, tx=progress)  # saved once the re-read is acknowledged too
+        if job.reread and job.attempts + 1 < _REREAD_ATTEMPTS:
+            self._job = _Job(
+                job.table,
+                job.kind,
+                job.request,
+                None,
+                0,
+                shape=job.shape,
+                keys=sorted(job.reread, key=repr),
+                held=held,
+                attempts=job.attempts + 1,
+            )
+            return
+        if job.reread:
+            log.warning(
+                "%s: %d keys changed during each of %d re-reads; their latest event may hold "
+                "a TOAST placeholder until they change again",
+                job.table,
+                len(job.reread),
+                _REREAD_ATTEMPTS,
+            )
+        if held is not None:
+            self._saves.append(held)
+        self._job = None
+        if held is not None and held.done:
+            log.info("%s snapshot of %s done (with key re-reads)", job.kind, job.table)
 
     def _produce(
         self, table: TableEncoding, kind: SnapshotKind, rows: list[TupleValues], commit_lsn: Lsn

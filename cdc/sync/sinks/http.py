@@ -24,7 +24,10 @@ Answers: 2xx applied (404 to a delete too: already gone); 409/412 mean the targe
 newer write, so ``OLDER`` and nothing saved; 429, 5xx, timeouts and connection errors
 raise ``HttpUnavailable`` (a ``SinkUnavailable``) carrying ``retry_after_s`` from a
 ``Retry-After`` header; any other status is a ``SinkRejected`` in that operation's slot.
-With ``external_id_field``, the id found in a 2xx upsert answer is put in the identity map
+An echo of the integration's own inbound write is not sent while the last version
+delivered for its key is still the base the target's change was made on
+(``mappers.lww.echo_held``); it is sent otherwise, so the target ends with the database's
+row. With ``external_id_field``, the id found in a 2xx upsert answer is put in the identity map
 (with the batch's versions, identities first).
 
 Invariants: operations on one key are sent strictly in order, different keys concurrently
@@ -55,6 +58,7 @@ from cdc.state.store import StateStore, VersionGuard
 from cdc.sync.sinks.base import Outcome, Result
 from cdc.sync.sinks.http_client import HttpClient, HttpTransportError
 from mappers.entity import EntityDelete, EntityOp, EntityUpsert, Version
+from mappers.lww import echo_held
 
 __all__ = ["HttpSink", "HttpUnavailable", "parse_retry_after"]
 
@@ -247,6 +251,9 @@ class HttpSink:
     ) -> None:
         for index in indexes:
             op = ops[index]
+            if op.echo_token and echo_held(op.echo_token, state.version):
+                results[index] = Outcome.ECHO
+                continue
             if state.version is not None and op.version <= state.version:
                 results[index] = Outcome.OLDER if op.version < state.version else Outcome.DUPLICATE
                 continue
