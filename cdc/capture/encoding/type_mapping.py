@@ -17,7 +17,8 @@ Invariants:
   unchanged TOAST value: Debezium's placeholder for strings, bytes and arrays of them;
   for ``int[]``, ``date[]`` and ``bigint[]`` the placeholder's bytes as numbers, for
   ``uuid[]`` its name-based UUID, for ``hstore`` a map of it to itself; None (null) for
-  the other arrays, as Debezium writes them.
+  the other arrays and for ``bytea`` written as text (base64, hex), as Debezium writes
+  them (the caller writes a required column's filler instead).
 - ``codec.debezium_skips``: Debezium (``include.unknown.datatypes: false``) leaves columns
   of this type out of its events; cdcsync keeps them, as text, only as additive fields.
 - ``codec.debezium_constant``: ``(value,)`` when Debezium writes that same value for
