@@ -90,6 +90,7 @@ from cdc.capture.spool import TransactionSpool
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
 from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER
+from cdc.core import tracing
 from cdc.core.errors import (
     BrokerUnavailable,
     DecodeError,
@@ -168,6 +169,8 @@ class CaptureSession:
         self.tx_schemas: tuple[PreparedSchema, PreparedSchema] | None = None
         self.tx_frame: TransactionFrame | None = None
         self.tx_begin_lsn: Lsn | None = None
+        # Tracing (cdc.core.tracing): None when off, the one value the hot path checks.
+        self.trace = tracing.change_sampler()
 
     async def open(self) -> None:
         cfg = self.cfg
@@ -520,6 +523,18 @@ class CaptureSession:
         if eos is not None:
             txn = eos.event_headers(self.confirmable())
             headers = txn if headers is None else [*txn, *headers]
+        trace = self.trace
+        if trace is not None and trace.due():  # a sampled change: its spans and traceparent
+            headers, callback = trace.start(
+                topic=enc.topic,
+                table=f"{enc.relation.namespace}.{enc.relation.name}",
+                op=change.op,
+                commit_lsn=change.tx.commit_lsn,
+                xid=change.tx.xid,
+                decoded_ns=self.now_ms * 1_000_000,
+                headers=headers,
+                on_delivery=callback,
+            )
         Checkpoint.sent(progress)
         publisher.produce(enc.topic, key_bytes, value_bytes, callback, headers=headers)
         self.stats.events += 1

@@ -19,6 +19,8 @@ Routes:
   health checks fail) or ``{"reject_keys": ["42"], "status": 400}`` (writes to those keys
   always fail); ``DELETE /_faults`` clears; ``GET /_stats`` counts requests, applied,
   duplicates, rejected, older.
+- ``CrmStore.traceparents()``: the W3C ``traceparent`` of the latest writes (key, value),
+  so that tests can follow a change's trace into the target.
 
 Invariants of the writes (PUT and DELETE):
 
@@ -41,6 +43,7 @@ import json
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -115,6 +118,7 @@ class CrmStore:
         self._ids = itertools.count(1)
         self._faults = _Faults()
         self._counts = {"requests": 0, "applied": 0, "duplicates": 0, "rejected": 0, "older": 0}
+        self._traceparents: deque[tuple[str, str]] = deque(maxlen=1000)
 
     # ------------------------------------------------------------- inspection
 
@@ -186,6 +190,16 @@ class CrmStore:
                 return None
             held.fields = {**held.fields, **fields}
             return Contact(held.key, held.id, dict(held.fields), held.version, held.version_bytes)
+
+    def traceparents(self) -> list[tuple[str, str]]:
+        """(key, traceparent) of the latest writes that carried one, oldest first."""
+        with self._lock:
+            return list(self._traceparents)
+
+    def saw_traceparent(self, key: str, traceparent: str | None) -> None:
+        if traceparent is not None:
+            with self._lock:
+                self._traceparents.append((key, traceparent))
 
     # ------------------------------------------------------------- writes
 
@@ -307,6 +321,7 @@ def create_app(store: CrmStore) -> Starlette:
     async def write(request: Request) -> Response:
         key = request.path_params["key"]
         headers = request.headers
+        store.saw_traceparent(key, headers.get("traceparent"))
         answer = store.write(
             key,
             delete=request.method == "DELETE",

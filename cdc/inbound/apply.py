@@ -48,6 +48,7 @@ from cdc.config.names import (
     inbound_topic,
     origin_name,
 )
+from cdc.core import tracing
 from cdc.core.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -328,10 +329,11 @@ class InboundApplier:
             outcome = await self._update(conn, change, key, columns)
         await conn.execute(
             sql.SQL(
-                "UPDATE {}.inbound_changes SET outcome = %s, key = %s"
+                "UPDATE {}.inbound_changes SET outcome = %s, key = %s,"
+                " xid = pg_current_xact_id()::text::bigint & 4294967295, echo_token = %s"
                 " WHERE integration = %s AND idempotency_key = %s"
             ).format(self.state),
-            (outcome, key, self.name, change.idempotency_key),
+            (outcome, key, token, self.name, change.idempotency_key),
         )
         return outcome, key
 
@@ -453,7 +455,10 @@ class InboundWorker:
             origin = Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
             try:
                 change = InboundChange.from_json(msg.value() or b"")
-                outcome, key = await self.applier.apply(change, origin)
+                with tracing.record_span(
+                    "inbound apply", msg.headers(), {"cdc.integration": self.name}
+                ):
+                    outcome, key = await self.applier.apply(change, origin)
             except (RetryableError, ConfigError):
                 raise  # transient, or the setup is wrong: not this record's fault
             except Exception as exc:
@@ -492,6 +497,7 @@ class InboundWorker:
             ("cdcsync.origin.offset", str(origin.offset).encode()),
             ("cdcsync.timestamp", datetime.now(UTC).isoformat().encode()),
         ]
+        headers += tracing.event_span("dead-letter", msg.headers(), {"cdc.error": reason})
         key, payload = msg.key(), msg.value()
         partition: int | None = None
         offset: int | None = None

@@ -52,6 +52,7 @@ from starlette.routing import Route
 from cdc.config import Config
 from cdc.config.inbound import InboundConfig
 from cdc.config.names import inbound_integrations, inbound_topic
+from cdc.core import tracing
 from cdc.core.errors import BrokerUnavailable, FatalError, MappingError, first_line
 from cdc.core.histogram import LatencyHistogram
 from cdc.kafka.publisher import Publisher, producer_config
@@ -363,7 +364,8 @@ class _Enqueuer:
         def delivered(err: Any, msg: Any) -> None:
             loop.call_soon_threadsafe(_settle, done, err, msg)
 
-        self._publisher.produce(topic, key, value, delivered)
+        # The request's trace (cdc.core.tracing), continued by the inbound apply.
+        self._publisher.produce(topic, key, value, delivered, headers=tracing.kafka_headers())
         try:
             return await asyncio.wait_for(asyncio.shield(done), timeout_s)
         except TimeoutError:
@@ -427,7 +429,8 @@ class InboundEndpoint:
             ).response()
         stats = self.stats[name]
         try:
-            change = await self._accept(request, route)
+            with tracing.server_span(f"inbound {name}", request.headers):
+                change = await self._accept(request, route)
         except InboundRejected as exc:
             stats.rejected[exc.status] = stats.rejected.get(exc.status, 0) + 1
             if exc.status >= 500:

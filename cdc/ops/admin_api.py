@@ -51,6 +51,7 @@ from cdc.config import Config
 from cdc.core.errors import ConfigError, FatalError, RetryableError, first_line
 from cdc.core.secrets import redact_dsn
 from cdc.inbound.endpoint import InboundEndpoint
+from cdc.kafka.client_log import with_logger
 from cdc.kafka.publisher import producer_config
 from cdc.ops.metrics import RuntimeCollector
 
@@ -115,7 +116,7 @@ class DependencyProbes:
             for k, v in conf.items()
             if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "client."))
         }
-        client = AdminClient(admin_conf)
+        client = AdminClient(with_logger(admin_conf))
         await asyncio.to_thread(client.list_topics, timeout=5)
 
     async def _registry(self) -> None:
@@ -186,7 +187,10 @@ class AdminApi:
 
     def _not_ready(self) -> Iterator[str]:
         if self.capture is not None and not self.capture.stats.connected:
-            yield "capture is not streaming from its replication slot"
+            why = self.capture.stats.last_error
+            yield "capture is not streaming from its replication slot" + (
+                f" (last error: {why})" if why else ""
+            )
         if self.sync is not None and not self.sync.ready.is_set():
             yield "sync workers are not running yet"
         for name in ("kafka", "registry"):
@@ -275,7 +279,13 @@ class AdminApi:
         assert sock is not None
         server = _QuietServer(
             uvicorn.Config(
-                self.app, log_level="warning", access_log=False, lifespan="off", loop="none"
+                self.app,
+                log_level="warning",
+                # No handlers of uvicorn's own: its records reach the configured format.
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                loop="none",
             )
         )
         probes = asyncio.create_task(self.probes.run(stop))
@@ -408,6 +418,7 @@ def _integrations_status(sync: Sync) -> dict[str, Any]:
             "older": s.older,
             "duplicate": s.duplicate,
             "echo": s.echo,
+            "rereads": s.rereads,
             "retried": s.retried,
             "dead_lettered": s.dead_lettered,
             "records": s.records,

@@ -44,6 +44,8 @@ class InboundEnv:
             conn.execute(INBOUND_SCHEMA_SQL)
             # Two sinks creating their tables in one new schema at once may collide.
             conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
+        # Capture reads the inbound markers (which row an inbound write left) there too.
+        sync.capture.state_schema = STATE_SCHEMA
         return cls(sync)
 
     @property

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from cdc.capture.pgoutput import UNCHANGED, TupleValues, Value
+from cdc.core.signals import RereadSignal, SignalError
 
-SIGNAL_PREFIX: Final = "cdcsync.signal"
 WATERMARK_PREFIX: Final = "cdcsync.watermark"
 
 SnapshotKind = Literal["initial", "incremental"]
@@ -112,6 +112,17 @@ class SnapshotSignal:
         ):
             raise SnapshotMessageError(f"signal {data!r} is not a snapshot request")
         return cls(request, tuple(tables))
+
+
+def decode_signal(content: bytes | memoryview) -> SnapshotSignal | RereadSignal:
+    """A signal message: a snapshot request or a re-read request."""
+    data = _load(content, "signal")
+    if data.get("type") == "reread":
+        try:
+            return RereadSignal.decode(data)
+        except SignalError as exc:
+            raise SnapshotMessageError(str(exc)) from None
+    return SnapshotSignal.decode(content)
 
 
 @dataclass(frozen=True, slots=True)

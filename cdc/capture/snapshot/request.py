@@ -27,11 +27,12 @@ from typing import Any
 
 import psycopg
 
-from cdc.capture.snapshot.plan import SIGNAL_PREFIX, ProgressKey, SnapshotSignal
+from cdc.capture.snapshot.plan import ProgressKey, SnapshotSignal
 from cdc.capture.source_setup import TableName, table_facts
 from cdc.config import Config
 from cdc.core.errors import ConfigError, SourceUnavailable, first_line
 from cdc.core.secrets import redact_dsn
+from cdc.core.signals import SIGNAL_PREFIX
 from cdc.state.store import StateStore, pipeline_id
 
 _HINT_AFTER_S = 15.0

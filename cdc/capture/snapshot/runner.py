@@ -42,7 +42,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -56,7 +56,6 @@ from cdc.capture.encoding.table_encoding import TableEncoding
 from cdc.capture.exactly_once import ExactlyOnce
 from cdc.capture.pgoutput import UNCHANGED, Column, LogicalMessage, Relation, TupleValues
 from cdc.capture.snapshot.plan import (
-    SIGNAL_PREFIX,
     SOURCE_SNAPSHOT,
     WATERMARK_PREFIX,
     ChangeHistory,
@@ -68,14 +67,17 @@ from cdc.capture.snapshot.plan import (
     SnapshotMessageError,
     SnapshotSignal,
     Watermark,
+    decode_signal,
     key_of,
     wants_initial,
 )
 from cdc.capture.source_setup import TableName
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
+from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER, origin_name
 from cdc.core.errors import SourceUnavailable, first_line
 from cdc.core.lsn import Lsn
+from cdc.core.signals import SIGNAL_PREFIX, RereadSignal
 from cdc.kafka.publisher import Publisher
 from cdc.state.store import StateStore, pipeline_id
 from schema_registry.serde import AvroSerializer
@@ -151,11 +153,12 @@ class TableShape:
         return tuple(c.name for c in self.relation.columns)
 
     def chunk_query(self, *, after: Key | None, limit: int) -> tuple[sql.Composed, list[Any]]:
-        """Keyset pagination: the next ``limit`` rows after ``after``, every column as text."""
+        """Keyset pagination: the next ``limit`` rows after ``after``, every column as text,
+        then the row's ``xmin`` (see ``split_xmin``)."""
         # Qualified: a bare name in ORDER BY would mean the (text) output column.
         cols = [sql.Identifier("t", c.name) for c in self.relation.columns]
         pk = [cols[i] for i in self.pk_positions]
-        select = sql.SQL(", ").join(sql.SQL("{}::text").format(c) for c in cols)
+        select = _select_list(cols)
         order = sql.SQL(", ").join(pk)
         params: list[Any] = []
         where: sql.Composable = sql.SQL("")
@@ -178,13 +181,25 @@ class TableShape:
             sql.SQL(", ").join(sql.SQL("CAST(%s AS {})").format(sql.SQL(t)) for t in self.pk_types)
         )
         query = sql.SQL("SELECT {} FROM {} AS t WHERE ({}) IN ({}) ORDER BY {}").format(
-            sql.SQL(", ").join(sql.SQL("{}::text").format(c) for c in cols),
+            _select_list(cols),
             self.name.ident(),
             pk,
             sql.SQL(", ").join([one] * len(keys)),
             pk,
         )
         return query, [v for key in keys for v in key]
+
+
+def _select_list(cols: list[sql.Identifier]) -> sql.Composed:
+    """Every column as text, then ``xmin`` (the transaction that wrote the row version)."""
+    return sql.SQL(", ").join(
+        [*(sql.SQL("{}::text").format(c) for c in cols), sql.SQL("t.xmin::text")]
+    )
+
+
+def split_xmin(rows: list[tuple[Any, ...]]) -> tuple[list[TupleValues], list[int]]:
+    """A chunk query's rows as tuples of the table's columns, and each row's ``xmin``."""
+    return [tuple(r[:-1]) for r in rows], [int(r[-1]) for r in rows]
 
 
 async def load_shape(conn: psycopg.AsyncConnection[Any], table: TableName) -> TableShape:
@@ -229,10 +244,13 @@ class _Job:
     # are known once the shape is, from ``tuples`` (stream tuples) when not given.
     keys: list[Key] | None = None
     tuples: list[TupleValues] = field(default_factory=list)
+    key_maps: list[Mapping[str, str | None]] = field(default_factory=list)  # {column: text}
     # Keys of this read dropped for a change that left a TOAST value out: read again.
     reread: set[Key] = field(default_factory=set)
     held: _Save | None = None  # the chunk progress a re-read completes
     attempts: int = 0
+    # Rows of the chunk in hand last written by an inbound apply: their origin headers.
+    written_back: dict[Key, list[tuple[str, str | bytes | None]]] = field(default_factory=dict)
 
     def progress_key(self) -> ProgressKey:
         return ProgressKey(self.kind, self.request, self.last_key)
@@ -264,7 +282,7 @@ class Snapshotter:
         self._queue: deque[_Job] = deque()
         self._job: _Job | None = None
         self._saves: deque[_Save] = deque()
-        self._signals: list[SnapshotSignal] = []
+        self._signals: list[SnapshotSignal | RereadSignal] = []
         self._writers: dict[tuple[int, str], tuple[TableEncoding, EnvelopeWriter]] = {}
         self._session_id = uuid.uuid4().hex[:12]
         self._chunks = 0
@@ -344,7 +362,7 @@ class Snapshotter:
             return True
         if msg.prefix == SIGNAL_PREFIX:
             try:
-                self._signals.append(SnapshotSignal.decode(msg.content))
+                self._signals.append(decode_signal(msg.content))
             except SnapshotMessageError as exc:
                 log.warning("ignoring a malformed signal: %s", exc)
             return True
@@ -407,7 +425,7 @@ class Snapshotter:
             and job.keys is None
             and not job.tuples
             and self._queue
-            and self._queue[0].tuples
+            and (self._queue[0].tuples or self._queue[0].key_maps)
         ):
             # Between two chunks: a key re-read (a primary-key change) goes first.
             self._queue.appendleft(job)
@@ -416,7 +434,7 @@ class Snapshotter:
             if not self._queue:
                 return
             job = self._job = self._queue.popleft()
-            if job.keys is None and not job.tuples and job.published == 0:
+            if job.keys is None and not job.tuples and not job.key_maps and job.published == 0:
                 job.started = time.monotonic()
                 log.info("%s snapshot of %s starting", job.kind, job.table)
         try:
@@ -425,10 +443,13 @@ class Snapshotter:
                 if job.shape is None:
                     self._job = None
                     return
-            if job.tuples:
+            if job.tuples or job.key_maps:
                 positions = job.shape.pk_positions
-                job.keys = sorted({key_of(t, positions) for t in job.tuples}, key=repr)
-                job.tuples = []
+                names = [job.shape.relation.columns[i].name for i in positions]
+                wanted = {key_of(t, positions) for t in job.tuples}
+                wanted.update(tuple(m.get(n) for n in names) for m in job.key_maps)
+                job.keys = sorted(wanted, key=repr)
+                job.tuples, job.key_maps = [], []
             if job.phase == "idle":
                 job.truncated = False
                 self._chunks += 1
@@ -479,8 +500,10 @@ class Snapshotter:
             assert row is not None
             snapshot = PgSnapshot.parse(str(row[0]))
             cur = await conn.execute(query, params)
-            rows = await cur.fetchall()
-        buffer = ChunkBuffer(rows, job.shape.pk_positions)
+            rows, xmins = split_xmin(await cur.fetchall())
+        positions = job.shape.pk_positions
+        job.written_back = await self._written_back(rows, xmins, positions)
+        buffer = ChunkBuffer(rows, positions)
         if job.truncated:
             buffer = ChunkBuffer((), job.shape.pk_positions)
             buffer.last_key, buffer.read = job.last_key, len(rows)
@@ -492,6 +515,27 @@ class Snapshotter:
         job.buffer = buffer
         job.phase = "high"
         await self._emit(Watermark(job.chunk, high=True))
+
+    async def _written_back(
+        self, rows: list[TupleValues], xmins: list[int], positions: tuple[int, ...]
+    ) -> dict[Key, list[tuple[str, str | bytes | None]]]:
+        """The origin headers of the rows an inbound apply wrote last (key -> headers), so
+        the integration they came from treats their reads as its own writes (no echo)."""
+        assert self._store is not None
+        writers = await self._store.inbound_writers(sorted(set(xmins)))
+        out: dict[Key, list[tuple[str, str | bytes | None]]] = {}
+        for row, xmin in zip(rows, xmins, strict=True):
+            found = writers.get(xmin)
+            if found is None:
+                continue
+            integration, token = found
+            headers: list[tuple[str, str | bytes | None]] = [
+                (ORIGIN_HEADER, origin_name(integration).encode())
+            ]
+            if token:
+                headers.append((ORIGIN_LSN_HEADER, str(token).encode()))
+            out[key_of(row, positions)] = headers
+        return out
 
     def _writer(self, table: TableEncoding, kind: SnapshotKind) -> EnvelopeWriter:
         slot = (table.encoder.relation.oid, kind)
@@ -530,7 +574,10 @@ class Snapshotter:
         job.truncated = False
         progress: TxProgress | None = None
         if rows:
-            progress = self._produce(table, job.kind, rows, commit_lsn)
+            back = job.written_back
+            origins = [back.get(key_of(r, shape.pk_positions)) for r in rows] if back else None
+            progress = self._produce(table, job.kind, rows, commit_lsn, origins)
+        job.written_back = {}
         job.rows += len(rows)
         job.published += len(rows)
         if job.keys is not None:
@@ -602,8 +649,15 @@ class Snapshotter:
             log.info("%s snapshot of %s done (with key re-reads)", job.kind, job.table)
 
     def _produce(
-        self, table: TableEncoding, kind: SnapshotKind, rows: list[TupleValues], commit_lsn: Lsn
+        self,
+        table: TableEncoding,
+        kind: SnapshotKind,
+        rows: list[TupleValues],
+        commit_lsn: Lsn,
+        origins: list[list[tuple[str, str | bytes | None]] | None] | None = None,
     ) -> TxProgress:
+        """Produce ``rows`` as reads at ``commit_lsn``; ``origins``: per row, the origin
+        headers of an inbound write it holds (None: none)."""
         session = self._session
         publisher, serializer = session.publisher, session.serializer
         assert publisher is not None and serializer is not None
@@ -626,8 +680,13 @@ class Snapshotter:
         eos = session.eos
         headers = None if eos is None else eos.event_headers(session.confirmable())
         produce = publisher.produce
-        for key, value in zip(keys, values, strict=True):
-            produce(topic, key, value, callback, headers=headers)
+        if origins is not None:
+            for origin, key, value in zip(origins, keys, values, strict=True):
+                row_headers = headers if origin is None else [*(headers or ()), *origin]
+                produce(topic, key, value, callback, headers=row_headers)
+        else:
+            for key, value in zip(keys, values, strict=True):
+                produce(topic, key, value, callback, headers=headers)
         session.checkpoint.seal(progress, commit_lsn)
         if eos is not None:
             eos.sealed(commit_lsn, commit_lsn)
@@ -667,6 +726,9 @@ class Snapshotter:
         assert store is not None
         signals, self._signals = self._signals, []
         for signal in signals:
+            if isinstance(signal, RereadSignal):
+                self._take_reread(signal)
+                continue
             for table in signal.tables:
                 if table not in self._tables:
                     log.warning("snapshot of %s requested, but it is not in source.tables", table)
@@ -682,6 +744,16 @@ class Snapshotter:
                 self._cancel(table)
                 log.info("incremental snapshot of %s requested (%s)", table, signal.request)
                 self._queue.append(_Job(table, key.kind, key.request, key.key, row.rows))
+
+    def _take_reread(self, signal: RereadSignal) -> None:
+        """Queue the re-read of the signal's keys, before the next chunk of anything."""
+        for table, keys in signal.keys.items():
+            if table not in self._tables:
+                log.warning("re-read of %s requested, but it is not in source.tables", table)
+                continue
+            if keys:
+                job = _Job(table, "incremental", signal.request, None, 0, key_maps=list(keys))
+                self._queue.appendleft(job)
 
     def _cancel(self, table: str) -> None:
         """Forget an earlier snapshot of ``table``: a new request supersedes it."""

@@ -65,5 +65,11 @@ class Sink(Protocol):
     async def probe(self) -> None:
         """A cheap reachability check; raises ``SinkUnavailable`` when the target is down."""
 
+    async def holding(self, entity: str, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` the target holds a live ``entity`` of (its last applied
+        operation was an upsert). Asked only before an upsert that leaves fields out
+        (unchanged TOAST values): one that creates the entity must have them filled."""
+        ...
+
     async def close(self) -> None:
         """Release connections; ``apply`` is not called afterwards."""

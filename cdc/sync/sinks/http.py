@@ -52,6 +52,7 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 from cdc.config import HttpSinkConfig
+from cdc.core import tracing
 from cdc.core.errors import SinkRejected, SinkUnavailable
 from cdc.core.secrets import redact_dsn
 from cdc.state.store import StateStore, VersionGuard
@@ -193,6 +194,10 @@ class HttpSink:
                 retry_after_s=parse_retry_after(answer.retry_after),
             )
 
+    async def holding(self, entity: str, keys: Sequence[str]) -> set[str]:
+        held = await self.state.versions(self.integration, entity, keys=keys)
+        return {key for key, (_, deleted) in held.items() if not deleted}
+
     async def apply(self, ops: Sequence[EntityOp]) -> list[Result]:
         """Apply ``ops``; one result per operation, in order (see ``cdc.sync.sinks.base``)."""
         results: list[Result | None] = [None] * len(ops)
@@ -287,6 +292,7 @@ class HttpSink:
         if self._secret is not None:
             digest = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
             headers["X-Signature"] = f"sha256={digest}"
+        tracing.inject_op(op, headers)  # traceparent of the change's trace, when traced
         what = f"{method} {op.entity} {op.key!r}"
         try:
             answer = await self._request(method, url, body=body or None, headers=headers)
