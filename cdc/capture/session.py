@@ -20,12 +20,16 @@ Invariants:
   Kafka transactions together with the position; transactions already
   committed to Kafka are skipped, and the confirmed LSN never passes an open
   Kafka transaction.
+- With ``source.provide_transaction_metadata`` a transaction's BEGIN goes to
+  ``{prefix}.transaction`` before its first event and its END after its last, both
+  counted in the transaction's checkpoint progress like its events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -49,6 +53,12 @@ from cdc.capture.encoding.envelope import (
 )
 from cdc.capture.encoding.envelope_writer import EnvelopeWriter
 from cdc.capture.encoding.table_encoding import TableEncoding
+from cdc.capture.encoding.transaction_metadata import (
+    TransactionFrame,
+    transaction_key_schema,
+    transaction_topic,
+    transaction_value_schema,
+)
 from cdc.capture.encoding.type_mapping import PgType, TypeOptions, needs_catalog
 from cdc.capture.exactly_once import (
     BatchPolicy,
@@ -154,6 +164,11 @@ class CaptureSession:
         self.snapshots = Snapshotter(self, created_slot=created_slot)
         # The Kafka headers of the transaction's events: its replication origin, if any.
         self.headers: list[tuple[str, str | bytes | None]] | None = None
+        # provide_transaction_metadata: the topic's key and value schemas, the open
+        # transaction's BEGIN/END frame and the LSN of its Begin message.
+        self.tx_schemas: tuple[PreparedSchema, PreparedSchema] | None = None
+        self.tx_frame: TransactionFrame | None = None
+        self.tx_begin_lsn: Lsn | None = None
         # Tracing (cdc.core.tracing): None when off, the one value the hot path checks.
         self.trace = tracing.change_sampler()
 
@@ -201,9 +216,26 @@ class CaptureSession:
             status_interval=cfg.source.status_interval_s,
         )
         self.checkpoint.flush_lsn = self.stream.flushed_lsn
+        if src.provide_transaction_metadata:
+            await self.open_transaction_topic()
         await self.snapshots.open()
         self.stats.connected = True
         log.info("capture streaming from slot %s", cfg.source.slot)
+
+    async def open_transaction_topic(self) -> None:
+        """Create ``{prefix}.transaction`` and register its key and value schemas."""
+        publisher, serializer = self.publisher, self.serializer
+        assert publisher is not None and serializer is not None
+        topic = transaction_topic(self.cfg.kafka.topic_prefix)
+        await asyncio.to_thread(
+            publisher.ensure_topics,
+            [topic],
+            partitions=self.cfg.kafka.topic_partitions,
+            replication_factor=self.cfg.kafka.topic_replication_factor,
+        )
+        key = await serializer.prepare(topic, transaction_key_schema(), is_key=True)
+        value = await serializer.prepare(topic, transaction_value_schema(), is_key=False)
+        self.tx_schemas = (key, value)
 
     async def close(self) -> None:
         self.spool.close()
@@ -306,6 +338,7 @@ class CaptureSession:
             self.on_change(msg, lsn)
         elif kind is Begin:
             self.begin(TxContext(msg.xid, msg.final_lsn, msg.commit_ts_us, self.last_commit_lsn))
+            self.tx_begin_lsn = lsn
         elif kind is Commit:
             self.commit(msg.end_lsn)
         elif kind is StreamStart:
@@ -334,6 +367,10 @@ class CaptureSession:
             self.headers = [(ORIGIN_HEADER, msg.name.encode())]
             if msg.origin_lsn:
                 self.headers.append((ORIGIN_LSN_HEADER, str(int(msg.origin_lsn)).encode()))
+            if self.tx is not None:  # Debezium's source.origin and origin_lsn
+                self.tx = dataclasses.replace(
+                    self.tx, origin=msg.name, origin_lsn=int(msg.origin_lsn)
+                )
         # Type messages need no action: types are read from the catalog.
 
     def begin(self, tx: TxContext) -> None:
@@ -345,8 +382,14 @@ class CaptureSession:
         self.seq = 0
         self.table_seq = {}
         self.headers = None
+        self.tx_frame = None
+        self.tx_begin_lsn = None
 
     def commit(self, end_lsn: Lsn) -> None:
+        frame = self.tx_frame
+        if frame is not None:
+            self.tx_frame = None
+            self.produce_frame(*frame.end(int(end_lsn)))
         if self.progress is not None:
             self.checkpoint.seal(self.progress, end_lsn)
             self.stats.transactions += 1
@@ -398,6 +441,8 @@ class CaptureSession:
         table = self.tables.get(msg.relation_oid)
         if table is None:
             raise DecodeError(f"change for relation {msg.relation_oid} before its Relation message")
+        if self.tx_schemas is not None and self.tx_frame is None:
+            self.start_frame(tx, lsn)
         if self.snapshots.watches(msg.relation_oid):
             self.snapshots.on_change(
                 tx.xid,
@@ -493,16 +538,45 @@ class CaptureSession:
         Checkpoint.sent(progress)
         publisher.produce(enc.topic, key_bytes, value_bytes, callback, headers=headers)
         self.stats.events += 1
+        if self.tx_frame is not None:
+            self.tx_frame.counted(enc.data_collection)
         # Debezium follows every delete with a tombstone, keyless tables' included.
         if change.op == OP_DELETE and self.cfg.source.tombstones_on_delete:
             Checkpoint.sent(progress)
             publisher.produce(enc.topic, key_bytes, None, callback, headers=headers)
             self.stats.tombstones += 1
 
+    def start_frame(self, tx: TxContext, lsn: Lsn) -> None:
+        """The transaction's first change (even a skipped one): its BEGIN record."""
+        if self.skipping:
+            return
+        begin_lsn = self.tx_begin_lsn if self.tx_begin_lsn is not None else lsn
+        self.tx_frame = TransactionFrame(tx.xid, int(begin_lsn), tx.commit_ts_us)
+        self.produce_frame(*self.tx_frame.begin())
+
+    def produce_frame(self, key: dict[str, Any], value: dict[str, Any]) -> None:
+        """A BEGIN or END record, acknowledged as part of the transaction's progress."""
+        serializer, publisher, schemas = self.serializer, self.publisher, self.tx_schemas
+        assert serializer is not None and publisher is not None and schemas is not None
+        progress = self._progress()
+        headers = None
+        if self.eos is not None:
+            headers = self.eos.event_headers(self.confirmable())
+        Checkpoint.sent(progress)
+        publisher.produce(
+            transaction_topic(self.cfg.kafka.topic_prefix),
+            serializer.serialize(schemas[0], key),
+            serializer.serialize(schemas[1], value),
+            self.delivery_callback(progress),
+            headers=headers,
+        )
+
     def on_truncate(self, msg: Truncate, lsn: Lsn) -> None:
         tx = self.tx
         if tx is None:
             raise DecodeError("truncate outside a transaction")
+        if self.tx_schemas is not None and self.tx_frame is None:
+            self.start_frame(tx, lsn)
         for oid in msg.relation_oids:
             self.snapshots.on_truncate(oid)
             table = self.tables.get(oid)

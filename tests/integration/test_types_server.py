@@ -139,7 +139,8 @@ EXPECTED: dict[str, tuple[str, Any]] = {
     "c_int_arr": ("c_int_arr", lambda v: v),
     "c_text_arr": ("c_text_arr", lambda v: v),
     "c_num_arr": ("c_num_arr", lambda v: v),
-    "c_mood_arr": ("c_mood_arr::text[]", lambda v: v),
+    # Debezium's enum array elements are required: one holding a NULL is null.
+    "c_mood_arr": ("c_mood_arr::text[]", lambda v: None if v is None or None in v else v),
     "c_price_arr": ("c_price_arr::numeric[]", lambda v: v),
     # As Debezium writes them: one null per sub-array; a Point record with its WKB.
     "c_grid": ("c_grid", lambda v: [None] * len(v)),

@@ -6,11 +6,13 @@ Run as a child process (the JVM stays out of the test process)::
 
 CONFIG.json holds ``dsn`` (a libpq URL or key=value string), ``slot``, ``publication``
 (existing: Debezium does not create it), ``prefix``, ``registry`` (its URL) and
-``until_topic``. Every record Debezium produces goes through Confluent's AvroConverter
-(``fromConnectData``, registering Debezium's schemas in that registry, exactly as a
-Kafka Connect worker would) and is appended to OUT.jsonl as ``{"topic", "key",
-"value"}`` with hex bytes (null for a tombstone or keyless record). The process exits
-once a record of ``until_topic`` was written, or after ``timeout_s``.
+``until_topic`` (optional: ``until_count``, default 1; ``properties``, more connector
+properties such as ``provide.transaction.metadata``). Every record Debezium produces goes
+through Confluent's AvroConverter (``fromConnectData``, registering Debezium's schemas in
+that registry, exactly as a Kafka Connect worker would) and is appended to OUT.jsonl as
+``{"topic", "key", "value"}`` with hex bytes (null for a tombstone or keyless record).
+The process exits once ``until_count`` records of ``until_topic`` were written, or
+after ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main(config_path: str, out_path: str) -> int:
     values.configure(settings, False)
     done = threading.Event()
     out = Path(out_path)
+    until: list[int] = [int(config.get("until_count", 1))]
 
     def hexed(converter: Any, topic: str, schema: Any, value: Any) -> str | None:
         if value is None:
@@ -64,7 +67,8 @@ def main(config_path: str, out_path: str) -> int:
                 lines.append(json.dumps(line) + "\n")
             with out.open("a", encoding="utf-8") as sink:
                 sink.writelines(lines)
-            if any(json.loads(line)["topic"] == config["until_topic"] for line in lines):
+            until[0] -= sum(json.loads(line)["topic"] == config["until_topic"] for line in lines)
+            if until[0] <= 0:
                 done.set()
 
     info = conninfo_to_dict(config["dsn"])

@@ -98,6 +98,8 @@ def changes(draw: st.DrawFn) -> Change:
         commit_lsn=Lsn(draw(st.integers(0, 2**63 - 1))),
         commit_ts_us=draw(st.integers(0, 2**53)),
         last_commit_lsn=draw(st.one_of(st.none(), st.integers(0, 2**63 - 1).map(Lsn))),
+        origin=draw(st.one_of(st.none(), text)),
+        origin_lsn=draw(st.one_of(st.none(), st.integers(0, 2**63 - 1))),
     )
     lsn = Lsn(draw(st.integers(0, 2**63 - 1)))
     seq = draw(st.integers(1, 2**31))
@@ -189,3 +191,42 @@ def test_longs_are_zigzag_varints(n: int) -> None:
     buf = io.BytesIO()
     schemaless_writer(buf, "long", n)
     assert long_bytes(n) == buf.getvalue()
+
+
+ODD = Relation(
+    oid=16390,
+    namespace="public",
+    name="odd",
+    replica_identity="d",
+    columns=(
+        Column(True, "id", INT4, -1),
+        Column(False, "area", 603, -1),  # box: Debezium leaves it out
+        Column(False, "label", 19, -1),  # name: Debezium writes null
+        Column(False, "note", TEXT, -1),
+    ),
+)
+
+
+@pytest.mark.parametrize("additive", [False, True], ids=["strict", "additive"])
+def test_types_debezium_loses_are_left_out_or_nulled_only_without_additive_fields(
+    additive: bool,
+) -> None:
+    options = TypeOptions()
+    encoder = RelationEncoder(
+        ODD, prefix="app", database="shop", types={}, options=options, additive_fields=additive
+    )
+    names = [f["name"] for f in encoder.value_row_schema["fields"]]
+    tx = TxContext(xid=9, commit_lsn=Lsn(5000), commit_ts_us=1_700_000_000_000_000)
+    change = Change("c", ODD.oid, Lsn(4000), 1, tx, None, ("1", "(1,1),(0,0)", "nämé", "x"))
+    written = EnvelopeWriter(encoder, header=b"\x00\x00\x00\x00\x07").write(
+        change, table_seq=1, now_ms=1
+    )
+    after = schemaless_reader(io.BytesIO(written[5:]), parse_schema(encoder.value_schema), None)[
+        "after"
+    ]  # type: ignore[call-overload,index]
+    if additive:
+        assert names == ["id", "area", "label", "note"]
+        assert after == {"id": 1, "area": "(1,1),(0,0)", "label": "nämé", "note": "x"}
+    else:
+        assert names == ["id", "label", "note"]
+        assert after == {"id": 1, "label": None, "note": "x"}

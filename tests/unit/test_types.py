@@ -65,7 +65,7 @@ INT4_ARRAY, TEXT_ARRAY, NUMERIC_ARRAY, BOX_ARRAY, BYTEA_ARRAY, TSTZ_ARRAY = (
     1001,
     1185,
 )
-INET, POINT, INT4RANGE, TSVECTOR = 869, 600, 3904, 3614
+INET, POINT, INT4RANGE, TSVECTOR, BIT, VARBIT = 869, 600, 3904, 3614, 1560, 1562
 
 
 def numeric_typmod(precision: int, scale: int) -> int:
@@ -292,14 +292,133 @@ def test_bytea_follows_the_binary_handling_mode() -> None:
     assert mode(BinaryHandling.HEX) == "fbff01"
 
 
-def test_network_geometry_range_and_search_types_stay_text() -> None:
-    for oid, text in (
-        (INET, "2001:db8::1/64"),
-        (INT4RANGE, "[1,5)"),
-        (TSVECTOR, "'a':1"),
-    ):
+def test_network_and_range_types_stay_text() -> None:
+    for oid, text in ((INET, "2001:db8::1/64"), (INT4RANGE, "[1,5)")):
         assert codec(oid).avro_type == "string"
         assert codec(oid).decode(text) == text
+
+
+def test_tsvector_is_its_text_named_as_debezium() -> None:
+    column = codec(TSVECTOR)
+    assert column.avro_type == {
+        "type": "string",
+        "connect.version": 1,
+        "connect.name": "io.debezium.data.Tsvector",
+    }
+    assert column.decode("'a':1 'cat':2") == "'a':1 'cat':2"
+
+
+def test_bit_1_is_a_boolean_and_longer_bit_strings_are_debezium_bits_little_endian() -> None:
+    assert codec(BIT, 1).avro_type == "boolean"
+    assert codec(BIT, 1).decode("1") is True
+    assert codec(BIT, 1).decode("0") is False
+    bit3 = codec(BIT, 3)
+    assert bit3.avro_type == {
+        "type": "bytes",
+        "connect.version": 1,
+        "connect.parameters": {"length": "3"},
+        "connect.name": "io.debezium.data.Bits",
+    }
+    assert bit3.decode("101") == b"\x05"
+    assert bit3.decode("000") == b""  # as java.util.BitSet.toByteArray
+    varbit = codec(VARBIT)
+    assert varbit.avro_type["connect.parameters"] == {"length": "2147483647"}  # type: ignore[index]
+    assert varbit.decode("1100110011") == b"3\x03"
+    assert varbit.decode("") == b""
+    assert codec(VARBIT, 9).decode("111111111") == b"\xff\x01"
+    assert round_trip(varbit, varbit.decode("10000000")) == b"\x80"  # unsigned: no sign byte
+    with pytest.raises(DecodeError):
+        varbit.decode("12")
+
+
+def test_types_debezium_leaves_out_are_text_marked_as_skipped() -> None:
+    for oid in (601, 602, 603, 604, 628, 718, 3220, 3615):
+        column = codec(oid)
+        assert column.debezium_skips
+        assert column.avro_type == "string"
+    assert not codec(INET).debezium_skips
+    assert not codec(POINT).debezium_skips
+
+
+def test_unchanged_toast_placeholders_of_arrays_are_debeziums() -> None:
+    raw = list(DEFAULTS.unavailable_value.encode())
+    assert codec(INT4_ARRAY).unavailable == raw
+    assert codec(1182).unavailable == raw  # date[]
+    assert codec(1016).unavailable == raw  # bigint[]
+    assert codec(TEXT_ARRAY).unavailable == [DEFAULTS.unavailable_value]
+    assert codec(BYTEA_ARRAY).unavailable == [DEFAULTS.unavailable_value.encode()]
+    # java.util.UUID.nameUUIDFromBytes of the placeholder, as Debezium 3.6 writes it
+    assert codec(2951).unavailable == ["b68a35a7-17ad-35b3-af2a-ae46edb4545a"]
+    # other arrays: null
+    assert codec(NUMERIC_ARRAY).unavailable is None
+    assert codec(1000).unavailable is None  # boolean[]
+    # a non-ASCII placeholder: Java's signed bytes
+    options = TypeOptions(unavailable_value="é")
+    assert codec(INT4_ARRAY, options=options).unavailable == [-61, -87]
+
+
+def test_unchanged_toast_placeholder_of_hstore_maps_the_placeholder_to_itself() -> None:
+    hstore = PgType(16400, "public", "hstore", "b", "U", None, None, -1, ())
+    p = DEFAULTS.unavailable_value
+    assert codec(16400, hstore=hstore).unavailable == f'{{"{p}":"{p}"}}'
+    as_map = codec(16400, options=TypeOptions(hstore_handling=HstoreHandling.MAP), hstore=hstore)
+    assert as_map.unavailable == {p: p}
+
+
+def test_arrays_debezium_leaves_out_or_writes_otherwise() -> None:
+    for oid in (791, 1187, 143, 1017, 1020, 4451, 28, 2205):  # money[] ... regclass
+        assert codec(oid).debezium_skips, oid
+    assert not codec(INT4_ARRAY).debezium_skips
+    price = domain_type(50_001, NUMERIC, numeric_typmod(8, 3))
+    prices = codec(50_011, price=price, prices=array_type(50_011, 50_001, "_price"))
+    assert prices.debezium_skips  # an array of a domain
+    # bit(3)[]: Debezium 3.6 gives it the element's schema and no value
+    bits = codec(1561, 3)
+    assert schema_of(bits)["connect.name"] == "io.debezium.data.Bits"
+    assert bits.decode("{101,010}") is None
+    # tsvector[]: required elements
+    tsvectors = codec(3643)
+    assert schema_of(tsvectors)["items"]["connect.name"] == "io.debezium.data.Tsvector"
+    assert tsvectors.decode("{'a',NULL}") is None
+    # time[]: 24:00:00 is read as midnight
+    assert codec(1183).decode("{12:00:00.5,24:00:00}") == [43_200_500_000, 0]
+    # int2vector: an array of int16
+    vector = codec(22)
+    assert vector.avro_type == {"type": "array", "items": {"type": "int", "connect.type": "int16"}}
+    assert through_avro(vector, "1 2 3") == [1, 2, 3]
+
+
+def test_values_debezium_loses_are_marked_with_what_debezium_writes() -> None:
+    assert codec(22).debezium_constant == ([],)  # int2vector: always empty
+    assert codec(19).debezium_constant == (None,)  # name: always null
+    assert codec(19).decode("nämé") == "nämé"  # the codec itself keeps the value
+    assert codec(TEXT).debezium_constant is None
+
+
+def test_a_numeric_array_holding_nan_is_null_in_every_decimal_mode() -> None:
+    for mode in DecimalHandling:
+        column = codec(NUMERIC_ARRAY, options=TypeOptions(decimal_handling=mode))
+        assert column.decode("{1,NaN}") is None, mode
+        assert column.decode("{1,Infinity}") is None, mode
+    as_string = codec(NUMERIC_ARRAY, options=TypeOptions(decimal_handling=DecimalHandling.STRING))
+    assert as_string.decode("{1.5,NULL}") == ["1.5", None]
+
+
+def test_unchanged_toast_bytea_is_null_when_bytes_travel_as_text() -> None:
+    base64 = TypeOptions(binary_handling=BinaryHandling.BASE64)
+    assert codec(BYTEA, options=base64).unavailable is None
+    assert codec(BYTEA_ARRAY, options=base64).unavailable is None
+    assert codec(BYTEA).unavailable == DEFAULTS.unavailable_value.encode()
+
+
+def test_a_numeric_array_holding_nan_is_null_as_debezium_writes_it() -> None:
+    column = codec(NUMERIC_ARRAY)
+    assert column.decode("{NaN}") is None
+    assert column.decode("{1.5,NULL,-2}") == [
+        {"scale": 1, "value": b"\x0f"},
+        None,
+        {"scale": 0, "value": b"\xfe"},
+    ]
 
 
 # --- dates and times -----------------------------------------------------------------------------
@@ -546,8 +665,10 @@ def test_domains_map_as_their_base_type_with_the_domains_typmod() -> None:
 
 def test_arrays_of_enums_and_domains_use_the_catalog_element() -> None:
     moods = codec(50_010, mood=enum_type(), moods=array_type(50_010, 50_000, "_mood"))
-    assert schema_of(moods)["items"][1]["connect.name"] == "io.debezium.data.Enum"
-    assert moods.decode("{sad,NULL,happy}") == ["sad", None, "happy"]
+    # Debezium's enum array elements are required: an array holding a NULL is null.
+    assert schema_of(moods)["items"]["connect.name"] == "io.debezium.data.Enum"
+    assert moods.decode("{sad,happy}") == ["sad", "happy"]
+    assert moods.decode("{sad,NULL,happy}") is None
     price = domain_type(50_001, NUMERIC, numeric_typmod(8, 3))
     prices = codec(50_011, price=price, prices=array_type(50_011, 50_001, "_price"))
     assert through_avro(prices, "{1.500,2.000}") == [Decimal("1.500"), Decimal("2.000")]
@@ -559,6 +680,7 @@ def test_composites_and_unknown_types_fall_back_to_their_text() -> None:
         codec(50_020, address=composite).decode('("1 Main St",Springfield)')
         == '("1 Main St",Springfield)'
     )
+    assert codec(50_020, address=composite).debezium_skips  # Debezium leaves them out
     assert codec(9_999).avro_type == "string"  # a built-in OID this module does not know
     assert codec(9_999).decode("whatever") == "whatever"
 
@@ -718,6 +840,9 @@ def test_time_precision_adaptive_writes_precisions_up_to_3_in_milliseconds() -> 
     assert schema_of(codec(TIMESTAMP))["connect.name"] == "io.debezium.time.MicroTimestamp"
     micro = TypeOptions(time_precision=TimePrecision.ADAPTIVE_TIME_MICROSECONDS)
     assert codec(TIME, 3, micro).decode("12:34:56.789") == 45_296_789_000
+    # ... which changes time columns only: timestamp(0-3) stay in milliseconds.
+    assert schema_of(codec(TIMESTAMP, 3, micro))["connect.name"] == "io.debezium.time.Timestamp"
+    assert codec(TIMESTAMP, 3, micro).decode("2020-01-02 03:04:05.123") == 1_577_934_245_123
 
 
 def test_time_precision_connect_uses_kafka_connects_logical_types_in_milliseconds() -> None:

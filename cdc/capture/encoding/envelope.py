@@ -15,6 +15,9 @@ For a relation ``schema.table`` under topic prefix ``P`` this module derives:
   unchanged TOAST value and is NOT in the row: their placeholder must never be written).
 
 Invariants:
+- Columns of a type Debezium leaves out (``ColumnCodec.debezium_skips``) are in the
+  row only with ``additive_fields``; without them, a type whose every value Debezium
+  writes as one constant (``ColumnCodec.debezium_constant``) is written as that.
 - Key columns and NOT NULL columns (``ColumnFacts``, read from the catalog) are
   required; a column's constant default is in its schema (``default`` and
   ``connect.default``) as Debezium puts it; every other column is optional.
@@ -30,6 +33,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,12 +90,16 @@ class TxContext:
 
     ``last_commit_lsn``: the end of the previous transaction this session saw (Debezium's
     ``lsn_commit``, the first element of ``source.sequence``); None for the first one.
+    ``origin``, ``origin_lsn``: the replication origin the transaction was written under
+    (pgoutput's Origin message), Debezium's ``source.origin`` and ``source.origin_lsn``.
     """
 
     xid: int
     commit_lsn: Lsn
     commit_ts_us: int
     last_commit_lsn: Lsn | None = None
+    origin: str | None = None
+    origin_lsn: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +275,10 @@ def _with_connect_default(avro_type: Any, default: Any) -> Any:
 _NO_DEFAULT: Final[Any] = object()
 
 
+def _constant(value: Any, _text: str) -> Any:
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class _Field:
     index: int
@@ -329,6 +341,8 @@ class RelationEncoder:
         seen: set[str] = set()
         facts = columns or {}
         for i, (col, codec) in enumerate(zip(relation.columns, codecs, strict=True)):
+            if codec.debezium_skips and not additive_fields and not is_key_flags[i]:
+                continue  # a type Debezium leaves out of its events
             value_type = value_types[i]
             name = avro_name(col.name)
             while name in seen:
@@ -349,9 +363,14 @@ class RelationEncoder:
             filler = default if default is not _NO_DEFAULT else None
             if filler is None and required:
                 filler = _zero(codec.avro_type, codec.unavailable)
-            field = _Field(
-                i, name, col.name, codec.decode, codec.unavailable, default, required, filler
-            )
+            # An array without a typed placeholder is null, as Debezium writes it (a
+            # required one takes its filler).
+            placeholder = filler if codec.unavailable is None else codec.unavailable
+            decode = codec.decode
+            constant = codec.debezium_constant
+            if constant is not None and not additive_fields and not is_key_flags[i]:
+                decode = functools.partial(_constant, constant[0])  # Debezium loses the value
+            field = _Field(i, name, col.name, decode, placeholder, default, required, filler)
             fields.append(field)
             entry: dict[str, Any] = {"name": name}
             if name != col.name:
@@ -437,6 +456,11 @@ class RelationEncoder:
         }
 
     @property
+    def data_collection(self) -> str:
+        """Debezium's name of the table: ``schema.table``."""
+        return f"{self.relation.namespace}.{self.relation.name}"
+
+    @property
     def has_key(self) -> bool:
         return self.key_schema is not None
 
@@ -467,10 +491,10 @@ class RelationEncoder:
         TOAST column takes instead of the placeholder, as Debezium does. ``key_only``:
         ``values`` is a key-only before-image; its missing columns take their defaults.
         """
-        if len(values) != len(self._fields):
+        if len(values) != len(self.relation.columns):
             raise DecodeError(
                 f"{self.relation.namespace}.{self.relation.name}: tuple has {len(values)} "
-                f"columns, relation has {len(self._fields)}"
+                f"columns, relation has {len(self.relation.columns)}"
             )
         out: dict[str, Any] = {}
         for f in self._fields:
@@ -523,6 +547,8 @@ class RelationEncoder:
         source["sequence"] = sequence_text(tx.last_commit_lsn, lsn)
         source["txId"] = tx.xid
         source["lsn"] = lsn
+        source["origin"] = tx.origin
+        source["origin_lsn"] = tx.origin_lsn
         if self.additive_fields:
             source["commit_lsn"] = commit_lsn
         envelope = {

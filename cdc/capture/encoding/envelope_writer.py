@@ -109,8 +109,10 @@ class EnvelopeWriter:
         # ts_us, ts_ns, schema, table, txId
         self._tx_mid = _BRANCH1 + long_bytes(ts_us) + _BRANCH1 + long_bytes(ts_us * 1000)
         self._tx_mid += self._table + _BRANCH1 + long_bytes(tx.xid)
-        # xmin, origin, origin_lsn: null; then commit_lsn (additive)
-        self._tx_tail = _NULL + _NULL + _NULL
+        # xmin: null; origin, origin_lsn; then commit_lsn (additive)
+        self._tx_tail = _NULL
+        self._tx_tail += _NULL if tx.origin is None else _BRANCH1 + string_bytes(tx.origin)
+        self._tx_tail += _NULL if tx.origin_lsn is None else _BRANCH1 + long_bytes(tx.origin_lsn)
         if self._additive:
             self._tx_tail += _BRANCH1 + long_bytes(commit)
         self._tx_id = f"{tx.xid}:"

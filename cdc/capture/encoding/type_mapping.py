@@ -14,7 +14,16 @@ Invariants:
 - ``codec.decode`` returns exactly what fastavro's writer accepts for ``avro_type`` and
   raises only ``cdc.core.errors.DecodeError`` (naming the type and the truncated text).
 - ``codec.unavailable`` is a value valid for ``avro_type``, written in place of an
-  unchanged TOAST value: Debezium's placeholder for strings, bytes and arrays of them.
+  unchanged TOAST value: Debezium's placeholder for strings, bytes and arrays of them;
+  for ``int[]``, ``date[]`` and ``bigint[]`` the placeholder's bytes as numbers, for
+  ``uuid[]`` its name-based UUID, for ``hstore`` a map of it to itself; None (null) for
+  the other arrays and for ``bytea`` written as text (base64, hex), as Debezium writes
+  them (the caller writes a required column's filler instead).
+- ``codec.debezium_skips``: Debezium (``include.unknown.datatypes: false``) leaves columns
+  of this type out of its events; cdcsync keeps them, as text, only as additive fields.
+- ``codec.debezium_constant``: ``(value,)`` when Debezium writes that same value for
+  every non-null value of the type (it loses them: ``name`` null, ``int2vector`` empty);
+  cdcsync writes it only without additive fields, the real values otherwise.
 - Values Debezium cannot represent are handled as Debezium does, never by stopping
   capture: numeric ``NaN``/``Infinity`` in ``precise`` mode decode to None (the caller
   writes null, or the column's default when it is NOT NULL) with a warning; intervals
@@ -30,6 +39,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
+import hashlib
 import json
 import logging
 import struct
@@ -38,6 +49,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 from cdc.capture.encoding import pg_text as tp
 from cdc.core.errors import DecodeError, SchemaError
@@ -225,6 +237,8 @@ class ColumnCodec:
     decode: Callable[[str], Any]
     unavailable: Any
     pg_type_name: str
+    debezium_skips: bool = False
+    debezium_constant: tuple[Any] | None = None
 
 
 def decode_failure(text: str, pg_type_name: str, reason: str | None = None) -> DecodeError:
@@ -461,7 +475,9 @@ def _timetz_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
 
 def _timestamp_codec(typmod: int, options: TypeOptions) -> ColumnCodec:
     name = _with_precision("timestamp", typmod)
-    millis = options.time_precision is TimePrecision.CONNECT or _millis_precision(typmod, options)
+    # adaptive_time_microseconds changes time columns only: timestamp(0-3) stay in ms.
+    adaptive = options.time_precision is not TimePrecision.CONNECT
+    millis = not adaptive or 0 <= typmod <= 3
     divisor = 1000 if millis else 1
     sentinels = {
         "infinity": POSITIVE_INFINITY_TIMESTAMP_MICROS // divisor,
@@ -529,15 +545,16 @@ def _bytea_codec(options: TypeOptions) -> ColumnCodec:
     encode: Callable[[bytes], Any]
     if mode is BinaryHandling.BYTES:
         return _codec("bytes", _guarded(tp.parse_bytea, "bytea"), "bytea", options)
+    # Debezium's placeholder (a string) does not convert to these modes: an unchanged
+    # TOAST value is null (measured with base64).
     if mode is BinaryHandling.BASE64:
         encode = lambda raw: base64.b64encode(raw).decode("ascii")  # noqa: E731
     elif mode is BinaryHandling.BASE64_URL_SAFE:
         encode = lambda raw: base64.urlsafe_b64encode(raw).decode("ascii")  # noqa: E731
     else:
         encode = bytes.hex
-    return _codec(
-        "string", _guarded(lambda text: encode(tp.parse_bytea(text)), "bytea"), "bytea", options
-    )
+    parse = _guarded(lambda text: encode(tp.parse_bytea(text)), "bytea")
+    return ColumnCodec("string", parse, None, "bytea")
 
 
 # geometry and hstore --------------------------------------------------------------------------
@@ -571,18 +588,52 @@ def _point_codec(options: TypeOptions) -> ColumnCodec:
 
 
 def _hstore_codec(name: str, options: TypeOptions) -> ColumnCodec:
+    placeholder = {options.unavailable_value: options.unavailable_value}
     if options.hstore_handling is HstoreHandling.MAP:
         schema: dict[str, Any] = {"type": "map", "values": ["null", "string"]}
-        return ColumnCodec(schema, _guarded(lambda t: dict(tp.parse_hstore(t)), name), {}, name)
+        parse = _guarded(lambda t: dict(tp.parse_hstore(t)), name)
+        return ColumnCodec(schema, parse, placeholder, name)
 
     def as_json(text: str) -> str:
         pairs = dict(tp.parse_hstore(text))
         ordered = {key: pairs[key] for key in tp.java_hashmap_order(list(pairs))}
         return json.dumps(ordered, ensure_ascii=False, separators=(",", ":"))
 
-    return _codec(
-        _semantic("string", "io.debezium.data.Json"), _guarded(as_json, name), name, options
+    return ColumnCodec(
+        _semantic("string", "io.debezium.data.Json"),
+        _guarded(as_json, name),
+        json.dumps(placeholder, ensure_ascii=False, separators=(",", ":")),
+        name,
     )
+
+
+# bit strings and text search --------------------------------------------------------------------
+
+
+def _bits_codec(typmod: int, name: str, options: TypeOptions) -> ColumnCodec:
+    """``bit(1)`` (and ``varbit(1)``): boolean; longer ones ``io.debezium.data.Bits``: the
+    bits as an unsigned number, little-endian, in as few bytes as it takes (0: none)."""
+    length = typmod if typmod >= 0 else 2_147_483_647
+    if length <= 1:
+        return _codec("boolean", _guarded(lambda t: t == "1", name), name, options)
+
+    def parse(text: str) -> bytes:
+        if text.strip("01"):
+            raise ValueError("not a bit string")
+        number = int(text, 2) if text else 0
+        return number.to_bytes((number.bit_length() + 7) // 8, "little")
+
+    schema = {
+        "type": "bytes",
+        "connect.version": 1,
+        "connect.parameters": {"length": str(length)},
+        "connect.name": "io.debezium.data.Bits",
+    }
+    return _codec(schema, _guarded(parse, name), name, options)
+
+
+def _skipped_by_debezium(name: str) -> _Builder:
+    return lambda _m, o: dataclasses.replace(_text_codec(name, o), debezium_skips=True)
 
 
 # --- the built-in type table -----------------------------------------------------------------
@@ -601,7 +652,7 @@ _BUILDERS: dict[int, _Builder] = {
     16: lambda _m, o: _codec("boolean", _guarded(tp.parse_bool, "boolean"), "boolean", o),
     17: lambda _m, o: _bytea_codec(o),
     18: _named_text('"char"'),
-    19: _named_text("name"),
+    19: lambda _m, o: dataclasses.replace(_text_codec("name", o), debezium_constant=(None,)),
     20: _number("long", int, "bigint"),
     21: _number({"type": "int", "connect.type": "int16"}, int, "smallint"),
     23: _number("int", int, "integer"),
@@ -624,16 +675,34 @@ _BUILDERS: dict[int, _Builder] = {
     1700: lambda m, o: _numeric_codec(m, _numeric_name(m), o),
     2950: _named_text("uuid", "io.debezium.data.Uuid"),
     3802: _named_text("jsonb", "io.debezium.data.Json"),
+    1560: lambda m, o: _bits_codec(m, "bit", o),
+    1562: lambda m, o: _bits_codec(m, "varbit", o),
+    3614: _named_text("tsvector", "io.debezium.data.Tsvector"),
+    # Types Debezium leaves out of its events.
+    601: _skipped_by_debezium("lseg"),
+    602: _skipped_by_debezium("path"),
+    603: _skipped_by_debezium("box"),
+    604: _skipped_by_debezium("polygon"),
+    628: _skipped_by_debezium("line"),
+    718: _skipped_by_debezium("circle"),
+    3220: _skipped_by_debezium("pg_lsn"),
+    3615: _skipped_by_debezium("tsquery"),
+    28: _skipped_by_debezium("xid"),
+    2205: _skipped_by_debezium("regclass"),
+    22: lambda _m, o: _int2vector_codec(o),
 }
+
+# Built-in types Debezium leaves out, met on the text path: the multiranges.
+_SKIPPED_BY_DEBEZIUM = frozenset({4451, 4532, 4533, 4534, 4535, 4536})
+# Built-in arrays Debezium leaves out: money[], interval[], xml[], the geometric ones.
+_ARRAYS_SKIPPED_BY_DEBEZIUM = frozenset({791, 1187, 143, 1017, 1018, 1019, 1020, 1027, 629, 719})
 
 # Built-in types whose text form is the value (inet, cidr, macaddr, macaddr8, tsvector, ...):
 # listed for their names in messages; any other built-in OID gets the same treatment.
 _TEXT_NAMES: dict[int, str] = {
-    22: "int2vector", 30: "oidvector", 601: "lseg", 602: "path", 603: "box",
-    604: "polygon", 628: "line", 718: "circle", 650: "cidr", 869: "inet", 774: "macaddr8",
-    829: "macaddr", 1560: "bit", 1562: "varbit", 3614: "tsvector", 3615: "tsquery",
-    3904: "int4range", 3906: "numrange", 3908: "tsrange", 3910: "tstzrange", 3912: "daterange",
-    3926: "int8range",
+    30: "oidvector", 650: "cidr", 869: "inet", 774: "macaddr8",
+    829: "macaddr", 3904: "int4range", 3906: "numrange", 3908: "tsrange", 3910: "tstzrange",
+    3912: "daterange", 3926: "int8range",
 }  # fmt: skip
 
 # Built-in array types -> their element type.
@@ -664,12 +733,49 @@ def needs_catalog(type_oid: int) -> bool:
 # --- arrays and catalog types -------------------------------------------------------------------
 
 
-def _array_codec(element: ColumnCodec, *, delimiter: str) -> ColumnCodec:
+# Element types whose arrays Debezium gives a typed unchanged-TOAST placeholder (by the
+# array's type name): text-like and bytea as [placeholder], int4 and date as the
+# placeholder's bytes as ints, int8 as longs, uuid as [its name-based UUID].
+_TEXT_LIKE_ELEMENTS = frozenset({25, 1043, 1042, 114, 3802, 17})
+_BYTES_AS_NUMBERS_ELEMENTS = frozenset({23, 1082, 20})
+
+
+def _array_placeholder(element_oid: int | None, element: ColumnCodec, options: TypeOptions) -> Any:
+    """Debezium's placeholder for an unchanged TOAST array; None (null) when it has none."""
+    raw = options.unavailable_value.encode("utf-8")
+    if element_oid in _TEXT_LIKE_ELEMENTS:
+        return None if element.unavailable is None else [element.unavailable]
+    if element_oid in _BYTES_AS_NUMBERS_ELEMENTS:
+        return [b - 256 if b > 127 else b for b in raw]  # Java's signed bytes
+    if element_oid == 2950:  # java.util.UUID.nameUUIDFromBytes
+        return [str(UUID(bytes=hashlib.md5(raw).digest(), version=3))]  # noqa: S324
+    return None
+
+
+def _array_codec(
+    element: ColumnCodec,
+    *,
+    delimiter: str,
+    element_oid: int | None,
+    options: TypeOptions,
+    nullable_items: bool = True,
+    null_when: frozenset[str] = frozenset(),
+) -> ColumnCodec:
+    """``nullable_items=False``: Debezium's required elements (enum and tsvector arrays);
+    an array holding a NULL element is then null. ``null_when``: element texts that make
+    the whole array null (numeric NaN and infinities, which Debezium cannot read into an
+    array in any decimal mode)."""
     name = f"{element.pg_type_name}[]"
     decode_element = element.decode
-    passthrough = decode_element is _identity
+    if element_oid == 1083:  # Debezium reads 24:00:00 inside a time[] as midnight
+        decode_time = decode_element
 
-    def decode(text: str) -> list[Any]:
+        def decode_element(text: str) -> Any:
+            return 0 if text.startswith("24:") else decode_time(text)
+
+    passthrough = decode_element is _identity and nullable_items
+
+    def decode(text: str) -> list[Any] | None:
         outer = tp.array_outer_length(text)
         if outer is not None:
             # Debezium reads a multidimensional array as arrays of arrays, which its
@@ -679,18 +785,46 @@ def _array_codec(element: ColumnCodec, *, delimiter: str) -> ColumnCodec:
             items = tp.parse_array(text, delimiter=delimiter)
         except ValueError as exc:
             raise decode_failure(text, name, str(exc)) from exc
+        if null_when and any(item in null_when for item in items):
+            return None
         if passthrough:
             return items
         try:
-            return [None if item is None else decode_element(item) for item in items]
+            values = [None if item is None else decode_element(item) for item in items]
         except DecodeError as exc:
             raise decode_failure(text, name, str(exc)) from exc
+        # An element Debezium cannot represent (numeric NaN) makes the whole array null.
+        if any(
+            v is None and (item is not None or not nullable_items)
+            for v, item in zip(values, items, strict=True)
+        ):
+            return None
+        return values
 
+    items_type: Any = ["null", element.avro_type] if nullable_items else element.avro_type
     return ColumnCodec(
-        avro_type={"type": "array", "items": ["null", element.avro_type]},
+        avro_type={"type": "array", "items": items_type},
         decode=decode,
-        unavailable=[element.unavailable],
+        unavailable=_array_placeholder(element_oid, element, options),
         pg_type_name=name,
+        debezium_skips=element.debezium_skips,
+    )
+
+
+def _bits_array_codec(element: ColumnCodec) -> ColumnCodec:
+    """A bit-string array: Debezium 3.6 gives it its element's schema and writes it null."""
+    return ColumnCodec(element.avro_type, lambda _text: None, None, f"{element.pg_type_name}[]")
+
+
+def _int2vector_codec(options: TypeOptions) -> ColumnCodec:
+    """``int2vector`` (``1 2 3``): an array of int16, as Debezium's schema has it."""
+
+    def parse(text: str) -> list[int]:
+        return [int(part) for part in text.split()]
+
+    schema = {"type": "array", "items": {"type": "int", "connect.type": "int16"}}
+    return ColumnCodec(
+        schema, _guarded(parse, "int2vector"), [], "int2vector", debezium_constant=([],)
     )
 
 
@@ -734,14 +868,29 @@ def _codec_for(
     element_oid = _ARRAYS.get(type_oid)
     if element_oid is not None:
         element = _codec_for(element_oid, typmod, types, options, depth=depth + 1)
-        return _array_codec(element, delimiter=";" if element_oid == 603 else ",")
+        if element_oid in (1560, 1562):
+            return _bits_array_codec(element)
+        codec = _array_codec(
+            element,
+            delimiter=";" if element_oid == 603 else ",",
+            element_oid=element_oid,
+            options=options,
+            nullable_items=element_oid != 3614,
+            null_when=frozenset(_SPECIAL_NUMERIC) if element_oid == 1700 else frozenset(),
+        )
+        if type_oid in _ARRAYS_SKIPPED_BY_DEBEZIUM:
+            codec = dataclasses.replace(codec, debezium_skips=True)
+        return codec
     pg_type = types.get(type_oid)
     if pg_type is None:
         if needs_catalog(type_oid):
             raise SchemaError(
                 f"no catalog facts for type OID {type_oid}: load them with TYPE_CATALOG_SQL first"
             )
-        return _text_codec(_TEXT_NAMES.get(type_oid, f"type {type_oid}"), options)
+        codec = _text_codec(_TEXT_NAMES.get(type_oid, f"type {type_oid}"), options)
+        if type_oid in _SKIPPED_BY_DEBEZIUM:
+            codec = dataclasses.replace(codec, debezium_skips=True)
+        return codec
     if pg_type.kind == "d" and pg_type.base_oid is not None:
         base_typmod = pg_type.base_typmod if pg_type.base_typmod >= 0 else typmod
         base = _codec_for(pg_type.base_oid, base_typmod, types, options, depth=depth + 1)
@@ -754,9 +903,22 @@ def _codec_for(
         element_type = types.get(pg_type.element_oid)
         element = _codec_for(pg_type.element_oid, typmod, types, options, depth=depth + 1)
         delimiter = element_type.delimiter if element_type is not None else ","
-        return _array_codec(element, delimiter=delimiter)
-    # composites, ranges, multiranges, extension base types (citext, hstore, geometry...)
-    return _text_codec(pg_type.qualified_name, options)
+        codec = _array_codec(
+            element,
+            delimiter=delimiter,
+            element_oid=None,
+            options=options,
+            nullable_items=element_type is None or element_type.kind != "e",
+        )
+        if element_type is not None and element_type.kind == "d":
+            codec = dataclasses.replace(codec, debezium_skips=True)  # Debezium skips these
+        return codec
+    # composites, ranges, multiranges, extension base types (citext, hstore, geometry...);
+    # Debezium leaves composites and multiranges out.
+    codec = _text_codec(pg_type.qualified_name, options)
+    if pg_type.kind in ("c", "m"):
+        codec = dataclasses.replace(codec, debezium_skips=True)
+    return codec
 
 
 # --- helpers for whoever assembles a record schema ----------------------------------------------
