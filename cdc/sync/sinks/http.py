@@ -217,10 +217,11 @@ class HttpSink:
                     for task in pending:
                         task.cancel()
                     await asyncio.gather(*pending, return_exceptions=True)
-                    for task in done:
-                        error = task.exception()
-                        if error is not None:
-                            raise error
+                    # Every failed task's exception is retrieved (asyncio would log the
+                    # others as never retrieved at error level); the first is raised.
+                    errors = [e for e in (t.exception() for t in done) if e is not None]
+                    if errors:
+                        raise errors[0]
             except BaseException as exc:  # saved below, raised once the versions commit
                 failure = exc
             finally:
