@@ -255,6 +255,20 @@ class _Job:
     def progress_key(self) -> ProgressKey:
         return ProgressKey(self.kind, self.request, self.last_key)
 
+    def reread_job(self, *, held: _Save | None, attempts: int) -> _Job:
+        """A job reading this job's ``reread`` keys again (completing ``held``)."""
+        return _Job(
+            self.table,
+            self.kind,
+            self.request,
+            None,
+            0,
+            shape=self.shape,
+            keys=sorted(self.reread, key=repr),
+            held=held,
+            attempts=attempts,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class _Save:
@@ -590,16 +604,7 @@ class Snapshotter:
         if job.reread:
             # Some reads were dropped for changes that left TOAST values out: read those
             # keys again first; this chunk's progress is saved once that is acknowledged.
-            self._job = _Job(
-                job.table,
-                job.kind,
-                job.request,
-                None,
-                0,
-                shape=job.shape,
-                keys=sorted(job.reread, key=repr),
-                held=save,
-            )
+            self._job = job.reread_job(held=save, attempts=0)
             job.reread = set()
             if not done:
                 self._queue.appendleft(job)
@@ -622,17 +627,7 @@ class Snapshotter:
         if held is not None and progress is not None:
             held = replace(held, tx=progress)  # saved once the re-read is acknowledged too
         if job.reread and job.attempts + 1 < _REREAD_ATTEMPTS:
-            self._job = _Job(
-                job.table,
-                job.kind,
-                job.request,
-                None,
-                0,
-                shape=job.shape,
-                keys=sorted(job.reread, key=repr),
-                held=held,
-                attempts=job.attempts + 1,
-            )
+            self._job = job.reread_job(held=held, attempts=job.attempts + 1)
             return
         if job.reread:
             log.warning(
