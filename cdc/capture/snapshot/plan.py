@@ -116,18 +116,26 @@ class SnapshotSignal:
 
 @dataclass(frozen=True, slots=True)
 class ProgressKey:
-    """The ``last_key`` column of ``snapshot_progress``: which request, how far."""
+    """The ``last_key`` column of ``snapshot_progress``: which request, how far.
+
+    ``keys``: a snapshot of these rows only (primary-key texts, e.g. ``cdcsync reconcile
+    --repair``'s differing keys); None: the whole table.
+    """
 
     kind: SnapshotKind
     request: str
     key: Key | None  # primary-key text of the last row read; None: not started
+    keys: tuple[Key, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "request": self.request,
             "key": None if self.key is None else list(self.key),
         }
+        if self.keys is not None:
+            out["keys"] = [list(k) for k in self.keys]
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> ProgressKey | None:
@@ -139,7 +147,17 @@ class ProgressKey:
             return None
         if key is not None and not isinstance(key, list):
             return None
-        return cls(kind, request, None if key is None else tuple(key))
+        keys = data.get("keys")
+        if keys is not None and not (
+            isinstance(keys, list) and all(isinstance(k, list) for k in keys)
+        ):
+            return None
+        return cls(
+            kind,
+            request,
+            None if key is None else tuple(key),
+            None if keys is None else tuple(tuple(k) for k in keys),
+        )
 
 
 @dataclass(frozen=True, slots=True)

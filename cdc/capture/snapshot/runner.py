@@ -30,6 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -141,8 +142,11 @@ class TableShape:
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.relation.columns)
 
-    def chunk_query(self, *, after: Key | None, limit: int) -> tuple[sql.Composed, list[Any]]:
-        """Keyset pagination: the next ``limit`` rows after ``after``, every column as text."""
+    def chunk_query(
+        self, *, after: Key | None, limit: int, only: tuple[Key, ...] | None = None
+    ) -> tuple[sql.Composed, list[Any]]:
+        """Keyset pagination: the next ``limit`` rows after ``after``, every column as text;
+        with ``only``, among the rows of these primary keys (texts) alone."""
         # Qualified: a bare name in ORDER BY would mean the (text) output column.
         cols = [sql.Identifier("t", c.name) for c in self.relation.columns]
         pk = [cols[i] for i in self.pk_positions]
@@ -156,6 +160,18 @@ class TableShape:
             )
             where = sql.SQL(" WHERE ({}) > ({})").format(order, bound)
             params = list(after)
+        if only is not None:
+            picked = sql.SQL(", ").join(
+                sql.SQL("CAST(k.v->>{} AS {})").format(sql.Literal(i), sql.SQL(t))
+                for i, t in enumerate(self.pk_types)
+            )
+            among = sql.SQL("({}) IN (SELECT {} FROM jsonb_array_elements(%s::jsonb) AS k(v))")
+            where = sql.SQL("{}{}{}").format(
+                where,
+                sql.SQL(" AND ") if after is not None else sql.SQL(" WHERE "),
+                among.format(order, picked),
+            )
+            params.append(json.dumps([list(k) for k in only]))
         query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {} LIMIT {}").format(
             select, self.name.ident(), where, order, sql.Literal(limit)
         )
@@ -200,9 +216,10 @@ class _Job:
     published: int = 0
     truncated: bool = False  # since the low watermark: the chunk read is void
     waiting_since: float = 0.0  # when the awaited watermark was written
+    keys: tuple[Key, ...] | None = None  # these rows only (a keyed request)
 
     def progress_key(self) -> ProgressKey:
-        return ProgressKey(self.kind, self.request, self.last_key)
+        return ProgressKey(self.kind, self.request, self.last_key, self.keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +283,9 @@ class Snapshotter:
                 self._queue.append(_Job(table, "initial", request, None, 0))
             elif row is not None and not row.done and key is not None:
                 log.info("resuming the %s snapshot of %s after %d rows", key.kind, table, row.rows)
-                self._queue.append(_Job(table, key.kind, key.request, key.key, row.rows))
+                self._queue.append(
+                    _Job(table, key.kind, key.request, key.key, row.rows, keys=key.keys)
+                )
 
     async def close(self) -> None:
         """Save the progress Kafka has acknowledged by now, then disconnect."""
@@ -405,7 +424,9 @@ class Snapshotter:
     async def _read(self, job: _Job) -> None:
         conn = self._conn
         assert conn is not None and job.shape is not None
-        query, params = job.shape.chunk_query(after=job.last_key, limit=self._chunk_size)
+        query, params = job.shape.chunk_query(
+            after=job.last_key, limit=self._chunk_size, only=job.keys
+        )
         async with conn.transaction():
             cur = await conn.execute("SELECT pg_current_snapshot()::text")
             row = await cur.fetchone()
@@ -558,7 +579,9 @@ class Snapshotter:
                     continue
                 self._cancel(table)
                 log.info("incremental snapshot of %s requested (%s)", table, signal.request)
-                self._queue.append(_Job(table, key.kind, key.request, key.key, row.rows))
+                self._queue.append(
+                    _Job(table, key.kind, key.request, key.key, row.rows, keys=key.keys)
+                )
 
     def _cancel(self, table: str) -> None:
         """Forget an earlier snapshot of ``table``: a new request supersedes it."""
