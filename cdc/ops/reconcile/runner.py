@@ -146,6 +146,8 @@ class _Run:
         self.found: dict[tuple[str, Key], list[Drift]] = {}
         self.strays: dict[tuple[str, str], tuple[Drift, Held]] = {}
         self.skipped_recent = 0
+        # Only the HTTP target's state keeps entities apart; a table or a topic holds keys.
+        self.keeps_entity = isinstance(self.integration.sink, HttpSinkConfig)
 
     async def open(self) -> None:
         cfg = self.config
@@ -246,7 +248,7 @@ class _Run:
 
     async def _find_strays(self) -> None:
         assert self.target is not None
-        keeps_entity = not isinstance(self.integration.sink, PostgresSinkConfig)
+        keeps_entity = self.keeps_entity
         candidates: dict[str, list[str]] = {}
         async for batch in self.target.live_keys():
             for entity, key in batch:
@@ -271,6 +273,8 @@ class _Run:
             if not (self.found or self.strays) or self.settings.settle_s <= 0:
                 return
             await asyncio.sleep(self.settings.settle_s)
+            assert self.target is not None
+            await self.target.refresh()
             by_table: dict[str, list[Key]] = {}
             for table, key in self.found:
                 by_table.setdefault(table, []).append(key)
@@ -289,9 +293,7 @@ class _Run:
         for entity, key in self.strays:
             by_entity.setdefault(entity, []).append(key)
         for entity, keys in by_entity.items():
-            fetch_entity = (
-                entity if not isinstance(self.integration.sink, PostgresSinkConfig) else ""
-            )
+            fetch_entity = entity if self.keeps_entity else ""
             held = await self.target.fetch(fetch_entity, keys)
             for key in keys:
                 h = held.get(key)
@@ -317,11 +319,7 @@ class _Run:
                 if d.kind == "extra":
                     held = None
                     if self.target is not None:
-                        fetch_entity = (
-                            ""
-                            if isinstance(self.integration.sink, PostgresSinkConfig)
-                            else d.entity
-                        )
+                        fetch_entity = d.entity if self.keeps_entity else ""
                         held = (await self.target.fetch(fetch_entity, [d.key])).get(d.key)
                     sourceless.append((d.entity, d.key, held))
                 else:

@@ -11,7 +11,8 @@ to). Reading never writes.
   with the integration's ``verify_url``, the target's own answer to a GET per key (404:
   not there; 2xx: its JSON object, or its ``verify_fields_at`` member, gives the fields).
 - Kafka sink: the compacted entity topic, read from the start to its end offsets when the
-  target opens: the last record per key (a null value is a delete).
+  target opens and again at each ``refresh`` (before keys are checked again): the last
+  record per key (a null value is a delete); held in memory for the run.
 
 A target that cannot be reached raises ``SinkUnavailable`` (the run ends as failed, with
 the reason); messages never hold a password.
@@ -67,6 +68,10 @@ class Target(Protocol):
 
     def live_keys(self) -> AsyncIterator[list[tuple[str, str]]]:
         """Every live ``(entity, key)`` (entity ``""`` when the target does not keep it)."""
+        ...
+
+    async def refresh(self) -> None:
+        """Forget what was read so far (before keys are checked again)."""
         ...
 
     async def close(self) -> None: ...
@@ -169,6 +174,9 @@ class PostgresTarget:
         except psycopg.OperationalError as exc:
             raise SinkUnavailable(f"target database: {first_line(exc)}") from None
 
+    async def refresh(self) -> None:
+        """Reads go to the table each time."""
+
     async def close(self) -> None:
         await self._conn.close()
 
@@ -250,6 +258,9 @@ class HttpTarget:
                 return
             after = rows[-1]
 
+    async def refresh(self) -> None:
+        """Reads go to the state store and the target each time."""
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -260,8 +271,16 @@ class HttpTarget:
 class KafkaTarget:
     kind = "kafka"
 
-    def __init__(self, records: dict[str, tuple[str, Held | None]]) -> None:
+    def __init__(
+        self, records: dict[str, tuple[str, Held | None]], *, settings: dict[str, Any], topic: str
+    ) -> None:
         self._records = records
+        self._settings = settings
+        self._topic = topic
+
+    async def refresh(self) -> None:
+        """Read the topic again: the records held are those of when it was last read."""
+        self._records = await asyncio.to_thread(_read_topic, self._settings, self._topic)
 
     @classmethod
     async def open(cls, config: Config, sink: KafkaSinkConfig) -> KafkaTarget:
@@ -280,7 +299,7 @@ class KafkaTarget:
         for key in ("transactional.id", "enable.idempotence", "acks", "linger.ms"):
             settings.pop(key, None)
         records = await asyncio.to_thread(_read_topic, settings, sink.topic)
-        return cls(records)
+        return cls(records, settings=settings, topic=sink.topic)
 
     async def fetch(self, entity: str, keys: Sequence[str]) -> dict[str, Held]:
         del entity
@@ -325,11 +344,21 @@ def _read_topic(settings: dict[str, Any], topic: str) -> dict[str, tuple[str, He
         if not starts:
             return records
         consumer.assign(starts)
-        while ends:
-            if time.monotonic() > deadline:
+        # Up to the end offsets, then on until the topic is quiet or for at most a second:
+        # a broker may report an end offset inside the last batch.
+        reached: float | None = None
+        while True:
+            now = time.monotonic()
+            if reached is None and not ends:
+                reached = now
+            if reached is not None and now > reached + 1.0:
+                break
+            if now > deadline:
                 raise SinkUnavailable(f"kafka target {topic}: reading it timed out")
-            msg = consumer.poll(0.5)
+            msg = consumer.poll(0.2)
             if msg is None:
+                if reached is not None:
+                    break
                 continue
             if msg.error() is not None:
                 raise SinkUnavailable(f"kafka target {topic}: {msg.error()}")
