@@ -431,10 +431,16 @@ def _run_roles(config: Config, *, capture: Capture | None = None, sync: Sync | N
                 stop.set()
 
         runs: list[Awaitable[None]] = []
+        scheduler = None
+        if sync is not None:
+            from cdc.ops.reconcile.schedule import ReconcileScheduler  # noqa: PLC0415
+
+            scheduler = ReconcileScheduler(config, sync.names)
+            runs.append(scheduler.run(stop))
         if config.admin.enabled:
             from cdc.ops.admin_api import AdminApi  # noqa: PLC0415
 
-            api = AdminApi(config, capture=capture, sync=sync)
+            api = AdminApi(config, capture=capture, sync=sync, reconcile=scheduler)
             api.bind()
             runs.append(api.serve(stop))
         if capture is not None:
