@@ -211,8 +211,6 @@ def test_http_and_kafka_target_drift_is_reported_exactly_and_repaired_while_writ
     run_workload(env.dsn, customers=12, orders=0, seed=22)
     env.wait_converged()
     wait_equal(env, "entities")
-    code, report = reconcile(env, "crm")
-    assert (code, report["result"]) == (0, "equal"), report
 
     # The CRM: a contact lost, a contact edited by hand, a stray one a past run wrote.
     keys = sorted(env.crm_contacts(), key=int)
@@ -292,8 +290,8 @@ def read_topic(env: SyncEnv) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     idle = 0
     try:
-        while idle < 4:
-            msg = consumer.poll(0.5)
+        while idle < 2:
+            msg = consumer.poll(0.3)
             if msg is None:
                 idle += 1 if out else 0
                 continue
