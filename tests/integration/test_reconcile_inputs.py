@@ -120,6 +120,15 @@ def test_a_table_without_a_primary_key_is_refused_with_a_clear_message(
     assert result.returncode == 2, result.stdout + result.stderr
     assert "cannot reconcile public.notes: it has no primary key" in result.stderr
 
+    async def history() -> Any:
+        state = await StateStore.open(source, schema="cdcsync_state")
+        async with state:
+            return await state.reconcile_runs("notes")
+
+    (run,) = asyncio.run(history())
+    assert run.result == "failed"
+    assert run.error is not None and "no primary key" in run.error
+
 
 def test_a_row_the_mapper_fails_on_is_counted_and_the_others_are_compared(
     source: str, kafka_bootstrap: str, registry_url: str, topic_prefix: str, tmp_path: Path

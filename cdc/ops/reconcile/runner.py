@@ -466,7 +466,8 @@ async def reconcile(
             )
         if repair and report.drifts:
             await run.repair(wait_s=wait_s)
-    except ConfigError:
+    except ConfigError as exc:
+        report.error = first_line(exc)  # recorded as a failed run, then raised (exit 2)
         raise
     except RetryableError as exc:
         report.error = first_line(exc)
