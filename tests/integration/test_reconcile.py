@@ -113,7 +113,7 @@ def reconcile_config(env: SyncEnv) -> dict[str, Any]:
     config = env.config()
     config["admin"] = {"enabled": False}
     for integration in config["integrations"].values():
-        integration["reconcile"] = {"settle_s": 0.5}
+        integration["reconcile"] = {"settle_s": 0.2}
     config["integrations"]["crm"]["verify_url"] = env.crm.url + "/contacts/{key}"
     config["integrations"]["crm"]["verify_fields_at"] = "fields"
     return config
