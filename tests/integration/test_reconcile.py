@@ -194,6 +194,9 @@ def test_postgres_target_drift_is_reported_exactly_and_repaired_while_writes_go_
         "different": {(edited, ("amount",))},
     }
     assert (report["missing"], report["extra"], report["different"]) == (1, 1, 1)
+    code, report = reconcile(env, "analytics", "--keys", f"{edited} {keys[2]}")
+    assert (code, report["rows_checked"]) == (3, 2)
+    assert drift(report) == {"missing": set(), "extra": set(), "different": {(edited, ("amount",))}}
 
     with LiveWrites(env.dsn, base=500_000) as writes:
         code, report = reconcile(env, "analytics", "--repair", "--wait", "20")
