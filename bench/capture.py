@@ -1,7 +1,7 @@
 """Capture benchmark: cdcsync capture against pg_recvlogical on the same backlog.
 
 Run: ``.venv/bin/python bench/capture.py [--changes 200000] [--runs 3]
-[--exactly-once both|off|on]``
+[--exactly-once both|off|on] [--tracing 1,100]``
 
 Per run, on throwaway local servers (PostgreSQL, tansu, the registry):
 1. two slots are created on one publication, then a backlog of ``--changes``
@@ -17,6 +17,10 @@ Per run, on throwaway local servers (PostgreSQL, tansu, the registry):
    With ``--exactly-once both`` (the default) a third slot C is drained the
    same way with ``kafka.exactly_once: true`` (Kafka transactions; done when
    the last one is committed and confirmed), into a topic prefix of its own.
+   With ``--tracing P[,P...]`` the backlog is also drained once per sampling
+   percentage P with ``tracing.enabled`` (each on a slot of its own), spans
+   exported over OTLP/HTTP to a receiver in the bench process that discards
+   them, for the cost of tracing next to the exactly-once-off run.
 Then, live: a writer commits single-row transactions at ``--rate`` rows/s
 (synchronous_commit on) and capture records commit-to-Kafka-ack latency.
 Medians over runs are printed; nothing is asserted.
@@ -34,7 +38,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +164,7 @@ def run_cdcsync(
         stderr=subprocess.PIPE,
     )
     first = None
-    rss, cpu = 0, 0.0
+    rss, cpu, cpu_first = 0, 0.0, 0.0
     try:
         while True:
             if proc.poll() is not None:
@@ -168,6 +174,7 @@ def run_cdcsync(
             now = time.perf_counter()
             if first is None and pos > start_lsn:
                 first = now - t0
+                cpu_first = cpu
             if pos >= end:
                 elapsed = now - t0
                 break
@@ -175,7 +182,34 @@ def run_cdcsync(
     finally:
         proc.send_signal(signal.SIGINT if profile is not None else signal.SIGTERM)
         proc.wait(30)
-    return {"elapsed": elapsed, "first": first or elapsed, "rss": rss, "cpu": cpu}
+    return {
+        "elapsed": elapsed,
+        "first": first or elapsed,
+        "rss": rss,
+        "cpu": cpu,
+        # CPU from the first confirmed transaction on (start-up excluded).
+        "steady_cpu": cpu - cpu_first,
+    }
+
+
+class _Discard(BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver that reads and drops every export."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def otlp_sink() -> str:
+    """Start the discarding receiver; its traces URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Discard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
 
 
 def write_live(dsn: str, rate: int, seconds: float) -> None:
@@ -230,6 +264,11 @@ def main() -> None:
         help="measure capture without Kafka transactions, with them, or both (default)",
     )
     parser.add_argument(
+        "--tracing",
+        default="",
+        help="also drain with tracing on, once per sampling percentage (e.g. 1,100)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="record the capture process with py-spy; collapsed stacks to PROFILE.runN",
@@ -240,6 +279,9 @@ def main() -> None:
     results: list[dict[str, float]] = []
     eos_results: list[dict[str, float]] = []
     latencies: list[int] = []
+    percents = [float(p) for p in args.tracing.split(",") if p.strip()]
+    traced: dict[float, list[dict[str, float]]] = {p: [] for p in percents}
+    otlp = otlp_sink() if percents else ""
     for run in range(args.runs):
         pg = LocalPostgres().start()
         broker = LocalBroker().start()
@@ -253,6 +295,10 @@ def main() -> None:
                 conn.execute("SELECT pg_create_logical_replication_slot('slot_a', 'pgoutput')")
                 conn.execute("SELECT pg_create_logical_replication_slot('slot_b', 'pgoutput')")
                 conn.execute("SELECT pg_create_logical_replication_slot('slot_c', 'pgoutput')")
+                for n in range(len(percents)):
+                    conn.execute(
+                        "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (f"slot_t{n}",)
+                    )
             end = write_backlog(dsn, args.changes)
             config: dict[str, Any] = {
                 "source": {
@@ -295,6 +341,22 @@ def main() -> None:
                     f", exactly-once {args.changes / eos['elapsed']:,.0f} changes/s, "
                     f"RSS {eos['rss'] / 2**20:.1f} MiB"
                 )
+            for n, percent in enumerate(percents):
+                traced_config = {
+                    **config,
+                    "source": {**config["source"], "slot": f"slot_t{n}"},
+                    "kafka": {**config["kafka"], "topic_prefix": f"benchtrace{n}"},
+                    "tracing": {
+                        "enabled": True,
+                        "sampling_ratio": percent / 100,
+                        "exporter": {"endpoint": otlp},
+                    },
+                }
+                traced_path = workdir / f"cdcsync-trace{n}.yaml"
+                traced_path.write_text(yaml.safe_dump(traced_config))
+                result = run_cdcsync(traced_path, dsn, end, slot=f"slot_t{n}")
+                traced[percent].append(result)
+                line += f", tracing {percent:g}% {args.changes / result['elapsed']:,.0f} changes/s"
             print(line, flush=True)
             if run == 0 and "off" in modes:
                 latencies = asyncio.run(
@@ -329,6 +391,23 @@ def main() -> None:
         f"CPU per event              {med(r['cpu'] / args.changes for r in results) * 1e6:.1f} us"
     )
     print(f"start-up to first event    {med(r['first'] for r in results):.2f} s (target < 0.5)")
+    if traced:
+        # Start-up excluded: CPU and time from the first confirmed transaction to the end.
+        def steady(runs: list[dict[str, float]]) -> tuple[float, float]:
+            rate = med(args.changes / max(r["elapsed"] - r["first"], 1e-9) for r in runs)
+            return rate, med(r["steady_cpu"] / args.changes for r in runs) * 1e6
+
+        rate_off, cpu_off = steady(results)
+        print(
+            f"tracing off (steady)       {rate_off:,.0f} changes/s, CPU per event {cpu_off:.1f} us"
+        )
+        for percent, runs in traced.items():
+            rate, cpu = steady(runs)
+            print(
+                f"tracing at {percent:g}% (steady){'':<{6 - len(f'{percent:g}')}}{rate:,.0f} "
+                f"changes/s ({rate / rate_off - 1:+.0%}), CPU per event {cpu:.1f} us "
+                f"({cpu / cpu_off - 1:+.0%})"
+            )
     if latencies:
         lat = sorted(latencies)
         p50 = lat[len(lat) // 2] / 1000

@@ -2,8 +2,9 @@
 
 Thin: each command parses its options, builds typed objects and calls into
 the package. Errors derived from ``CdcsyncError`` are printed as one plain
-line and exit with status 2 (configuration) or 1 (anything else); they never
-print secrets.
+line and exit with the error's ``exit_code``: 2 (configuration), 3 to 5 (a
+server refusing for good, see ``cdc.ops.preflight``) or 1 (anything else);
+they never print secrets.
 """
 
 from __future__ import annotations
@@ -456,7 +457,16 @@ def _run_roles(config: Config, *, capture: Capture | None = None, sync: Sync | N
         runs.append(freeze_when_ready(ready, stop))
         await asyncio.gather(*runs)
 
-    _run_until_signalled(main, shutdown_timeout_s=config.process.shutdown_timeout_s)
+    from cdc.core import tracing  # noqa: PLC0415
+    from cdc.ops.preflight import preflight  # noqa: PLC0415
+
+    # Before anything is created (slot, publication, consumer group): refused for good exits.
+    asyncio.run(preflight(config, capture=capture is not None, sync=sync is not None))
+    tracing.configure(config.tracing.settings())  # opt-in (tracing.enabled)
+    try:
+        _run_until_signalled(main, shutdown_timeout_s=config.process.shutdown_timeout_s)
+    finally:
+        tracing.shutdown()  # exports what is pending
 
 
 def _run_until_signalled(
@@ -554,7 +564,7 @@ def main() -> None:
         sys.exit(2)
     except CdcsyncError as exc:
         click.echo(f"cdcsync: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
 

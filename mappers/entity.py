@@ -202,6 +202,8 @@ class EntityUpsert:
     model: BaseModel
     unavailable: frozenset[str] = field(default_factory=frozenset)
     origin: Origin | None = None
+    # Nonzero: this operation echoes the integration's own inbound write (``mappers.lww``).
+    echo_token: int = 0
 
     def fields(self) -> dict[str, Any]:
         """The JSON-ready fields to write: the model's, minus unavailable ones."""
@@ -216,6 +218,7 @@ class EntityDelete:
     key: str
     version: Version
     origin: Origin | None = None
+    echo_token: int = 0
 
 
 EntityOp = EntityUpsert | EntityDelete

@@ -3,8 +3,10 @@
 The reverse of the outbound mappers. An ``InboundChange`` is what the inbound endpoint
 accepted and queued: the integration, entity and external id from the URL, the operation,
 the body validated by the integration's pydantic model (as JSON-ready fields), the change's
-own version (``version_us``: the body's version field as microseconds, or a counter) and the
-request's ``Idempotency-Key``. It is serialised to JSON on the inbound topic.
+own version (``version_us``: the body's version field as microseconds, or a counter), the
+request's ``Idempotency-Key`` and, when the sender gave it, the version of ours it held
+when it made the change (``base_version``, see ``mappers.lww``). It is serialised to JSON
+on the inbound topic.
 
 An ``InboundMapper`` is ``(model instance) -> {column: value}``: the columns of the table row
 to write, without the key column (found through the identity map, or assigned by the
@@ -47,6 +49,9 @@ class InboundChange:
     received_at_us: int
     # The validated body (JSON-ready); for a delete, what the body held, if anything.
     fields: dict[str, Any] = field(default_factory=dict)
+    # Hex of the last version of ours the external system held when it made the change
+    # (``X-Cdcsync-Base-Version``; "" for none yet); None when it did not say.
+    base_version: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
@@ -64,6 +69,7 @@ class InboundChange:
                 idempotency_key=str(raw["idempotency_key"]),
                 received_at_us=int(raw["received_at_us"]),
                 fields=dict(raw.get("fields") or {}),
+                base_version=_base_version(raw.get("base_version")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise MappingError(f"not an inbound change ({type(exc).__name__}: {exc})") from None
@@ -72,9 +78,22 @@ class InboundChange:
         return change
 
     @property
+    def base(self) -> bytes | None:
+        """``base_version`` as bytes (``mappers.lww.echo_token``'s argument)."""
+        return None if self.base_version is None else bytes.fromhex(self.base_version)
+
+    @property
     def partition_key(self) -> bytes:
         """Changes of one external entity share a partition, so they apply in order."""
         return f"{self.entity}/{self.external_id}".encode()
+
+
+def _base_version(raw: object) -> str | None:
+    if raw is None:
+        return None
+    text = str(raw)
+    bytes.fromhex(text)  # a ValueError: not an inbound change
+    return text
 
 
 def load_inbound_model(ref: str) -> type[BaseModel]:

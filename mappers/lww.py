@@ -26,6 +26,17 @@ transaction, a position to one change in it), so an equal version is the same ch
 delivered again: a no-op. In the inbound clock an equal value loses (the row already holds
 a write of that instant; applying again must change nothing).
 
+Echoes: a write applied by inbound reaches the targets of the other integrations like any
+change. The integration it came from holds it already, unless a write of ours reached that
+system after it made its change (its edit was made on an older row, then our delivery of
+a newer row replaced the edit there while the database kept the edit). The external system
+says which of our versions it held when it made the change (its *base*), the apply step
+stores a digest of it in the transaction's replication-origin LSN (``echo_token``), and the
+sink skips the echo only if the version it last delivered for the key is still that base
+(``echo_held``); otherwise the echo is delivered like any change and the external system
+ends with the database's row. Without a base (token 0) the echo is never sent: sending it
+could create the entity twice there (a create made in that system has no key of ours yet).
+
 What a target keeps per key is ``Held`` (the newest version applied and whether it was a
 delete, i.e. a tombstone). ``decide`` and ``step`` are the whole sink rule: whatever order,
 duplication or replay the deliveries of a key's operations come in, the key ends holding
@@ -35,6 +46,7 @@ the operation with the greatest version (``converged``), which is the source's l
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -45,6 +57,8 @@ __all__ = [
     "Verdict",
     "converged",
     "decide",
+    "echo_held",
+    "echo_token",
     "inbound_wins",
     "snapshot_version",
     "source_version",
@@ -110,3 +124,24 @@ def inbound_wins(held_us: int | None, incoming_us: int) -> bool:
     the column's unit (microseconds for temporal columns). Equal loses.
     """
     return held_us is None or incoming_us > held_us
+
+
+def echo_token(base: bytes | None) -> int:
+    """The token an inbound write carries for its base (0: unknown).
+
+    ``base`` is the ``Version.to_bytes()`` of the last write the external system had from
+    us when it made the change (``b""``: none yet). A 63-bit digest, never 0, so it fits a
+    replication origin's LSN and equal tokens mean equal bases (collisions aside: 2**-63).
+    """
+    if base is None:
+        return 0
+    digest = hashlib.blake2b(b"cdcsync.echo\0" + base, digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 1) or 1
+
+
+def echo_held(token: int, delivered: Version | None) -> bool:
+    """Whether the external system still holds its own write: our last delivery to it for
+    the key (``delivered``, None: nothing yet) is the base its change was made on."""
+    if token == 0:
+        return True  # the sender did not say: assume it holds its write
+    return token == echo_token(b"" if delivered is None else delivered.to_bytes())

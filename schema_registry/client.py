@@ -7,6 +7,7 @@ its failures are translated at this edge into the project's errors:
 
 * 409 -> ``IncompatibleSchema`` (an ``IncompatibleSchemaError`` carrying the
   server's message, ``error_code`` and ``status``),
+* 401 and 403 -> ``RegistryRefused`` (the credentials are refused: retrying cannot help),
 * any other 4xx -> ``RegistryError(message, error_code=, status=)``,
 * retries exhausted (unreachable, 5xx, 408, 429) -> ``RegistryUnavailable``.
 
@@ -38,7 +39,13 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import httpx
 
 from cdc.core.backoff import BackoffPolicy
-from cdc.core.errors import ConfigError, IncompatibleSchemaError, RegistryError, RegistryUnavailable
+from cdc.core.errors import (
+    ConfigError,
+    IncompatibleSchemaError,
+    RegistryError,
+    RegistryRefused,
+    RegistryUnavailable,
+)
 from schema_registry.compatibility import CompatibilityLevel
 
 log = logging.getLogger(__name__)
@@ -282,6 +289,13 @@ class RestClient:
                     cause = None
                 elif status == 409:
                     raise IncompatibleSchema(message, error_code=code, status=status)
+                elif status in (401, 403):
+                    raise RegistryRefused(
+                        f"schema registry {base} refuses the credentials (HTTP {status}):"
+                        f" {message}",
+                        error_code=code,
+                        status=status,
+                    )
                 else:
                     raise RegistryError(
                         f"{method} {path}: {message}", error_code=code, status=status

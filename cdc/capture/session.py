@@ -57,6 +57,7 @@ from cdc.capture.exactly_once import (
     positions_topic,
 )
 from cdc.capture.pgoutput import (
+    UNCHANGED,
     Begin,
     Commit,
     Decoder,
@@ -78,7 +79,8 @@ from cdc.capture.snapshot.runner import Snapshotter
 from cdc.capture.spool import TransactionSpool
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
-from cdc.config.names import ORIGIN_HEADER
+from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER
+from cdc.core import tracing
 from cdc.core.errors import (
     BrokerUnavailable,
     DecodeError,
@@ -152,6 +154,8 @@ class CaptureSession:
         self.snapshots = Snapshotter(self, created_slot=created_slot)
         # The Kafka headers of the transaction's events: its replication origin, if any.
         self.headers: list[tuple[str, str | bytes | None]] | None = None
+        # Tracing (cdc.core.tracing): None when off, the one value the hot path checks.
+        self.trace = tracing.change_sampler()
 
     async def open(self) -> None:
         cfg = self.cfg
@@ -328,6 +332,8 @@ class CaptureSession:
             # A write made under a replication origin (cdcsync's inbound apply, or another
             # replicator): its events say so in a header, so sync can avoid echoes.
             self.headers = [(ORIGIN_HEADER, msg.name.encode())]
+            if msg.origin_lsn:
+                self.headers.append((ORIGIN_LSN_HEADER, str(int(msg.origin_lsn)).encode()))
         # Type messages need no action: types are read from the catalog.
 
     def begin(self, tx: TxContext) -> None:
@@ -422,6 +428,10 @@ class CaptureSession:
                     ),
                     key=new_key,
                 )
+                if any(v is UNCHANGED for v in msg.new):
+                    # The new key's create holds a TOAST placeholder no event filled.
+                    rel = enc.relation
+                    self.snapshots.reread(f"{rel.namespace}.{rel.name}", msg.new)
                 return
         change = Change(
             OP_UPDATE,
@@ -468,6 +478,18 @@ class CaptureSession:
         if eos is not None:
             txn = eos.event_headers(self.confirmable())
             headers = txn if headers is None else [*txn, *headers]
+        trace = self.trace
+        if trace is not None and trace.due():  # a sampled change: its spans and traceparent
+            headers, callback = trace.start(
+                topic=enc.topic,
+                table=f"{enc.relation.namespace}.{enc.relation.name}",
+                op=change.op,
+                commit_lsn=change.tx.commit_lsn,
+                xid=change.tx.xid,
+                decoded_ns=self.now_ms * 1_000_000,
+                headers=headers,
+                on_delivery=callback,
+            )
         Checkpoint.sent(progress)
         publisher.produce(enc.topic, key_bytes, value_bytes, callback, headers=headers)
         self.stats.events += 1

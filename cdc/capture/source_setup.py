@@ -8,7 +8,8 @@ Invariants:
   config; nothing here ever drops one.
 - Every failure names what is wrong in plain words (``SourceSetupError``):
   wal_level, REPLICATION privilege, unknown tables, a slot in use or of
-  another plugin, no free slot.
+  another plugin, no free slot. A connection the server refuses for good
+  (authentication, unknown role or database) is ``SourceRefused``, never retried.
 - Identifiers are always quoted with ``psycopg.sql``.
 - The look-ups (``wal_level``, ``replication_role``, ``table_facts``,
   ``publication_tables``, ``slot_facts``) and the wording of what they reveal
@@ -26,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.capture.encoding.type_mapping import TYPE_CATALOG_SQL, PgType, pg_types_from_rows
-from cdc.core.errors import SourceSetupError, SourceUnavailable, first_line
+from cdc.core.errors import SourceRefused, SourceSetupError, SourceUnavailable, first_line
 from cdc.core.lsn import Lsn
 from cdc.core.secrets import redact_dsn
 
@@ -98,10 +99,41 @@ class SlotFacts:
     wal_status: str | None
 
 
+# What PostgreSQL (or libpq) says when it refuses a connection for good. Matched in the
+# text: libpq reports no SQLSTATE for a failed connection attempt.
+_REFUSALS = (
+    "authentication failed",  # password, ident, peer, PAM, LDAP...
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "does not exist",  # role "x" / database "x" does not exist
+    "is not permitted to log in",
+    "permission denied for database",
+)
+
+
+def refusal(exc: psycopg.OperationalError) -> str | None:
+    """The server's reason when ``exc`` refuses a connection for good, else None.
+
+    Wrong credentials, an unknown role or database, a role without LOGIN or CONNECT:
+    retrying cannot help. Anything else (refused port, timeout, a server starting or
+    shutting down) may pass and is not a refusal.
+    """
+    text = str(exc)
+    if not any(marker in text for marker in _REFUSALS):
+        return None
+    reason = text.rsplit("failed: ", 1)[-1].strip()
+    return reason.removeprefix("FATAL:").strip().splitlines()[0]
+
+
 async def connect(dsn: str) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+    """A connection to ``dsn``: ``SourceRefused`` when refused for good (see ``refusal``),
+    ``SourceUnavailable`` when it may succeed later."""
     try:
         return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     except psycopg.OperationalError as exc:
+        reason = refusal(exc)
+        if reason is not None:
+            raise SourceRefused(f"{redact_dsn(dsn)} refuses the connection: {reason}") from exc
         raise SourceUnavailable(f"cannot connect to {redact_dsn(dsn)}: {first_line(exc)}") from exc
 
 

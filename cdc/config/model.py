@@ -81,6 +81,7 @@ from cdc.config.fields import (
 )
 from cdc.config.inbound import InboundConfig
 from cdc.config.sources import LoadContext, Origins, apply_env, describe_errors, read_yaml
+from cdc.config.tracing import TracingConfig
 from cdc.core.errors import ConfigError
 
 __all__ = [
@@ -101,6 +102,7 @@ __all__ = [
     "SinkConfig",
     "SourceConfig",
     "StateConfig",
+    "TracingConfig",
     "load_config",
     "parse_config",
 ]
@@ -520,6 +522,7 @@ class Config(Section):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     process: ProcessConfig = Field(default_factory=ProcessConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="before")
     @classmethod

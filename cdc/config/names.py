@@ -18,6 +18,7 @@ from cdc.config.model import Config
 
 __all__ = [
     "ORIGIN_HEADER",
+    "ORIGIN_LSN_HEADER",
     "inbound_dead_letter_topic",
     "inbound_group_id",
     "inbound_integrations",
@@ -27,6 +28,9 @@ __all__ = [
 
 # The Kafka header capture puts on events of transactions made under a replication origin.
 ORIGIN_HEADER = "cdcsync.origin"
+# Beside it, when the origin set one: the transaction's origin LSN (decimal). cdcsync's
+# inbound apply puts its echo token there (``mappers.lww.echo_token``).
+ORIGIN_LSN_HEADER = "cdcsync.origin.lsn"
 
 
 def inbound_integrations(config: Config) -> dict[str, InboundConfig]:

@@ -12,10 +12,13 @@
     |   +-- RelationPending           a mapper needs a related entity not yet synced
     +-- FatalError                    retrying will not help; stop and tell the operator
         +-- SourceSetupError          wal_level, privileges, slot in use, unknown table...
+        +-- SourceRefused             authentication failed, unknown role or database (exit 3)
+        +-- BrokerRefused             Kafka unreachable or refusing at start (exit 4)
         +-- DecodeError               a replication message could not be decoded
         +-- SchemaError               a derived schema is invalid or was rejected
         |   +-- IncompatibleSchemaError   the registry rejected a schema change (names columns)
         +-- RegistryError             the registry answered a 4xx (carries error_code)
+        |   +-- RegistryRefused       it refuses the credentials, 401/403 (exit 5)
         +-- MappingError              a mapper failed on an event (dead-letterable)
         +-- SinkRejected              a sink refused an entity for good (dead-letterable)
         +-- ReplayError               a replay cannot be served as asked (range, partition)
@@ -23,6 +26,10 @@
 Library exceptions (psycopg, confluent_kafka, httpx) are translated at the
 edges with ``raise ... from``; code in the middle only sees these classes.
 Messages never contain secrets: DSNs are shown without passwords.
+
+``exit_code`` is the status a command exits with when the error stops it (the
+table in the README): 1 by default, 2 for configuration, 3 to 5 for what a
+server refuses for good.
 """
 
 from __future__ import annotations
@@ -31,9 +38,13 @@ from __future__ import annotations
 class CdcsyncError(Exception):
     """Base class of every error cdcsync raises."""
 
+    exit_code: int = 1
+
 
 class ConfigError(CdcsyncError):
     """The configuration is invalid; the message names the key and the reason."""
+
+    exit_code = 2
 
 
 class RetryableError(CdcsyncError):
@@ -79,6 +90,19 @@ class SourceSetupError(FatalError):
     """The source database is not set up for capture (wal_level, privileges, slot...)."""
 
 
+class SourceRefused(FatalError):
+    """The source (or state) database refuses the connection for good: authentication
+    failed, the role or the database does not exist, or the role may not connect."""
+
+    exit_code = 3
+
+
+class BrokerRefused(FatalError):
+    """Kafka did not answer at start, or refused the client (authentication, TLS)."""
+
+    exit_code = 4
+
+
 class DecodeError(FatalError):
     """A logical replication message could not be decoded."""
 
@@ -101,6 +125,12 @@ class RegistryError(FatalError):
         super().__init__(message)
         self.error_code = error_code
         self.status = status
+
+
+class RegistryRefused(RegistryError):
+    """The schema registry refuses the configured credentials (HTTP 401 or 403)."""
+
+    exit_code = 5
 
 
 class MappingError(FatalError):

@@ -12,11 +12,15 @@ Routes:
 - ``DELETE /contacts/{key}``: leaves a tombstone with its version; 404 if not live.
 - ``GET /contacts`` (live contacts), ``GET /contacts/{key}``, ``GET /health``.
 - ``CrmStore.edit``: a change made in the CRM itself (to be posted to cdcsync's inbound
-  endpoint), versioned like an ``updated_at`` so that later, newer writes still win.
+  endpoint with its ``updated_at`` and, as ``X-Cdcsync-Base-Version``, the version of
+  cdcsync's it was made on). It leaves the kept cdcsync version as it is: which of an edit
+  and a concurrent source write wins is decided by the database, which sends the winner.
 - ``POST /_faults`` ``{"status": 500, "count": N, "retry_after": s}`` (the next N writes or
   health checks fail) or ``{"reject_keys": ["42"], "status": 400}`` (writes to those keys
   always fail); ``DELETE /_faults`` clears; ``GET /_stats`` counts requests, applied,
   duplicates, rejected, older.
+- ``CrmStore.traceparents()``: the W3C ``traceparent`` of the latest writes (key, value),
+  so that tests can follow a change's trace into the target.
 
 Invariants of the writes (PUT and DELETE):
 
@@ -39,6 +43,7 @@ import json
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -48,8 +53,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-
-from mappers.entity import Version
 
 __all__ = ["Contact", "CrmServer", "CrmStats", "CrmStore", "create_app"]
 
@@ -115,6 +118,7 @@ class CrmStore:
         self._ids = itertools.count(1)
         self._faults = _Faults()
         self._counts = {"requests": 0, "applied": 0, "duplicates": 0, "rejected": 0, "older": 0}
+        self._traceparents: deque[tuple[str, str]] = deque(maxlen=1000)
 
     # ------------------------------------------------------------- inspection
 
@@ -175,19 +179,27 @@ class CrmStore:
         headers = {} if faults.retry_after is None else {"Retry-After": faults.retry_after}
         return Answer(faults.status, {"error": "injected failure"}, headers)
 
-    def edit(self, key: str, fields: dict[str, Any], *, version_us: int) -> Contact | None:
-        """A change made in the CRM itself (a support agent's edit), versioned at
-        ``version_us`` (microseconds, like an ``updated_at`` version): the fields are merged
-        into live contact ``key``, which is returned (a copy); None if it is not live.
+    def edit(self, key: str, fields: dict[str, Any]) -> Contact | None:
+        """A change made in the CRM itself (a support agent's edit): the fields are merged
+        into live contact ``key``, which is returned (a copy, with the cdcsync version the
+        edit was made on: the ``X-Cdcsync-Base-Version`` to post); None if it is not live.
         The caller posts the change to cdcsync's inbound endpoint."""
         with self._lock:
             held = self._contacts.get(key)
             if held is None or held.deleted:
                 return None
             held.fields = {**held.fields, **fields}
-            version = Version(version_us, 0, 0)
-            held.version, held.version_bytes = str(version), version.to_bytes()
             return Contact(held.key, held.id, dict(held.fields), held.version, held.version_bytes)
+
+    def traceparents(self) -> list[tuple[str, str]]:
+        """(key, traceparent) of the latest writes that carried one, oldest first."""
+        with self._lock:
+            return list(self._traceparents)
+
+    def saw_traceparent(self, key: str, traceparent: str | None) -> None:
+        if traceparent is not None:
+            with self._lock:
+                self._traceparents.append((key, traceparent))
 
     # ------------------------------------------------------------- writes
 
@@ -309,6 +321,7 @@ def create_app(store: CrmStore) -> Starlette:
     async def write(request: Request) -> Response:
         key = request.path_params["key"]
         headers = request.headers
+        store.saw_traceparent(key, headers.get("traceparent"))
         answer = store.write(
             key,
             delete=request.method == "DELETE",

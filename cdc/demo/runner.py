@@ -55,6 +55,7 @@ from cdc.core.logs import SecretScrubber
 from cdc.demo.crm import CrmServer
 from cdc.demo.live_view import DemoView, Snapshot, print_summary, render_table, status_line
 from cdc.demo.throwaway import LocalBroker, LocalPostgres, LocalRegistry
+from cdc.kafka.client_log import with_logger
 from cdc.sync.runtime import Sync
 from cdc.sync.worker import IntegrationStats
 from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
@@ -649,7 +650,7 @@ def _start_servers(
 
 def _create_topics(bootstrap: str, topics: list[str]) -> None:
     """Create the tables' topics up front, so that sync's consumers are assigned at once."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    admin = AdminClient(with_logger({"bootstrap.servers": bootstrap, "log_level": 3}))
     futures = admin.create_topics(
         [NewTopic(t, num_partitions=1, replication_factor=1) for t in topics],
         request_timeout=20,

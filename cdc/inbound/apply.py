@@ -14,8 +14,9 @@
 4. record the outcome in the marker; commit. Offsets are committed after the transactions.
 
 The session runs under the replication origin ``cdcsync_{name}``, so capture marks these
-writes and the integration's own sync worker skips them (no echo); other integrations
-receive them like any other change.
+writes; the transaction's origin LSN carries ``mappers.lww.echo_token`` of the change's base,
+so the integration's own sink skips the echo only while the external system still holds its
+write (no echo), and sends it otherwise; other integrations receive them like any change.
 
 Invariants: a change is applied at most once per Idempotency-Key (the marker commits with
 it), and at least once (offsets are committed only after the transaction committed or the
@@ -47,6 +48,7 @@ from cdc.config.names import (
     inbound_topic,
     origin_name,
 )
+from cdc.core import tracing
 from cdc.core.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -56,6 +58,7 @@ from cdc.core.errors import (
     first_line,
 )
 from cdc.core.logs import ContextLogger
+from cdc.core.lsn import Lsn
 from cdc.core.secrets import redact_dsn
 from cdc.core.supervision import run_restarting
 from cdc.core.text import key_text, storable
@@ -64,7 +67,7 @@ from cdc.kafka.publisher import Publisher, producer_config
 from cdc.state.store import StateStore
 from mappers.entity import Origin, microseconds
 from mappers.inbound import InboundChange, load_inbound_mapper, load_inbound_model
-from mappers.lww import inbound_wins
+from mappers.lww import echo_token, inbound_wins
 
 __all__ = ["InboundApplier", "InboundStats", "InboundWorker", "Outcome"]
 
@@ -273,8 +276,10 @@ class InboundApplier:
         # Under a session origin, logical decoding reports the origin's timestamp as the
         # commit time: without this, the events would say 2000-01-01 (and a delete, whose
         # version is its commit time, would lose to every older write).
+        token = echo_token(change.base)
         await conn.execute(
-            "SELECT pg_replication_origin_xact_setup('0/0'::pg_lsn, clock_timestamp())"
+            "SELECT pg_replication_origin_xact_setup(%s::pg_lsn, clock_timestamp())",
+            (str(Lsn(token)),),
         )
         marked = await conn.execute(
             sql.SQL(
@@ -324,10 +329,11 @@ class InboundApplier:
             outcome = await self._update(conn, change, key, columns)
         await conn.execute(
             sql.SQL(
-                "UPDATE {}.inbound_changes SET outcome = %s, key = %s"
+                "UPDATE {}.inbound_changes SET outcome = %s, key = %s,"
+                " xid = pg_current_xact_id()::text::bigint & 4294967295, echo_token = %s"
                 " WHERE integration = %s AND idempotency_key = %s"
             ).format(self.state),
-            (outcome, key, self.name, change.idempotency_key),
+            (outcome, key, token, self.name, change.idempotency_key),
         )
         return outcome, key
 
@@ -449,7 +455,10 @@ class InboundWorker:
             origin = Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
             try:
                 change = InboundChange.from_json(msg.value() or b"")
-                outcome, key = await self.applier.apply(change, origin)
+                with tracing.record_span(
+                    "inbound apply", msg.headers(), {"cdc.integration": self.name}
+                ):
+                    outcome, key = await self.applier.apply(change, origin)
             except (RetryableError, ConfigError):
                 raise  # transient, or the setup is wrong: not this record's fault
             except Exception as exc:
@@ -488,6 +497,7 @@ class InboundWorker:
             ("cdcsync.origin.offset", str(origin.offset).encode()),
             ("cdcsync.timestamp", datetime.now(UTC).isoformat().encode()),
         ]
+        headers += tracing.event_span("dead-letter", msg.headers(), {"cdc.error": reason})
         key, payload = msg.key(), msg.value()
         partition: int | None = None
         offset: int | None = None

@@ -13,7 +13,8 @@ Answers, in the order they are decided:
   nor a valid ``Authorization: Bearer`` (``inbound.token``);
 - 400: an external id that is not 1 to 200 characters of valid UTF-8 without control,
   format, surrogate or line-separator characters; no ``Idempotency-Key`` (or one with such
-  characters); a body that is not a JSON object;
+  characters); a body that is not a JSON object; an ``X-Cdcsync-Base-Version`` that is
+  not the hex of an ``X-Cdcsync-Version-Bytes`` value (or empty);
 - 422: the body does not validate, or holds text the database cannot store (NUL, a lone
   surrogate); ``fields`` names each offending field and why;
 - 503: Kafka did not acknowledge in ``inbound.enqueue_timeout_s`` (retry with the same key);
@@ -34,6 +35,7 @@ import hashlib
 import hmac
 import json
 import logging
+import struct
 import threading
 import time
 import unicodedata
@@ -50,10 +52,11 @@ from starlette.routing import Route
 from cdc.config import Config
 from cdc.config.inbound import InboundConfig
 from cdc.config.names import inbound_integrations, inbound_topic
+from cdc.core import tracing
 from cdc.core.errors import BrokerUnavailable, FatalError, MappingError, first_line
 from cdc.core.histogram import LatencyHistogram
 from cdc.kafka.publisher import Publisher, producer_config
-from mappers.entity import microseconds
+from mappers.entity import Version, microseconds
 from mappers.inbound import InboundChange, Op, load_inbound_model
 
 __all__ = [
@@ -162,6 +165,7 @@ class InboundRoute:
         bad = _unprintable(key)
         if bad is not None:
             raise InboundRejected(400, f"Idempotency-Key header: {bad}")
+        base = _base_version(headers.get("x-cdcsync-base-version"))
         data = _json_object(body, optional=method == "DELETE")
         problems = _unstorable_text(data)
         if problems:
@@ -215,6 +219,7 @@ class InboundRoute:
             idempotency_key=key,
             received_at_us=now_us,
             fields=fields,
+            base_version=base,
         )
 
     def _version(self, raw: object, entity: str, *, now_us: int) -> int:
@@ -234,6 +239,24 @@ class InboundRoute:
                 fields=[{"field": field_name, "message": message}],
             )
         return version
+
+
+def _base_version(raw: str | None) -> str | None:
+    """The ``X-Cdcsync-Base-Version`` header: the ``X-Cdcsync-Version-Bytes`` of the last
+    write of ours the sender held when it made the change ("" or "none": none yet)."""
+    if raw is None:
+        return None
+    text = raw.strip().lower()
+    if text in ("", "none"):
+        return ""
+    try:
+        Version.from_bytes(bytes.fromhex(text))
+    except (ValueError, struct.error):
+        raise InboundRejected(
+            400,
+            "X-Cdcsync-Base-Version header: not the hex of an X-Cdcsync-Version-Bytes value",
+        ) from None
+    return text
 
 
 def _unprintable(text: str) -> str | None:
@@ -341,7 +364,8 @@ class _Enqueuer:
         def delivered(err: Any, msg: Any) -> None:
             loop.call_soon_threadsafe(_settle, done, err, msg)
 
-        self._publisher.produce(topic, key, value, delivered)
+        # The request's trace (cdc.core.tracing), continued by the inbound apply.
+        self._publisher.produce(topic, key, value, delivered, headers=tracing.kafka_headers())
         try:
             return await asyncio.wait_for(asyncio.shield(done), timeout_s)
         except TimeoutError:
@@ -405,7 +429,8 @@ class InboundEndpoint:
             ).response()
         stats = self.stats[name]
         try:
-            change = await self._accept(request, route)
+            with tracing.server_span(f"inbound {name}", request.headers):
+                change = await self._accept(request, route)
         except InboundRejected as exc:
             stats.rejected[exc.status] = stats.rejected.get(exc.status, 0) + 1
             if exc.status >= 500:

@@ -27,6 +27,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from cdc.config import Config
+from cdc.kafka.client_log import with_logger
 
 FETCH_WAIT_MAX_MS = 50
 """The sync and inbound workers' default ``fetch.wait.max.ms`` (see ``group_consumer_config``)."""
@@ -56,7 +57,7 @@ def group_consumer_config(config: Config, group_id: str) -> dict[str, Any]:
             "topic.metadata.refresh.interval.ms": 5_000,
         }
     )
-    return props
+    return with_logger(props)
 
 
 def next_batch(consumer: Consumer, size: int = BATCH_SIZE) -> list[Message]:

@@ -12,6 +12,7 @@ Invariants:
   caller's thread.
 - Memory is bounded: the local queue is capped (``queue.buffering.max.kbytes``)
   and ``produce`` waits (serving callbacks) instead of growing.
+- librdkafka's log lines go through Python logging (``client_log``), never to stderr.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from cdc.core.errors import BrokerUnavailable, ConfigError
+from cdc.kafka.client_log import with_logger
 
 DeliveryCallback = Callable[[Any, Any], None]
 
@@ -51,14 +53,14 @@ def producer_config(bootstrap: str, properties: Mapping[str, Any]) -> dict[str, 
             raise ConfigError(f"kafka.properties.{key}: cdcsync requires {_FORCED[key]!r}")
         conf[key] = value
     conf.update(_FORCED)
-    return conf
+    return with_logger(conf)
 
 
 class Publisher:
     """A thin owner of one ``confluent_kafka.Producer``."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self._config = dict(config)
+        self._config = with_logger(config)
         self._errors: list[str] = []
         self._config.setdefault("error_cb", self._on_error)
         try:
@@ -148,7 +150,7 @@ class Publisher:
 
 def admin_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings of an admin client for the cluster a producer ``config`` talks to."""
-    return {"bootstrap.servers": config["bootstrap.servers"], **_security(config)}
+    return with_logger({"bootstrap.servers": config["bootstrap.servers"], **_security(config)})
 
 
 def _security(config: Mapping[str, Any]) -> dict[str, Any]:

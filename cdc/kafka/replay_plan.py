@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from cdc.config import Config
 from cdc.core.errors import BrokerUnavailable, ConfigError, ReplayError, first_line
+from cdc.kafka.client_log import with_logger
 from cdc.kafka.consumer import producer_only
 
 __all__ = [
@@ -135,7 +136,7 @@ def replay_consumer_config(config: Config, name: str) -> dict[str, Any]:
             "allow.auto.create.topics": False,
         }
     )
-    return props
+    return with_logger(props)
 
 
 def plan_replay(

@@ -13,6 +13,8 @@ Endpoints (JSON unless noted):
   integration; the others go on.
 - ``POST|PUT|DELETE /inbound/{integration}/{entity}/{external_id}``: external changes
   (``cdc.inbound.endpoint``), authenticated per integration rather than by ``admin.token``.
+- ``/console/``: the web console (``cdc.ops.console``), HTML for people, under the same
+  token (a login form sets a session cookie); ``GET /`` redirects there.
 
 With ``admin.token`` set, every endpoint except /health and /ready asks for
 ``Authorization: Bearer TOKEN`` (401 otherwise). The listener binds ``admin.listen``
@@ -45,14 +47,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from cdc.config import Config
 from cdc.core.errors import ConfigError, FatalError, RetryableError, first_line
 from cdc.core.secrets import redact_dsn
 from cdc.inbound.endpoint import InboundEndpoint
+from cdc.kafka.client_log import with_logger
 from cdc.kafka.publisher import producer_config
+from cdc.ops.console import Console
 from cdc.ops.metrics import RuntimeCollector
 
 if TYPE_CHECKING:
@@ -117,7 +121,7 @@ class DependencyProbes:
             for k, v in conf.items()
             if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "client."))
         }
-        client = AdminClient(admin_conf)
+        client = AdminClient(with_logger(admin_conf))
         await asyncio.to_thread(client.list_topics, timeout=5)
 
     async def _registry(self) -> None:
@@ -153,6 +157,9 @@ class AdminApi:
         self.port = 0
         self._sock: socket.socket | None = None
         self.inbound = InboundEndpoint.from_config(config)
+        self.console = Console(
+            config, capture=capture, sync=sync, token=self._token, status=self.status_document
+        )
         self.app = Starlette(
             routes=[
                 Route("/health", self.health),
@@ -163,6 +170,8 @@ class AdminApi:
                 Route("/integrations/{name}/resume", self.resume, methods=["POST"]),
                 # Inbound changes authenticate per integration, not with the admin token.
                 *(self.inbound.routes() if self.inbound is not None else []),
+                Route("/", lambda _request: RedirectResponse("/console/", 303)),
+                *self.console.routes(),
             ]
         )
 
@@ -194,7 +203,10 @@ class AdminApi:
 
     def _not_ready(self) -> Iterator[str]:
         if self.capture is not None and not self.capture.stats.connected:
-            yield "capture is not streaming from its replication slot"
+            why = self.capture.stats.last_error
+            yield "capture is not streaming from its replication slot" + (
+                f" (last error: {why})" if why else ""
+            )
         if self.sync is not None and not self.sync.ready.is_set():
             yield "sync workers are not running yet"
         for name in ("kafka", "registry"):
@@ -284,10 +296,17 @@ class AdminApi:
         assert sock is not None
         server = _QuietServer(
             uvicorn.Config(
-                self.app, log_level="warning", access_log=False, lifespan="off", loop="none"
+                self.app,
+                log_level="warning",
+                # No handlers of uvicorn's own: its records reach the configured format.
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                loop="none",
             )
         )
         probes = asyncio.create_task(self.probes.run(stop))
+        console = asyncio.create_task(self.console.run(stop))
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         try:
             await stop.wait()
@@ -298,6 +317,9 @@ class AdminApi:
             probes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probes
+            console.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await console
             sock.close()
             self._sock = None
             if self.inbound is not None:
@@ -417,6 +439,7 @@ def _integrations_status(sync: Sync) -> dict[str, Any]:
             "older": s.older,
             "duplicate": s.duplicate,
             "echo": s.echo,
+            "rereads": s.rereads,
             "retried": s.retried,
             "dead_lettered": s.dead_lettered,
             "records": s.records,

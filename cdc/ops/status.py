@@ -33,6 +33,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicParti
 from cdc.config import Config
 from cdc.core.errors import CdcsyncError, first_line
 from cdc.core.secrets import redact_dsn
+from cdc.kafka.client_log import with_logger
 from cdc.kafka.consumer import producer_only
 from cdc.kafka.replay_plan import end_offset, replay_consumer_config
 from cdc.ops.admin_api import AdminError, AdminUnreachable, admin_url, call_admin
@@ -107,7 +108,7 @@ def _consumer_lag(config: Config) -> dict[str, dict[str, Any]]:
         group = integration.group_id or f"cdcsync.{name}"
         entry: dict[str, Any] = {"group_id": group, "partitions": [], "lag": None, "error": None}
         result[name] = entry
-        consumer = Consumer({**base, "group.id": group, "enable.auto.commit": False})
+        consumer = Consumer(with_logger({**base, "group.id": group, "enable.auto.commit": False}))
         reader = Consumer(replay_consumer_config(config, name))
         try:
             entry["partitions"] = _group_lag(consumer, reader, list(integration.topics))

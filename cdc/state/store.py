@@ -17,7 +17,8 @@ publication):
   database never resume or overwrite each other's snapshots. Rows written before pipelines
   were recorded (pipeline ``''``) are read by any pipeline that has no row of its own.
 - ``inbound_changes``: per (integration, Idempotency-Key), what became of an inbound change
-  (``applied``, ``lost`` to a newer write, ...); written by ``cdc.inbound.apply``.
+  (``applied``, ``lost`` to a newer write, ...), the transaction that applied it and its
+  echo token; written by ``cdc.inbound.apply``, read by snapshots (``inbound_writers``).
 - ``reconcile_runs``: one row per ``cdcsync reconcile`` run (or scheduled run): start, end,
   rows checked, missing, extra, different, repaired, mapper failures, result and error.
 
@@ -165,6 +166,15 @@ MIGRATIONS: Final[tuple[LiteralString, ...]] = (
     ALTER TABLE {schema}.snapshot_progress ADD COLUMN pipeline text NOT NULL DEFAULT '';
     ALTER TABLE {schema}.snapshot_progress DROP CONSTRAINT snapshot_progress_pkey;
     ALTER TABLE {schema}.snapshot_progress ADD PRIMARY KEY (pipeline, table_name);
+    """,
+    # Which transaction wrote an inbound change (the low 32 bits of its id, as a row's
+    # xmin shows it) and its echo token: a snapshot read of a row an inbound write left
+    # is marked with that write's origin (no echo).
+    """
+    ALTER TABLE {schema}.inbound_changes ADD COLUMN xid bigint;
+    ALTER TABLE {schema}.inbound_changes ADD COLUMN echo_token bigint;
+    CREATE INDEX inbound_changes_by_xid ON {schema}.inbound_changes (xid)
+        WHERE xid IS NOT NULL;
     """,
     # Reconcile runs (cdc.ops.reconcile): the history of each integration's checks.
     """
@@ -766,6 +776,21 @@ class StateStore:
                 done,
             ),
         )
+
+    async def inbound_writers(self, xids: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """``xid`` (32-bit, a row's ``xmin``) -> (integration, echo token) of the inbound
+        change that transaction applied, for those of ``xids`` that applied one."""
+        if not xids:
+            return {}
+        rows = await self._fetch(
+            self._q(
+                "SELECT DISTINCT ON (xid) xid, integration, coalesce(echo_token, 0)"
+                " FROM {schema}.inbound_changes WHERE xid = ANY(%s)"
+                " AND outcome IN ('applied', 'created') ORDER BY xid, applied_at DESC"
+            ),
+            (list(xids),),
+        )
+        return {int(x): (str(name), int(token)) for x, name, token in rows}
 
     async def snapshot_progresses(self) -> list[SnapshotProgress]:
         """The progress of every table ever snapshotted, by table name (every pipeline)."""

@@ -16,7 +16,8 @@ Invariants:
   dead-lettered; only a record that keeps failing while the target answers its health
   probe, a record the sink rejects, or one the mapper cannot map is dead-lettered.
 - No record stops the worker: whatever a record makes the decoder, the mapper or the sink
-  raise (other than a ``RetryableError``) dead-letters it; a dead letter the topic or the
+  raise (other than a ``RetryableError``, or the registry refusing the credentials, which
+  stops the worker) dead-letters it; a dead letter the topic or the
   state store refuses for good is kept where it can be (the store, else the log at error
   level with its origin), and the offset moves on.
 - A mapper waiting for a related entity (``RelationPending``) first lets the operations
@@ -33,18 +34,20 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from cdc.config import Config, IntegrationConfig
-from cdc.config.names import ORIGIN_HEADER, origin_name
+from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER, origin_name
+from cdc.core import tracing
 from cdc.core.backoff import Backoff, BackoffPolicy
 from cdc.core.circuit_breaker import CircuitBreaker, CircuitState
 from cdc.core.errors import (
     BrokerUnavailable,
+    RegistryRefused,
     RelationPending,
     RetryableError,
     SinkRejected,
@@ -58,6 +61,7 @@ from cdc.core.text import storable
 from cdc.kafka.consumer import BatchFeed, group_consumer_config
 from cdc.kafka.publisher import Publisher, producer_config
 from cdc.state.store import StateStore
+from cdc.sync.reread import blind_creates, reread_signal, send_signal
 from cdc.sync.sinks.base import Outcome, Sink
 from mappers.entity import EntityOp, Mapper, Origin, TableEvent
 from schema_registry.serde import AvroDeserializer
@@ -87,13 +91,16 @@ class IntegrationStats:
     duplicate: int = 0
     retried: int = 0
     dead_lettered: int = 0
-    # Events this integration itself wrote back (inbound), not sent to it again.
+    # Operations echoing this integration's own inbound writes, not sent to it again.
     echo: int = 0
     records: int = 0
     # Records with nothing to apply: Kafka tombstones, and events mapped to no operation.
     tombstones: int = 0
     no_operation: int = 0
     waits: int = 0
+    # Rows capture was asked to read again (an upsert would have created an entity
+    # without its unchanged TOAST values).
+    rereads: int = 0
     restarts: int = 0
     last_version: str | None = None
     last_error: str | None = None
@@ -112,6 +119,8 @@ class IntegrationStats:
             self.applied += 1
         elif outcome is Outcome.OLDER:
             self.older += 1
+        elif outcome is Outcome.ECHO:
+            self.echo += 1
         else:
             self.duplicate += 1
 
@@ -143,6 +152,9 @@ class _Entry:
     ops: list[EntityOp] = field(default_factory=list)
     mapped: bool = False  # ``ops`` already holds the mapper's result
     dead_lettered: bool = False
+    # Nonzero: a write this integration made itself (inbound), with its echo token.
+    echo_token: int = 0
+    trace: Any = None  # the trace the record carries (cdc.core.tracing), when tracing is on
 
 
 class Applier:
@@ -187,6 +199,9 @@ class Applier:
     async def handle(self, msgs: Sequence[Message], stop: asyncio.Event) -> None:
         """Map and apply ``msgs`` (one consumed batch) completely, or raise."""
         entries = await self._decode(msgs)
+        if tracing.ENABLED:
+            for entry in entries:
+                entry.trace = tracing.record_context(entry.msg.headers())
         await self._prefetch_relations(entries)
         pending: list[_Entry] = []
         for entry in entries:
@@ -194,7 +209,7 @@ class Applier:
                 raise asyncio.CancelledError
             while not entry.mapped:
                 try:
-                    entry.ops = list(self.mapper(entry.event, self.context))
+                    entry.ops = self._map(entry)
                     break
                 except RelationPending as exc:
                     # What it waits for may be in the operations mapped so far.
@@ -210,6 +225,8 @@ class Applier:
                     entry.ops = []
                     entry.dead_lettered = True
                     break
+            if entry.ops and entry.echo_token:
+                entry.ops = [replace(op, echo_token=entry.echo_token) for op in entry.ops]
             if entry.ops:
                 pending.append(entry)
             elif not entry.dead_lettered:
@@ -234,21 +251,26 @@ class Applier:
             if value is None:
                 self.stats.tombstones += 1  # compaction's business, not an event
                 continue
+            echo = 0
             if _header(msg, ORIGIN_HEADER) == self._own_origin:
-                self.stats.echo += 1  # written back by this integration: no echo
-                continue
+                # Written back by this integration. With a base (``mappers.lww``) the sink
+                # skips it while the target still holds that write; without one, skipped.
+                echo = _echo_token(msg)
+                if echo == 0:
+                    self.stats.echo += 1
+                    continue
             origin = _origin(msg)
             try:
                 envelope = await self.deserializer.deserialize(value)
                 raw_key = msg.key()
                 key = None if raw_key is None else await self.deserializer.deserialize(raw_key)
                 event = TableEvent.from_envelope(envelope, key=key, origin=origin)
-            except RetryableError:
+            except (RetryableError, RegistryRefused):  # refused credentials: not the record's
                 raise
             except Exception as exc:  # undecodable, whatever the decoder raised
                 await self.dead_letter(msg, exc, attempts=1)
                 continue
-            entries.append(_Entry(msg, event))
+            entries.append(_Entry(msg, event, echo_token=echo))
         return entries
 
     async def _prefetch_relations(self, entries: list[_Entry]) -> None:
@@ -259,7 +281,7 @@ class Applier:
         wanted: dict[tuple[str, str], set[str]] = {}
         for entry in entries:
             try:
-                entry.ops = list(self.mapper(entry.event, self.context))
+                entry.ops = self._map(entry)
                 entry.mapped = True
             except RelationPending as exc:
                 wanted.setdefault((exc.integration, exc.entity), set()).add(exc.key)
@@ -303,7 +325,11 @@ class Applier:
             await self._wait_for_circuit(stop)
             try:
                 async with self._sink_lock:
-                    results = await self.sink.apply(ops)
+                    await self._reread_blind_creates(entries, ops)
+                    with tracing.applying(
+                        ((e.trace, e.ops) for e in entries), {"cdc.integration": self.name}
+                    ):
+                        results = await self.sink.apply(ops)
             except SinkUnavailable as exc:
                 attempt += 1
                 self.stats.retried += 1
@@ -361,6 +387,31 @@ class Applier:
                         latencies.append(now_us - entry.event.ts_us)
             if rejected is not None:
                 await self.dead_letter(entry.msg, rejected, attempts=attempt + 1)
+
+    async def _reread_blind_creates(self, entries: list[_Entry], ops: list[EntityOp]) -> None:
+        """Ask capture to read again the rows whose upsert would create an entity without
+        the fields it cannot see (``cdc.sync.reread``)."""
+        blind = await blind_creates(self.sink, ops)
+        if not blind:
+            return
+        owners = [entry.event for entry in entries for _ in entry.ops]
+        signal = reread_signal([owners[i] for i in blind])
+        if signal is not None:
+            await send_signal(self.config.source.dsn.get_secret_value(), signal)
+            self.stats.rereads += len(blind)
+            self.log.info(
+                "%s: %d upserts would create entities without unchanged TOAST values; "
+                "asked capture to read those rows again",
+                self.name,
+                len(blind),
+            )
+
+    def _map(self, entry: _Entry) -> list[EntityOp]:
+        """The mapper's operations for ``entry``, in a ``map`` span when it is traced."""
+        if entry.trace is None:
+            return list(self.mapper(entry.event, self.context))
+        with tracing.span("map", entry.trace, {"cdc.integration": self.name}):
+            return list(self.mapper(entry.event, self.context))
 
     async def _wait_for_circuit(self, stop: asyncio.Event) -> None:
         """Return when the circuit lets a call through; probes the target while open."""
@@ -467,6 +518,9 @@ class Applier:
             ("cdcsync.origin.offset", str(origin.offset).encode()),
             ("cdcsync.timestamp", datetime.now(UTC).isoformat().encode()),
         ]
+        headers += tracing.event_span(
+            "dead-letter", msg.headers(), {"cdc.integration": self.name, "cdc.error": reason}
+        )
         key, payload = msg.key(), msg.value()
         partition: int | None = None
         offset: int | None = None
@@ -655,6 +709,14 @@ class SyncWorker:
 
 def _origin(msg: Message) -> Origin:
     return Origin(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+
+def _echo_token(msg: Message) -> int:
+    raw = _header(msg, ORIGIN_LSN_HEADER)
+    try:
+        return int(raw) if raw else 0
+    except ValueError:
+        return 0
 
 
 def _header(msg: Message, name: str) -> bytes | None:

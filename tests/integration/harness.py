@@ -71,9 +71,13 @@ class CaptureEnv:
     slot: str = field(default_factory=lambda: f"s_{uuid.uuid4().hex[:10]}")
     publication: str = field(default_factory=lambda: f"p_{uuid.uuid4().hex[:10]}")
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # The state schema, when capture shares it with a sync process (inbound markers).
+    state_schema: str | None = None
 
     def config(self, **source_overrides: Any) -> dict[str, Any]:
+        state = {} if self.state_schema is None else {"state": {"schema": self.state_schema}}
         return {
+            **state,
             "source": {
                 "dsn": self.pg_dsn,
                 "slot": self.slot,

@@ -44,6 +44,8 @@ class InboundEnv:
             conn.execute(INBOUND_SCHEMA_SQL)
             # Two sinks creating their tables in one new schema at once may collide.
             conn.execute("CREATE SCHEMA IF NOT EXISTS analytics")
+        # Capture reads the inbound markers (which row an inbound write left) there too.
+        sync.capture.state_schema = STATE_SCHEMA
         return cls(sync)
 
     @property
@@ -179,31 +181,30 @@ class CrmClient:
         self.env = env
         self.http = httpx.Client(timeout=15)
         self.accepted: list[str] = []
-        self.sent: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.sent: dict[str, tuple[str, dict[str, Any], str | None]] = {}
 
     def close(self) -> None:
         self.http.close()
 
     def edit(self, key: str, *, email: str, phone: str | None = None) -> str | None:
         """Edit contact ``key`` in the CRM and post it; the Idempotency-Key, once accepted."""
-        now_us = time.time_ns() // 1000
-        contact = self.env.sync.crm.store.edit(
-            key, {"email": email, "phone": phone}, version_us=now_us
-        )
+        contact = self.env.sync.crm.store.edit(key, {"email": email, "phone": phone})
         if contact is None:
             return None
+        now_us = time.time_ns() // 1000
         body = {
             "name": contact.fields["name"],
             "email": email,
             "phone": phone,
             "updated_at": datetime.fromtimestamp(now_us / 1e6, UTC).isoformat(),
         }
-        return self.post(contact.id, body)
+        base = (contact.version_bytes or b"").hex()
+        return self.post(contact.id, body, base=base)
 
     def repost(self, key: str) -> None:
         """Send an accepted request again, as a client that missed the answer would."""
-        external_id, body = self.sent[key]
-        self.post(external_id, body, key=key)
+        external_id, body, base = self.sent[key]
+        self.post(external_id, body, key=key, base=base)
 
     def post(
         self,
@@ -212,9 +213,12 @@ class CrmClient:
         *,
         method: str = "PUT",
         key: str | None = None,
+        base: str | None = None,
         timeout: float = 60,
     ) -> str:
-        """Post until accepted (retrying refused connections and 503 with the same key)."""
+        """Post until accepted (retrying refused connections and 503 with the same key).
+
+        ``base``: the ``X-Cdcsync-Base-Version`` (hex; "" for none), sent when given."""
         key = key or uuid.uuid4().hex
         data = json.dumps(body).encode()
         headers = {
@@ -222,6 +226,8 @@ class CrmClient:
             "Idempotency-Key": key,
             "X-Signature": sign(INBOUND_SECRET.encode(), data),
         }
+        if base is not None:
+            headers["X-Cdcsync-Base-Version"] = base
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -233,7 +239,7 @@ class CrmClient:
                 )
                 if response.status_code == 202:
                     self.accepted.append(key)
-                    self.sent[key] = (external_id, body)
+                    self.sent[key] = (external_id, body, base)
                     return key
                 if response.status_code != 503:
                     raise AssertionError(

@@ -24,13 +24,16 @@ import pytest
 import yaml
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from psycopg import sql
+from pydantic import BaseModel
 
 from cdc.capture.replication import ReplicationStream
-from cdc.config import parse_config
+from cdc.config import PostgresSinkConfig, parse_config
 from cdc.demo.crm import CrmServer
 from cdc.demo.throwaway import LocalPostgres, free_port
 from cdc.ops.check.report import CheckReport, Status
 from cdc.ops.check.runner import run_checks
+from cdc.sync.sinks.postgres import PostgresSink
+from mappers.entity import EntityUpsert, Version
 from mappers.examples_inbound import crm_inbound_config
 
 TIMEOUT_S = 3.0
@@ -460,6 +463,34 @@ def test_a_postgres_sink_unreachable_or_without_its_table_is_a_problem(
     analytics["sink"]["dsn"] = f"postgresql://cdc@127.0.0.1:{free_port()}/target"
     down = setup.check(integrations={"analytics": analytics})
     only(down, Status.PROBLEM, "sink analytics: cannot connect")
+
+
+@pytest.mark.parametrize("table", ['analytics."We ird ""T""able"', 'analytics.We ird "T"able'])
+def test_a_postgres_sink_table_with_an_awkward_name_the_sink_wrote_is_ok(
+    setup: Setup, crm: CrmServer, table: str
+) -> None:
+    """The sink takes the name after the first dot as it is (quoting it when used); check
+    looks for the same table, whatever quotes, spaces or case it holds."""
+
+    class Fact(BaseModel):
+        total: int
+
+    config = PostgresSinkConfig(type="postgres", dsn=setup.dsn, table=table, create_table=True)
+    sink = PostgresSink("analytics", config, integration="analytics")
+
+    async def write() -> None:
+        try:
+            await sink.start()
+            await sink.apply([EntityUpsert("fact", "a", Version.from_lsn(100, 0), Fact(total=1))])
+        finally:
+            await sink.close()
+
+    asyncio.run(write())
+    analytics = integrations(setup, crm)["analytics"]
+    analytics["sink"].update(table=table, create_table=False)
+    report = setup.check(integrations={"analytics": analytics})
+    assert findings(report, Status.PROBLEM) == [], report.render_text()
+    only(report, Status.OK, "sink analytics", f"table {table} exists")
 
 
 def test_a_kafka_sink_whose_broker_is_unreachable_is_a_problem(

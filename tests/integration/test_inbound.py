@@ -110,6 +110,101 @@ def test_concurrent_app_and_crm_writes_converge_and_every_accepted_change_is_app
     crm.close()
 
 
+def _control(env: InboundEnv, name: str, action: str) -> None:
+    response = httpx.post(f"{env.url}/integrations/{name}/{action}", timeout=5)
+    response.raise_for_status()
+    deadline = time.monotonic() + 30
+    while env.status()["integrations"][name]["paused"] != (action == "pause"):
+        assert time.monotonic() < deadline, f"{name} not {action}d"
+        time.sleep(0.1)
+
+
+def test_a_crm_edit_replaced_there_by_an_older_source_write_is_sent_back_to_the_crm(
+    env: InboundEnv,
+) -> None:
+    """The application writes a row, then the CRM edits the same contact before that write
+    reached it. The database keeps the edit (newer in the inbound clock); the application's
+    write then reaches the CRM and replaces the edit there. The edit's echo must be sent,
+    or the CRM keeps a row the database no longer holds."""
+    crm = _started(env, customers=3)
+    key = sorted(env.sync.crm_contacts())[0]
+    _control(env, "crm", "pause")
+    requests = env.sync.crm.store.stats().requests
+    with psycopg.connect(env.sync.dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE customers SET email = 'app-first@example.com', updated_at = clock_timestamp()"
+            " WHERE id = %s",
+            (int(key),),
+        )
+    accepted = crm.edit(key, email="crm-later@example.com", phone="+33-2")
+    assert accepted is not None
+    assert env.wait_outcomes({accepted})[accepted] == "applied"
+    assert env.sync.crm.store.stats().requests == requests  # the app's write is still queued
+    _control(env, "crm", "resume")
+    env.wait_all_equal()
+    assert env.sync.crm_contacts()[key]["email"] == "crm-later@example.com"
+    assert env.status()["integrations"]["crm"]["applied"] >= 2  # the write, then the echo
+    crm.close()
+
+
+def test_a_snapshot_read_of_rows_the_crm_wrote_is_not_sent_back_to_the_crm(
+    env: InboundEnv,
+) -> None:
+    """An incremental snapshot reads every row again. A row the CRM created (it has no
+    key of ours there) and a row it edited last are its own writes: their reads must not
+    be sent to it (the created one would become a second contact), while other
+    integrations receive them."""
+    crm = _started(env, customers=3)
+    key = sorted(env.sync.crm_contacts())[0]
+    edited = crm.edit(key, email="edited-in-crm@example.com", phone="+33-3")
+    created = crm.post(
+        "crm-made-2", {"name": "Made In CRM", "email": "m@example.com", "updated_at": _now()}
+    )
+    assert edited is not None
+    outcomes = env.wait_outcomes({edited, created})
+    assert (outcomes[edited], outcomes[created]) == ("applied", "created")
+    with psycopg.connect(env.sync.dsn, autocommit=True) as conn:
+        row = conn.execute(
+            f"SELECT key FROM {STATE_SCHEMA}.identities"
+            " WHERE integration = 'crm' AND external_id = 'crm-made-2'"
+        ).fetchone()
+        assert row is not None
+        made = str(row[0])
+    requests = env.sync.crm.store.stats().requests
+    echoes = env.status()["integrations"]["crm"]["echo"]
+    config = env.sync.capture.workdir / "cdcsync.yaml"
+    snapshot = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdc.cli",
+            "snapshot",
+            "--config",
+            str(config),
+            "--quiet",
+            "public.customers",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert snapshot.returncode == 0, snapshot.stdout + snapshot.stderr
+    # The reads reach the CRM's worker: the two written back are skipped, the others sent.
+    deadline = time.monotonic() + 60
+    while env.status()["integrations"]["crm"]["echo"] < echoes + 2:
+        assert time.monotonic() < deadline, env.status()["integrations"]["crm"]
+        time.sleep(0.2)
+    deadline = time.monotonic() + 60
+    while env.sync.crm.store.stats().requests < requests + 2:  # the two other customers
+        assert time.monotonic() < deadline, env.sync.crm.store.stats()
+        time.sleep(0.2)
+    assert env.sync.crm.store.contact(made) is None  # never created a second time
+    assert env.sync.crm_contacts()[key]["email"] == "edited-in-crm@example.com"
+    assert env.profiles()[made]["name"] == "Made In CRM"
+    crm.close()
+
+
 def test_a_change_written_back_by_the_crm_reaches_profiles_but_is_not_sent_back_to_the_crm(
     env: InboundEnv,
 ) -> None:

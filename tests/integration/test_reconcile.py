@@ -91,7 +91,7 @@ def reconcile(
 
 def repair_trouble(report: dict[str, Any]) -> list[str]:
     """Notes saying a repair did not go through (others, e.g. keys written meanwhile, may)."""
-    words = ("not repaired", "has not read", "not deleted", "refused")
+    words = ("not repaired", "still differ", "not deleted", "refused")
     return [n for n in report["notes"] if any(w in n for w in words)]
 
 

@@ -11,6 +11,7 @@ from cdc.config import Config, parse_config
 from cdc.config.names import inbound_dead_letter_topic, inbound_group_id, inbound_topic
 from cdc.core.errors import ConfigError, MappingError
 from cdc.inbound.endpoint import InboundRejected, InboundRoute, sign
+from mappers.entity import Version
 from mappers.examples_inbound import crm_inbound_config
 from mappers.inbound import InboundChange
 
@@ -187,3 +188,18 @@ def test_inbound_names_default_from_the_integration() -> None:
     assert inbound_topic(cfg, "crm") == "app.inbound.crm"
     assert inbound_group_id(cfg, "crm") == "cdcsync.inbound.crm"
     assert inbound_dead_letter_topic(cfg, "crm") == "app.dlq.crm.inbound"
+
+
+def test_the_base_version_header_is_carried_with_the_change_and_a_bad_one_is_400() -> None:
+    r = route()
+    version = Version.from_lsn(0x16B3740, 2).to_bytes().hex()
+    assert parse(r, body()).base_version is None
+    assert parse(r, body(), **{"x-cdcsync-base-version": ""}).base_version == ""
+    based = parse(r, body(), **{"x-cdcsync-base-version": version.upper()})
+    assert based.base == bytes.fromhex(version)
+    assert InboundChange.from_json(based.to_json()) == based
+    for bad in ("xyz", "00ff", version + "00"):
+        with pytest.raises(InboundRejected) as refused:
+            parse(r, body(), **{"x-cdcsync-base-version": bad})
+        assert refused.value.status == 400
+        assert "X-Cdcsync-Base-Version" in str(refused.value)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cdc.core.logs import ContextLogger, configure
+from cdc.core.logs import ContextLogger, RateLimit, configure
 
 DSN = "postgresql://cdc:hunter2-secret@db.example:5432/app"
 
@@ -50,3 +50,30 @@ def test_a_dsn_password_never_reaches_the_output(
     err = capsys.readouterr().err
     assert "hunter2-secret" not in err
     assert "db.example" in err  # the rest of the address stays, for diagnosis
+
+
+def test_a_flood_of_one_kind_is_held_back_and_counted_while_other_kinds_pass(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure(level="INFO", fmt="json")
+    now = [0.0]
+    log = logging.getLogger("cdcsync.test.flood")
+    limit = RateLimit(burst=3, period_s=60.0, clock=lambda: now[0])
+    log.addFilter(limit)
+    try:
+        for attempt in range(1000):  # librdkafka: one line per reconnect attempt
+            log.error("%s [%s] %s", "FAIL", "rdkafka#producer-1", f"connect failed ({attempt})")
+        log.error("%s [%s] %s", "ERROR", "rdkafka#producer-1", "1/1 brokers are down")
+        now[0] = 61.0
+        log.error("%s [%s] %s", "FAIL", "rdkafka#producer-1", "connect failed (again)")
+    finally:
+        log.removeFilter(limit)
+    lines = [json.loads(x) for x in capsys.readouterr().err.strip().splitlines()]
+    messages = [line["message"] for line in lines]
+    assert messages == [
+        "FAIL [rdkafka#producer-1] connect failed (0)",
+        "FAIL [rdkafka#producer-1] connect failed (1)",
+        "FAIL [rdkafka#producer-1] connect failed (2)",
+        "ERROR [rdkafka#producer-1] 1/1 brokers are down",
+        "FAIL [rdkafka#producer-1] connect failed (again) (997 more like this held back in 60s)",
+    ]

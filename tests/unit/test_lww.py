@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -12,6 +14,8 @@ from mappers.lww import (
     Verdict,
     converged,
     decide,
+    echo_held,
+    echo_token,
     inbound_wins,
     snapshot_version,
     source_version,
@@ -140,3 +144,88 @@ def test_version_bytes_order_is_version_order(a: Version) -> None:
     b = Version.from_lsn(a.lsn + 1, 0)
     assert (a.to_bytes() < b.to_bytes()) == (a < b)
     assert Version.from_bytes(a.to_bytes()) == a
+
+
+def test_an_echo_token_names_its_base_and_zero_means_none_was_given() -> None:
+    v1, v2 = source_version(100, 0), source_version(100, 1)
+    assert echo_token(None) == 0
+    assert echo_token(b"") != 0
+    assert echo_token(v1.to_bytes()) != echo_token(v2.to_bytes())
+    assert 0 < echo_token(v1.to_bytes()) < 2**63  # fits a replication origin's LSN
+    assert echo_held(echo_token(v1.to_bytes()), v1)
+    assert not echo_held(echo_token(v1.to_bytes()), v2)
+    assert echo_held(echo_token(b""), None)
+    assert not echo_held(echo_token(b""), v1)
+    assert echo_held(0, v2)  # no base given: treated as held (never sent back)
+
+
+@dataclass
+class _Crm:
+    """An external system: its own edits, and cdcsync's writes applied in version order."""
+
+    value: str = "initial"
+    held: Version | None = None  # the last cdcsync version it accepted
+
+
+@dataclass
+class _World:
+    """The database, the external system, the inbound queue and the sink's delivery."""
+
+    time: int = 0
+    value: str = "initial"
+    updated_at: int = 0
+    log: list[tuple[Version, str, int]] = field(default_factory=list)  # (version, value, token)
+    queue: list[tuple[str, int, int]] = field(default_factory=list)  # (value, edit time, token)
+    delivered: int = 0
+    stored: Version | None = None  # the sink's last delivered version
+    crm: _Crm = field(default_factory=_Crm)
+
+    def app_write(self, value: str) -> None:
+        self.time += 1
+        self.value, self.updated_at = value, self.time
+        self.log.append((source_version(len(self.log) + 1, 0), value, 0))
+
+    def crm_edit(self, value: str) -> None:
+        self.time += 1
+        self.crm.value = value
+        base = b"" if self.crm.held is None else self.crm.held.to_bytes()
+        self.queue.append((value, self.time, echo_token(base)))
+
+    def apply_inbound(self) -> None:
+        value, edited_at, token = self.queue.pop(0)
+        if inbound_wins(self.updated_at, edited_at):
+            self.value, self.updated_at = value, edited_at
+            self.log.append((source_version(len(self.log) + 1, 0), value, token))
+
+    def deliver(self) -> None:
+        version, value, token = self.log[self.delivered]
+        self.delivered += 1
+        if token and echo_held(token, self.stored):
+            return  # the external system holds its own write
+        self.stored = version
+        if self.crm.held is None or version > self.crm.held:
+            self.crm.value, self.crm.held = value, version
+
+
+@given(st.lists(st.sampled_from(["app", "edit", "apply", "deliver"]), max_size=40))
+def test_the_external_system_ends_with_the_database_row_whatever_the_interleaving(
+    steps: list[str],
+) -> None:
+    """Application writes, edits made in the external system (posted with their base),
+    inbound applies and the sink's deliveries in any interleaving: once everything is
+    applied and delivered, the external system holds what the database holds."""
+    world = _World()
+    for number, action in enumerate(steps):
+        if action == "app":
+            world.app_write(f"app{number}")
+        elif action == "edit":
+            world.crm_edit(f"crm{number}")
+        elif action == "apply" and world.queue:
+            world.apply_inbound()
+        elif action == "deliver" and world.delivered < len(world.log):
+            world.deliver()
+    while world.queue:
+        world.apply_inbound()
+    while world.delivered < len(world.log):
+        world.deliver()
+    assert world.crm.value == world.value

@@ -9,10 +9,6 @@ from typing import Any
 
 import pytest
 
-from cdc.capture.pgoutput import Column, Relation
-from cdc.capture.snapshot.plan import ProgressKey
-from cdc.capture.snapshot.runner import TableShape
-from cdc.capture.source_setup import TableName
 from cdc.config import ReconcileConfig
 from cdc.ops.reconcile.report import (
     EXIT_DRIFT,
@@ -59,29 +55,6 @@ def test_the_report_lists_each_key_with_its_differing_fields_in_text_and_json() 
     assert (data["missing"], data["extra"], data["different"]) == (1, 1, 1)
     assert data["drift"][2]["fields"] == ["name", "email"]
     assert data["exit_code"] == EXIT_DRIFT
-
-
-def test_a_keyed_snapshot_request_keeps_its_keys_in_the_progress_record() -> None:
-    key = ProgressKey("incremental", "snapshot-1", ("5",), (("5",), ("9",)))
-    assert ProgressKey.from_json(json.loads(json.dumps(key.to_json()))) == key
-    whole = ProgressKey("incremental", "snapshot-2", None)
-    assert "keys" not in whole.to_json()
-    assert ProgressKey.from_json(whole.to_json()) == whole
-    assert ProgressKey.from_json({**key.to_json(), "keys": "5"}) is None
-
-
-def test_a_keyed_chunk_reads_only_the_given_primary_keys_after_the_last_one() -> None:
-    relation = Relation(
-        1, "public", "t", "d", (Column(True, "a", 20, -1), Column(True, "b", 25, -1))
-    )
-    shape = TableShape(TableName("public", "t"), relation, (0, 1), ("bigint", "text"))
-    query, params = shape.chunk_query(after=("1", "x"), limit=10, only=(("1", "y"), ("2", "z")))
-    text = query.as_string(None)
-    assert 'WHERE ("t"."a", "t"."b") > (CAST(%s AS bigint), CAST(%s AS text))' in text
-    assert 'AND ("t"."a", "t"."b") IN (SELECT CAST(k.v->>0 AS bigint)' in text
-    assert params == ["1", "x", json.dumps([["1", "y"], ["2", "z"]])]
-    _, params = shape.chunk_query(after=None, limit=10, only=(("3", "w"),))
-    assert params == [json.dumps([["3", "w"]])]
 
 
 def test_keys_on_the_command_line_split_composite_keys_at_commas() -> None:

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from cdc.capture.pgoutput import UNCHANGED, TupleValues, Value
+from cdc.core.signals import RereadSignal, SignalError
 
-SIGNAL_PREFIX: Final = "cdcsync.signal"
 WATERMARK_PREFIX: Final = "cdcsync.watermark"
 
 SnapshotKind = Literal["initial", "incremental"]
@@ -114,28 +114,31 @@ class SnapshotSignal:
         return cls(request, tuple(tables))
 
 
+def decode_signal(content: bytes | memoryview) -> SnapshotSignal | RereadSignal:
+    """A signal message: a snapshot request or a re-read request."""
+    data = _load(content, "signal")
+    if data.get("type") == "reread":
+        try:
+            return RereadSignal.decode(data)
+        except SignalError as exc:
+            raise SnapshotMessageError(str(exc)) from None
+    return SnapshotSignal.decode(content)
+
+
 @dataclass(frozen=True, slots=True)
 class ProgressKey:
-    """The ``last_key`` column of ``snapshot_progress``: which request, how far.
-
-    ``keys``: a snapshot of these rows only (primary-key texts, e.g. ``cdcsync reconcile
-    --repair``'s differing keys); None: the whole table.
-    """
+    """The ``last_key`` column of ``snapshot_progress``: which request, how far."""
 
     kind: SnapshotKind
     request: str
     key: Key | None  # primary-key text of the last row read; None: not started
-    keys: tuple[Key, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        return {
             "kind": self.kind,
             "request": self.request,
             "key": None if self.key is None else list(self.key),
         }
-        if self.keys is not None:
-            out["keys"] = [list(k) for k in self.keys]
-        return out
 
     @classmethod
     def from_json(cls, data: Any) -> ProgressKey | None:
@@ -147,17 +150,7 @@ class ProgressKey:
             return None
         if key is not None and not isinstance(key, list):
             return None
-        keys = data.get("keys")
-        if keys is not None and not (
-            isinstance(keys, list) and all(isinstance(k, list) for k in keys)
-        ):
-            return None
-        return cls(
-            kind,
-            request,
-            None if key is None else tuple(key),
-            None if keys is None else tuple(tuple(k) for k in keys),
-        )
+        return cls(kind, request, None if key is None else tuple(key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +219,12 @@ class ChunkBuffer:
         self.last_key = last
         self.dropped = 0
 
-    def drop(self, key: Key) -> None:
+    def drop(self, key: Key) -> bool:
+        """Remove ``key``'s row; whether the chunk held it."""
         if self._rows.pop(key, None) is not None:
             self.dropped += 1
+            return True
+        return False
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -243,6 +239,7 @@ class _Seen:
     at: float
     xid: int
     key: Key
+    toast: bool  # the change left an unchanged TOAST value out (a placeholder downstream)
 
 
 class ChangeHistory:
@@ -259,18 +256,26 @@ class ChangeHistory:
         self._cap = cap
         self.seq = 0
 
-    def add(self, xid: int, key: Key, *, now: float | None = None) -> None:
+    def add(self, xid: int, key: Key, *, toast: bool = False, now: float | None = None) -> None:
         at = time.monotonic() if now is None else now
         self.seq += 1
         items = self._items
-        items.append(_Seen(self.seq, at, xid, key))
+        items.append(_Seen(self.seq, at, xid, key, toast))
         while items and (len(items) > self._cap or items[0].at < at - self._keep_s):
             items.popleft()
 
     def conflicts(self, *, after_seq: int, snapshot: PgSnapshot) -> set[Key]:
         """Keys changed after the low watermark (``seq > after_seq``), or by a transaction
         the chunk's snapshot did not see."""
-        return {s.key for s in self._items if s.seq > after_seq or not snapshot.visible(s.xid)}
+        return set(self.conflicting(after_seq=after_seq, snapshot=snapshot))
+
+    def conflicting(self, *, after_seq: int, snapshot: PgSnapshot) -> dict[Key, bool]:
+        """``conflicts``, each with whether one of its changes left a TOAST value out."""
+        out: dict[Key, bool] = {}
+        for s in self._items:
+            if s.seq > after_seq or not snapshot.visible(s.xid):
+                out[s.key] = out.get(s.key, False) or s.toast
+        return out
 
     def clear(self) -> None:
         self._items.clear()

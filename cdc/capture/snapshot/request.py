@@ -27,11 +27,12 @@ from typing import Any
 
 import psycopg
 
-from cdc.capture.snapshot.plan import SIGNAL_PREFIX, Key, ProgressKey, SnapshotSignal
+from cdc.capture.snapshot.plan import ProgressKey, SnapshotSignal
 from cdc.capture.source_setup import TableName, table_facts
 from cdc.config import Config
 from cdc.core.errors import ConfigError, SourceUnavailable, first_line
 from cdc.core.secrets import redact_dsn
+from cdc.core.signals import SIGNAL_PREFIX
 from cdc.state.store import StateStore, pipeline_id
 
 _HINT_AFTER_S = 15.0
@@ -62,13 +63,8 @@ def resolve_tables(config: Config, names: tuple[str, ...]) -> list[str]:
     return out
 
 
-async def request_snapshot(
-    config: Config, tables: list[str], *, keys: dict[str, tuple[Key, ...]] | None = None
-) -> tuple[str, list[TableStatus]]:
-    """Record the request and signal capture; returns the request id and row estimates.
-
-    ``keys``: per table, read only the rows of these primary keys (their text forms, in
-    primary-key column order); a table not named there is read whole."""
+async def request_snapshot(config: Config, tables: list[str]) -> tuple[str, list[TableStatus]]:
+    """Record the request and signal capture; returns the request id and row estimates."""
     dsn = config.source.dsn.get_secret_value()
     try:
         conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
@@ -78,24 +74,20 @@ async def request_snapshot(
     statuses: list[TableStatus] = []
     async with conn:
         for table in tables:
-            table_name = TableName.parse(table)
-            facts = await table_facts(conn, table_name)
+            facts = await table_facts(conn, TableName.parse(table))
             if facts is None:
                 raise ConfigError(f"cannot snapshot {table}: it does not exist")
             if not facts.has_primary_key:
                 raise ConfigError(
                     f"cannot snapshot {table}: it has no primary key (chunks are read in key order)"
                 )
-            only = None if keys is None else keys.get(table)
-            estimate = len(only) if only is not None else await _estimate(conn, table_name)
-            statuses.append(TableStatus(table, estimate))
+            statuses.append(TableStatus(table, await _estimate(conn, TableName.parse(table))))
         store = await StateStore.open(
             config.state_dsn().get_secret_value(), schema=config.state.schema_
         )
         async with store:
             for table in tables:
-                only = None if keys is None else keys.get(table)
-                key = ProgressKey("incremental", request, None, only)
+                key = ProgressKey("incremental", request, None)
                 await store.save_snapshot_progress(
                     table,
                     last_key=key.to_json(),

@@ -15,6 +15,14 @@ order on Kafka is the stream's order. Per table, chunk after chunk in primary-ke
    high watermark's commit LSN and tracked by the checkpoint like a transaction;
 5. once Kafka has acknowledged them, persist the progress (``snapshot_progress``).
 
+A dropped read whose key's change left an unchanged TOAST value out (pgoutput sends a
+placeholder for it) would leave no event carrying that value: the read was its only
+carrier. Such keys are read again, by key, in a window of their own right after the chunk
+(again until no such change interferes, at most ``_REREAD_ATTEMPTS`` times), and the
+chunk's progress is saved only once the re-read is acknowledged. A primary-key change that
+left a TOAST value out is re-read the same way (the new key's create carries the
+placeholder), between two chunks of whatever snapshot is running.
+
 Invariants:
 - A published ``op=r`` row holds the row's state as of the high watermark: changes
   ordered before it are either visible to the read or dropped the row; later changes
@@ -30,13 +38,12 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import psycopg
@@ -47,9 +54,8 @@ from cdc.capture.encoding.envelope import TxContext
 from cdc.capture.encoding.envelope_writer import EnvelopeWriter
 from cdc.capture.encoding.table_encoding import TableEncoding
 from cdc.capture.exactly_once import ExactlyOnce
-from cdc.capture.pgoutput import Column, LogicalMessage, Relation, TupleValues
+from cdc.capture.pgoutput import UNCHANGED, Column, LogicalMessage, Relation, TupleValues
 from cdc.capture.snapshot.plan import (
-    SIGNAL_PREFIX,
     SOURCE_SNAPSHOT,
     WATERMARK_PREFIX,
     ChangeHistory,
@@ -61,14 +67,17 @@ from cdc.capture.snapshot.plan import (
     SnapshotMessageError,
     SnapshotSignal,
     Watermark,
+    decode_signal,
     key_of,
     wants_initial,
 )
 from cdc.capture.source_setup import TableName
 from cdc.capture.stats import CaptureStats
 from cdc.config import Config
+from cdc.config.names import ORIGIN_HEADER, ORIGIN_LSN_HEADER, origin_name
 from cdc.core.errors import SourceUnavailable, first_line
 from cdc.core.lsn import Lsn
+from cdc.core.signals import SIGNAL_PREFIX, RereadSignal
 from cdc.kafka.publisher import Publisher
 from cdc.state.store import StateStore, pipeline_id
 from schema_registry.serde import AvroSerializer
@@ -118,6 +127,7 @@ ORDER BY a.attnum
 
 
 _WATERMARK_TIMEOUT_S = 120.0
+_REREAD_ATTEMPTS = 20
 
 
 class SnapshotError(SourceUnavailable):
@@ -142,15 +152,13 @@ class TableShape:
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.relation.columns)
 
-    def chunk_query(
-        self, *, after: Key | None, limit: int, only: tuple[Key, ...] | None = None
-    ) -> tuple[sql.Composed, list[Any]]:
-        """Keyset pagination: the next ``limit`` rows after ``after``, every column as text;
-        with ``only``, among the rows of these primary keys (texts) alone."""
+    def chunk_query(self, *, after: Key | None, limit: int) -> tuple[sql.Composed, list[Any]]:
+        """Keyset pagination: the next ``limit`` rows after ``after``, every column as text,
+        then the row's ``xmin`` (see ``split_xmin``)."""
         # Qualified: a bare name in ORDER BY would mean the (text) output column.
         cols = [sql.Identifier("t", c.name) for c in self.relation.columns]
         pk = [cols[i] for i in self.pk_positions]
-        select = sql.SQL(", ").join(sql.SQL("{}::text").format(c) for c in cols)
+        select = _select_list(cols)
         order = sql.SQL(", ").join(pk)
         params: list[Any] = []
         where: sql.Composable = sql.SQL("")
@@ -160,22 +168,38 @@ class TableShape:
             )
             where = sql.SQL(" WHERE ({}) > ({})").format(order, bound)
             params = list(after)
-        if only is not None:
-            picked = sql.SQL(", ").join(
-                sql.SQL("CAST(k.v->>{} AS {})").format(sql.Literal(i), sql.SQL(t))
-                for i, t in enumerate(self.pk_types)
-            )
-            among = sql.SQL("({}) IN (SELECT {} FROM jsonb_array_elements(%s::jsonb) AS k(v))")
-            where = sql.SQL("{}{}{}").format(
-                where,
-                sql.SQL(" AND ") if after is not None else sql.SQL(" WHERE "),
-                among.format(order, picked),
-            )
-            params.append(json.dumps([list(k) for k in only]))
         query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {} LIMIT {}").format(
             select, self.name.ident(), where, order, sql.Literal(limit)
         )
         return query, params
+
+    def keys_query(self, keys: list[Key]) -> tuple[sql.Composed, list[Any]]:
+        """The rows of ``keys`` (those that still exist), every column as text."""
+        cols = [sql.Identifier("t", c.name) for c in self.relation.columns]
+        pk = sql.SQL(", ").join(cols[i] for i in self.pk_positions)
+        one = sql.SQL("({})").format(
+            sql.SQL(", ").join(sql.SQL("CAST(%s AS {})").format(sql.SQL(t)) for t in self.pk_types)
+        )
+        query = sql.SQL("SELECT {} FROM {} AS t WHERE ({}) IN ({}) ORDER BY {}").format(
+            _select_list(cols),
+            self.name.ident(),
+            pk,
+            sql.SQL(", ").join([one] * len(keys)),
+            pk,
+        )
+        return query, [v for key in keys for v in key]
+
+
+def _select_list(cols: list[sql.Identifier]) -> sql.Composed:
+    """Every column as text, then ``xmin`` (the transaction that wrote the row version)."""
+    return sql.SQL(", ").join(
+        [*(sql.SQL("{}::text").format(c) for c in cols), sql.SQL("t.xmin::text")]
+    )
+
+
+def split_xmin(rows: list[tuple[Any, ...]]) -> tuple[list[TupleValues], list[int]]:
+    """A chunk query's rows as tuples of the table's columns, and each row's ``xmin``."""
+    return [tuple(r[:-1]) for r in rows], [int(r[-1]) for r in rows]
 
 
 async def load_shape(conn: psycopg.AsyncConnection[Any], table: TableName) -> TableShape:
@@ -216,10 +240,20 @@ class _Job:
     published: int = 0
     truncated: bool = False  # since the low watermark: the chunk read is void
     waiting_since: float = 0.0  # when the awaited watermark was written
-    keys: tuple[Key, ...] | None = None  # these rows only (a keyed request)
+    # A re-read of single keys (None: the table in key order after ``last_key``); the keys
+    # are known once the shape is, from ``tuples`` (stream tuples) when not given.
+    keys: list[Key] | None = None
+    tuples: list[TupleValues] = field(default_factory=list)
+    key_maps: list[Mapping[str, str | None]] = field(default_factory=list)  # {column: text}
+    # Keys of this read dropped for a change that left a TOAST value out: read again.
+    reread: set[Key] = field(default_factory=set)
+    held: _Save | None = None  # the chunk progress a re-read completes
+    attempts: int = 0
+    # Rows of the chunk in hand last written by an inbound apply: their origin headers.
+    written_back: dict[Key, list[tuple[str, str | bytes | None]]] = field(default_factory=dict)
 
     def progress_key(self) -> ProgressKey:
-        return ProgressKey(self.kind, self.request, self.last_key, self.keys)
+        return ProgressKey(self.kind, self.request, self.last_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +282,7 @@ class Snapshotter:
         self._queue: deque[_Job] = deque()
         self._job: _Job | None = None
         self._saves: deque[_Save] = deque()
-        self._signals: list[SnapshotSignal] = []
+        self._signals: list[SnapshotSignal | RereadSignal] = []
         self._writers: dict[tuple[int, str], tuple[TableEncoding, EnvelopeWriter]] = {}
         self._session_id = uuid.uuid4().hex[:12]
         self._chunks = 0
@@ -283,9 +317,7 @@ class Snapshotter:
                 self._queue.append(_Job(table, "initial", request, None, 0))
             elif row is not None and not row.done and key is not None:
                 log.info("resuming the %s snapshot of %s after %d rows", key.kind, table, row.rows)
-                self._queue.append(
-                    _Job(table, key.kind, key.request, key.key, row.rows, keys=key.keys)
-                )
+                self._queue.append(_Job(table, key.kind, key.request, key.key, row.rows))
 
     async def close(self) -> None:
         """Save the progress Kafka has acknowledged by now, then disconnect."""
@@ -330,7 +362,7 @@ class Snapshotter:
             return True
         if msg.prefix == SIGNAL_PREFIX:
             try:
-                self._signals.append(SnapshotSignal.decode(msg.content))
+                self._signals.append(decode_signal(msg.content))
             except SnapshotMessageError as exc:
                 log.warning("ignoring a malformed signal: %s", exc)
             return True
@@ -345,13 +377,28 @@ class Snapshotter:
         job = self._job
         assert job is not None and job.shape is not None
         positions = job.shape.pk_positions
+        toast = new is not None and any(v is UNCHANGED for v in new)
         for values in (new, old):
             if values is None:
                 continue
             key = key_of(values, positions)
-            job.history.add(xid, key)
-            if job.phase == "high" and job.buffer is not None:
-                job.buffer.drop(key)
+            left_out = toast and values is new
+            job.history.add(xid, key, toast=left_out)
+            # drop() first: every changed key leaves the chunk, toasted or not.
+            if job.phase == "high" and job.buffer is not None and job.buffer.drop(key) and left_out:
+                job.reread.add(key)
+
+    def reread(self, table: str, new: TupleValues) -> None:
+        """Read the row ``new`` (a stream tuple) is about again, by key, soon: its event
+        carries a TOAST placeholder that no earlier event of that key filled."""
+        if table not in self._tables or self._conn is None:
+            return
+        for job in self._queue:
+            if job.table == table and job.keys is None and job.tuples and job.held is None:
+                job.tuples.append(new)
+                return
+        request = f"reread-{uuid.uuid4().hex[:12]}"
+        self._queue.appendleft(_Job(table, "incremental", request, None, 0, tuples=[new]))
 
     def on_truncate(self, oid: int) -> None:
         """The table being read was truncated: the chunk in hand is void."""
@@ -372,18 +419,37 @@ class Snapshotter:
         if self._saves:
             await self._save_acknowledged()
         job = self._job
+        if (
+            job is not None
+            and job.phase == "idle"
+            and job.keys is None
+            and not job.tuples
+            and self._queue
+            and (self._queue[0].tuples or self._queue[0].key_maps)
+        ):
+            # Between two chunks: a key re-read (a primary-key change) goes first.
+            self._queue.appendleft(job)
+            job = self._job = None
         if job is None:
             if not self._queue:
                 return
             job = self._job = self._queue.popleft()
-            job.started = time.monotonic()
-            log.info("%s snapshot of %s starting", job.kind, job.table)
+            if job.keys is None and not job.tuples and not job.key_maps and job.published == 0:
+                job.started = time.monotonic()
+                log.info("%s snapshot of %s starting", job.kind, job.table)
         try:
             if job.shape is None:
                 job.shape = await self._shape(job)
                 if job.shape is None:
                     self._job = None
                     return
+            if job.tuples or job.key_maps:
+                positions = job.shape.pk_positions
+                names = [job.shape.relation.columns[i].name for i in positions]
+                wanted = {key_of(t, positions) for t in job.tuples}
+                wanted.update(tuple(m.get(n) for n in names) for m in job.key_maps)
+                job.keys = sorted(wanted, key=repr)
+                job.tuples, job.key_maps = [], []
             if job.phase == "idle":
                 job.truncated = False
                 self._chunks += 1
@@ -424,25 +490,52 @@ class Snapshotter:
     async def _read(self, job: _Job) -> None:
         conn = self._conn
         assert conn is not None and job.shape is not None
-        query, params = job.shape.chunk_query(
-            after=job.last_key, limit=self._chunk_size, only=job.keys
-        )
+        if job.keys is not None:
+            query, params = job.shape.keys_query(job.keys)
+        else:
+            query, params = job.shape.chunk_query(after=job.last_key, limit=self._chunk_size)
         async with conn.transaction():
             cur = await conn.execute("SELECT pg_current_snapshot()::text")
             row = await cur.fetchone()
             assert row is not None
             snapshot = PgSnapshot.parse(str(row[0]))
             cur = await conn.execute(query, params)
-            rows = await cur.fetchall()
-        buffer = ChunkBuffer(rows, job.shape.pk_positions)
+            rows, xmins = split_xmin(await cur.fetchall())
+        positions = job.shape.pk_positions
+        job.written_back = await self._written_back(rows, xmins, positions)
+        buffer = ChunkBuffer(rows, positions)
         if job.truncated:
             buffer = ChunkBuffer((), job.shape.pk_positions)
             buffer.last_key, buffer.read = job.last_key, len(rows)
-        for key in job.history.conflicts(after_seq=job.low_seq, snapshot=snapshot):
-            buffer.drop(key)
+        for key, left_out in job.history.conflicting(
+            after_seq=job.low_seq, snapshot=snapshot
+        ).items():
+            if buffer.drop(key) and left_out:
+                job.reread.add(key)
         job.buffer = buffer
         job.phase = "high"
         await self._emit(Watermark(job.chunk, high=True))
+
+    async def _written_back(
+        self, rows: list[TupleValues], xmins: list[int], positions: tuple[int, ...]
+    ) -> dict[Key, list[tuple[str, str | bytes | None]]]:
+        """The origin headers of the rows an inbound apply wrote last (key -> headers), so
+        the integration they came from treats their reads as its own writes (no echo)."""
+        assert self._store is not None
+        writers = await self._store.inbound_writers(sorted(set(xmins)))
+        out: dict[Key, list[tuple[str, str | bytes | None]]] = {}
+        for row, xmin in zip(rows, xmins, strict=True):
+            found = writers.get(xmin)
+            if found is None:
+                continue
+            integration, token = found
+            headers: list[tuple[str, str | bytes | None]] = [
+                (ORIGIN_HEADER, origin_name(integration).encode())
+            ]
+            if token:
+                headers.append((ORIGIN_LSN_HEADER, str(token).encode()))
+            out[key_of(row, positions)] = headers
+        return out
 
     def _writer(self, table: TableEncoding, kind: SnapshotKind) -> EnvelopeWriter:
         slot = (table.encoder.relation.oid, kind)
@@ -481,13 +574,37 @@ class Snapshotter:
         job.truncated = False
         progress: TxProgress | None = None
         if rows:
-            progress = self._produce(table, job.kind, rows, commit_lsn)
+            back = job.written_back
+            origins = [back.get(key_of(r, shape.pk_positions)) for r in rows] if back else None
+            progress = self._produce(table, job.kind, rows, commit_lsn, origins)
+        job.written_back = {}
         job.rows += len(rows)
         job.published += len(rows)
+        if job.keys is not None:
+            self._reread_published(job, progress)
+            return
         if buffer.last_key is not None:
             job.last_key = buffer.last_key
         done = buffer.read < self._chunk_size
-        self._saves.append(_Save(progress, job.table, job.progress_key(), job.rows, done))
+        save = _Save(progress, job.table, job.progress_key(), job.rows, done)
+        if job.reread:
+            # Some reads were dropped for changes that left TOAST values out: read those
+            # keys again first; this chunk's progress is saved once that is acknowledged.
+            self._job = _Job(
+                job.table,
+                job.kind,
+                job.request,
+                None,
+                0,
+                shape=job.shape,
+                keys=sorted(job.reread, key=repr),
+                held=save,
+            )
+            job.reread = set()
+            if not done:
+                self._queue.appendleft(job)
+            return
+        self._saves.append(save)
         if done:
             elapsed = max(time.monotonic() - job.started, 1e-6)
             log.info(
@@ -499,9 +616,48 @@ class Snapshotter:
             )
             self._job = None
 
+    def _reread_published(self, job: _Job, progress: TxProgress | None) -> None:
+        """A key re-read was published: again for keys dropped again, else done."""
+        held = job.held
+        if held is not None and progress is not None:
+            held = replace(held, tx=progress)  # saved once the re-read is acknowledged too
+        if job.reread and job.attempts + 1 < _REREAD_ATTEMPTS:
+            self._job = _Job(
+                job.table,
+                job.kind,
+                job.request,
+                None,
+                0,
+                shape=job.shape,
+                keys=sorted(job.reread, key=repr),
+                held=held,
+                attempts=job.attempts + 1,
+            )
+            return
+        if job.reread:
+            log.warning(
+                "%s: %d keys changed during each of %d re-reads; their latest event may hold "
+                "a TOAST placeholder until they change again",
+                job.table,
+                len(job.reread),
+                _REREAD_ATTEMPTS,
+            )
+        if held is not None:
+            self._saves.append(held)
+        self._job = None
+        if held is not None and held.done:
+            log.info("%s snapshot of %s done (with key re-reads)", job.kind, job.table)
+
     def _produce(
-        self, table: TableEncoding, kind: SnapshotKind, rows: list[TupleValues], commit_lsn: Lsn
+        self,
+        table: TableEncoding,
+        kind: SnapshotKind,
+        rows: list[TupleValues],
+        commit_lsn: Lsn,
+        origins: list[list[tuple[str, str | bytes | None]] | None] | None = None,
     ) -> TxProgress:
+        """Produce ``rows`` as reads at ``commit_lsn``; ``origins``: per row, the origin
+        headers of an inbound write it holds (None: none)."""
         session = self._session
         publisher, serializer = session.publisher, session.serializer
         assert publisher is not None and serializer is not None
@@ -524,8 +680,13 @@ class Snapshotter:
         eos = session.eos
         headers = None if eos is None else eos.event_headers(session.confirmable())
         produce = publisher.produce
-        for key, value in zip(keys, values, strict=True):
-            produce(topic, key, value, callback, headers=headers)
+        if origins is not None:
+            for origin, key, value in zip(origins, keys, values, strict=True):
+                row_headers = headers if origin is None else [*(headers or ()), *origin]
+                produce(topic, key, value, callback, headers=row_headers)
+        else:
+            for key, value in zip(keys, values, strict=True):
+                produce(topic, key, value, callback, headers=headers)
         session.checkpoint.seal(progress, commit_lsn)
         if eos is not None:
             eos.sealed(commit_lsn, commit_lsn)
@@ -565,6 +726,9 @@ class Snapshotter:
         assert store is not None
         signals, self._signals = self._signals, []
         for signal in signals:
+            if isinstance(signal, RereadSignal):
+                self._take_reread(signal)
+                continue
             for table in signal.tables:
                 if table not in self._tables:
                     log.warning("snapshot of %s requested, but it is not in source.tables", table)
@@ -579,9 +743,17 @@ class Snapshotter:
                     continue
                 self._cancel(table)
                 log.info("incremental snapshot of %s requested (%s)", table, signal.request)
-                self._queue.append(
-                    _Job(table, key.kind, key.request, key.key, row.rows, keys=key.keys)
-                )
+                self._queue.append(_Job(table, key.kind, key.request, key.key, row.rows))
+
+    def _take_reread(self, signal: RereadSignal) -> None:
+        """Queue the re-read of the signal's keys, before the next chunk of anything."""
+        for table, keys in signal.keys.items():
+            if table not in self._tables:
+                log.warning("re-read of %s requested, but it is not in source.tables", table)
+                continue
+            if keys:
+                job = _Job(table, "incremental", signal.request, None, 0, key_maps=list(keys))
+                self._queue.appendleft(job)
 
     def _cancel(self, table: str) -> None:
         """Forget an earlier snapshot of ``table``: a new request supersedes it."""

@@ -263,9 +263,16 @@ async def _check_postgres(
         conn = await pg_connect(dsn, timeout_s)
     except (psycopg.Error, TimeoutError) as exc:
         return [Finding.problem(subject, f"cannot connect to {shown}: {pg_reason(exc)}")]
+    # The sink's reading of the name: split at the first dot, each part as it is (quoted
+    # when used), so a name with quotes, spaces or capitals is looked up, not parsed as SQL.
+    schema, _, table = sink.table.partition(".")
     async with conn:
-        await conn.execute("SELECT 1")
-        cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (sink.table,))
+        cur = await conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s)",
+            (schema, table),
+        )
         row = await cur.fetchone()
     if row is not None and row[0]:
         return [Finding.ok(subject, f"{shown} answers; table {sink.table} exists")]

@@ -15,12 +15,14 @@ One run, for one integration:
    how many).
 3. Repair (``--repair``), never by writing the target from the side:
    - a key whose source row exists (missing, different) is re-sent as an incremental
-     snapshot of those keys (``cdc.capture.snapshot.request`` with ``keys``): capture reads
-     them between watermarks and publishes ``op=r`` events at the high watermark's commit
-     LSN, which the integration's worker maps and applies like any other change, so
-     ordering and last-writer-wins hold. More than ``max_repair_keys`` keys of one table:
-     the whole table is snapshotted. A table whose snapshot is still under way is not
-     repaired (the run says so).
+     snapshot of those keys: a ``RereadSignal`` (``cdc.core.signals``, the same request the
+     sync worker makes for rows to read again) written into the source's stream; capture
+     reads the rows between watermarks and publishes ``op=r`` events at the high
+     watermark's commit LSN, which the integrations fed by the table map and apply like
+     any other change, so ordering and last-writer-wins hold. More than
+     ``max_repair_keys`` keys of one table: the whole table is snapshotted again
+     (``cdcsync snapshot``'s request), unless a snapshot of it is under way (the run says
+     so). With ``wait_s`` the run then checks the keys again until they are equal.
    - an extra entity has no source row, so no snapshot can produce its delete: it is
      deleted through the integration's own sink (``Sink.apply`` of an ``EntityDelete``:
      the same per-key locks and version guard as the worker) at the smallest version
@@ -40,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,16 +53,18 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from cdc.capture import source_setup
-from cdc.capture.snapshot.plan import Key, ProgressKey
+from cdc.capture.snapshot.plan import Key
 from cdc.capture.snapshot.request import request_snapshot
 from cdc.capture.source_setup import TableName
 from cdc.config import Config, HttpSinkConfig, IntegrationConfig, PostgresSinkConfig
 from cdc.core.errors import CdcsyncError, ConfigError, RetryableError, first_line
 from cdc.core.lsn import Lsn
+from cdc.core.signals import RereadSignal
 from cdc.ops.reconcile.report import Drift, MapperFailure, Report, compare_fields
 from cdc.ops.reconcile.source import MappedRow, RateLimit, SourceTable, map_rows
 from cdc.ops.reconcile.targets import Held, Target, open_target
 from cdc.state.store import StateStore, pipeline_id
+from cdc.sync.reread import send_signal
 from cdc.sync.sinks import build_sink
 from mappers.entity import EntityDelete, EntityOp, EntityUpsert, Mapper, Version
 from mappers.loader import load_mapper
@@ -70,7 +75,7 @@ log = logging.getLogger("cdcsync.reconcile")
 
 _SETTLE_ROUNDS: Final = 3
 _MAX_SEQ: Final = (1 << 32) - 1
-_REPAIR_POLL_S: Final = 0.25
+_REPAIR_POLL_S: Final = 0.5
 
 
 def sink_kind(integration: IntegrationConfig) -> str:
@@ -273,19 +278,23 @@ class _Run:
             if not (self.found or self.strays) or self.settings.settle_s <= 0:
                 return
             await asyncio.sleep(self.settings.settle_s)
-            assert self.target is not None
-            await self.target.refresh()
-            by_table: dict[str, list[Key]] = {}
-            for table, key in self.found:
-                by_table.setdefault(table, []).append(key)
-            for table, keys in by_table.items():
-                st = self.tables[table]
-                assert self.conn is not None
-                rows = await st.read(self.conn, after=None, limit=len(keys), only=tuple(keys))
-                mapped = await self._map(st, rows)
-                await self._compare(table, mapped)
-                await self._compare_gone(table, st, tuple(keys), {m.key for m in mapped})
-            await self._recheck_strays()
+            await self.recheck()
+
+    async def recheck(self) -> None:
+        """Check the differing keys again: source rows, then the target (read afresh)."""
+        assert self.target is not None
+        await self.target.refresh()
+        by_table: dict[str, list[Key]] = {}
+        for table, key in self.found:
+            by_table.setdefault(table, []).append(key)
+        for table, keys in by_table.items():
+            st = self.tables[table]
+            assert self.conn is not None
+            rows = await st.read(self.conn, after=None, limit=len(keys), only=tuple(keys))
+            mapped = await self._map(st, rows)
+            await self._compare(table, mapped)
+            await self._compare_gone(table, st, tuple(keys), {m.key for m in mapped})
+        await self._recheck_strays()
 
     async def _recheck_strays(self) -> None:
         assert self.target is not None
@@ -325,52 +334,51 @@ class _Run:
                 else:
                     resend.setdefault(table, set()).add(key)
         sourceless.extend((e, k, h) for (e, k), (_, h) in self.strays.items())
-        tables: list[str] = []
-        keys: dict[str, tuple[Key, ...]] = {}
+        reread: dict[str, tuple[dict[str, str | None], ...]] = {}
+        whole: list[str] = []
         for table, table_keys in sorted(resend.items()):
+            if len(table_keys) <= self.settings.max_repair_keys:
+                st = self.tables[table]
+                reread[table] = tuple(st.key_map(k) for k in sorted(table_keys))
+                continue
             row = await self.state.snapshot_progress(table, pipeline=pipeline)
             if row is not None and not row.done:
                 self.report.notes.append(
-                    f"{table}: a snapshot is under way; its keys are not repaired now"
-                    " (run the repair again once it is done)"
+                    f"{table}: {len(table_keys)} keys differ and a snapshot of it is under way;"
+                    " not repaired now (run the repair again once it is done)"
                 )
                 continue
-            tables.append(table)
-            if len(table_keys) <= self.settings.max_repair_keys:
-                keys[table] = tuple(sorted(table_keys))
-            else:
-                self.report.notes.append(
-                    f"{table}: {len(table_keys)} keys differ (more than max_repair_keys):"
-                    " the whole table is snapshotted again"
-                )
-        if tables:
-            request, _ = await request_snapshot(self.config, tables, keys=keys)
+            whole.append(table)
+            self.report.notes.append(
+                f"{table}: {len(table_keys)} keys differ (more than max_repair_keys):"
+                " the whole table is snapshotted again"
+            )
+        if reread:
+            signal = RereadSignal(f"reconcile-{uuid.uuid4().hex[:12]}", reread)
+            await send_signal(self.config.source.dsn.get_secret_value(), signal)
+            self.report.repair_request = signal.request
+            self.report.repaired += sum(len(keys) for keys in reread.values())
+        if whole:
+            request, _ = await request_snapshot(self.config, whole)
             self.report.repair_request = request
-            self.report.repaired += sum(len(resend[t]) for t in tables)
-            if wait_s > 0:
-                await self._wait_snapshot(request, tables, pipeline=pipeline, wait_s=wait_s)
+            self.report.repaired += sum(len(resend[t]) for t in whole)
         if sourceless:
             await self._delete_strays(sourceless)
+        if wait_s > 0 and (reread or whole or sourceless):
+            await self._wait_repaired(wait_s)
 
-    async def _wait_snapshot(
-        self, request: str, tables: list[str], *, pipeline: str, wait_s: float
-    ) -> None:
-        assert self.state is not None
+    async def _wait_repaired(self, wait_s: float) -> None:
+        """Check the repaired keys again until they are equal or ``wait_s`` has passed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        pending = set(tables)
-        while pending and loop.time() < deadline:
-            for table in list(pending):
-                row = await self.state.snapshot_progress(table, pipeline=pipeline)
-                key = None if row is None else ProgressKey.from_json(row.last_key)
-                if row is None or key is None or key.request != request or row.done:
-                    pending.discard(table)
-            if pending:
-                await asyncio.sleep(_REPAIR_POLL_S)
-        if pending:
+        while (self.found or self.strays) and loop.time() < deadline:
+            await asyncio.sleep(_REPAIR_POLL_S)
+            await self.recheck()
+        left = len(self.found) + len(self.strays)
+        if left:
             self.report.notes.append(
-                f"repair {request}: capture has not read {', '.join(sorted(pending))} yet"
-                " (is capture running?); it goes on when capture runs"
+                f"repair {self.report.repair_request}: {left} keys still differ after"
+                f" {wait_s:g} s (is capture running?); the repair goes on when capture runs"
             )
 
     async def _delete_strays(self, items: list[tuple[str, str, Held | None]]) -> None:
@@ -450,8 +458,6 @@ async def reconcile(
         await run.check(tables, only)
         await run.settle()
         report.drifts = run.findings()
-        failed = {(f.table, f.source_key): f for f in report.mapper_failures}
-        report.mapper_failures = list(failed.values())
         if run.skipped_recent:
             report.notes.append(
                 f"{run.skipped_recent} target entities written since the run started were"
@@ -474,6 +480,8 @@ async def reconcile(
     except psycopg.Error as exc:
         report.error = f"{type(exc).__name__}: {first_line(exc)}"
     finally:
+        failed = {(f.table, f.source_key): f for f in report.mapper_failures}
+        report.mapper_failures = list(failed.values())
         report.ended_at = datetime.now(UTC)
         await _record(run, report, scheduled=scheduled)
         await run.close()

@@ -2,7 +2,8 @@
 
 ``SourceTable.open`` reads the table's shape from the catalog (the snapshot's
 ``load_shape``) and refuses a table without a primary key. ``chunks`` reads it with the
-snapshot's keyset pagination (``TableShape.chunk_query``), each chunk in its own short
+snapshot's keyset pagination (``TableShape.chunk_query``; given keys with ``keys_query``),
+each chunk in its own short
 REPEATABLE READ transaction: no lock is held between chunks and nothing is written, so it
 is safe while capture streams. The read rate is bounded (``rows_per_s``).
 
@@ -40,7 +41,7 @@ from cdc.capture.encoding.type_mapping import (
 )
 from cdc.capture.pgoutput import TupleValues
 from cdc.capture.snapshot.plan import Key, key_of
-from cdc.capture.snapshot.runner import TableShape, load_shape
+from cdc.capture.snapshot.runner import TableShape, load_shape, split_xmin
 from cdc.capture.source_setup import TableName
 from cdc.config import Config
 from cdc.core.errors import ConfigError, RelationPending, SourceUnavailable, first_line
@@ -138,12 +139,17 @@ class SourceTable:
         limit: int,
         only: tuple[Key, ...] | None = None,
     ) -> list[TupleValues]:
-        """One chunk (every column as text), in its own short transaction."""
-        query, params = self.shape.chunk_query(after=after, limit=limit, only=only)
+        """One chunk (every column as text), in its own short transaction: the next ``limit``
+        rows after ``after``, or with ``only``, the rows of those keys that exist."""
+        if only is not None:
+            query, params = self.shape.keys_query(list(only))
+        else:
+            query, params = self.shape.chunk_query(after=after, limit=limit)
         try:
             async with conn.transaction():
                 cur = await conn.execute(query, params)
-                return list(await cur.fetchall())
+                rows, _xmins = split_xmin(list(await cur.fetchall()))
+                return rows
         except psycopg.OperationalError as exc:
             raise SourceUnavailable(f"reading {self.name}: {first_line(exc)}") from exc
 
@@ -156,15 +162,27 @@ class SourceTable:
         only: tuple[Key, ...] | None = None,
     ) -> AsyncIterator[list[TupleValues]]:
         """The table (or the rows of ``only``) in primary-key chunks of ``size`` rows."""
+        if only is not None:
+            for i in range(0, len(only), size):
+                rows = await self.read(conn, after=None, limit=size, only=only[i : i + size])
+                if rows:
+                    yield rows
+                    await rate.took(len(rows))
+            return
         after: Key | None = None
         while True:
-            rows = await self.read(conn, after=after, limit=size, only=only)
+            rows = await self.read(conn, after=after, limit=size)
             if rows:
                 yield rows
                 await rate.took(len(rows))
             if len(rows) < size:
                 return
             after = self.key(rows[-1])
+
+    def key_map(self, key: Key) -> dict[str, str | None]:
+        """``key`` as ``{column: text}`` (a ``RereadSignal``'s form)."""
+        columns = self.shape.relation.columns
+        return {columns[i].name: v for i, v in zip(self.shape.pk_positions, key, strict=True)}
 
     def key(self, row: TupleValues) -> Key:
         return key_of(row, self.shape.pk_positions)

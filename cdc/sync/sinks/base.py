@@ -12,6 +12,10 @@ therefore be idempotent and version-guarded (last-writer-wins by ``Version``):
 - the check and the write are atomic per key, also against another process applying the
   same keys (a replay beside the live worker): a transaction with per-key locks, or the
   target's own conditional write. The rules themselves are ``mappers.lww``.
+- an operation with an ``echo_token`` echoes a write the integration made itself
+  (inbound): a sink that keeps what it last delivered per key skips it as ``ECHO`` when
+  ``mappers.lww.echo_held`` says the target still holds that write; any other sink
+  applies it like any operation (the target then holds the same row, versioned).
 
 Errors: a transient failure of the target (connection lost, timeout, 429, 5xx) raises
 ``SinkUnavailable`` for the whole call; some operations may already be applied, which
@@ -36,6 +40,7 @@ class Outcome(enum.Enum):
     APPLIED = "applied"
     OLDER = "older"
     DUPLICATE = "duplicate"
+    ECHO = "echo"  # the target's own write, which it still holds: not sent back
 
 
 Result = Outcome | SinkRejected
@@ -59,6 +64,12 @@ class Sink(Protocol):
 
     async def probe(self) -> None:
         """A cheap reachability check; raises ``SinkUnavailable`` when the target is down."""
+
+    async def holding(self, entity: str, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` the target holds a live ``entity`` of (its last applied
+        operation was an upsert). Asked only before an upsert that leaves fields out
+        (unchanged TOAST values): one that creates the entity must have them filled."""
+        ...
 
     async def close(self) -> None:
         """Release connections; ``apply`` is not called afterwards."""

@@ -24,7 +24,10 @@ Answers: 2xx applied (404 to a delete too: already gone); 409/412 mean the targe
 newer write, so ``OLDER`` and nothing saved; 429, 5xx, timeouts and connection errors
 raise ``HttpUnavailable`` (a ``SinkUnavailable``) carrying ``retry_after_s`` from a
 ``Retry-After`` header; any other status is a ``SinkRejected`` in that operation's slot.
-With ``external_id_field``, the id found in a 2xx upsert answer is put in the identity map
+An echo of the integration's own inbound write is not sent while the last version
+delivered for its key is still the base the target's change was made on
+(``mappers.lww.echo_held``); it is sent otherwise, so the target ends with the database's
+row. With ``external_id_field``, the id found in a 2xx upsert answer is put in the identity map
 (with the batch's versions, identities first).
 
 Invariants: operations on one key are sent strictly in order, different keys concurrently
@@ -49,12 +52,14 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 from cdc.config import HttpSinkConfig
+from cdc.core import tracing
 from cdc.core.errors import SinkRejected, SinkUnavailable
 from cdc.core.secrets import redact_dsn
 from cdc.state.store import StateStore, VersionGuard
 from cdc.sync.sinks.base import Outcome, Result
 from cdc.sync.sinks.http_client import HttpClient, HttpTransportError
 from mappers.entity import EntityDelete, EntityOp, EntityUpsert, Version
+from mappers.lww import echo_held
 
 __all__ = ["HttpSink", "HttpUnavailable", "parse_retry_after"]
 
@@ -189,6 +194,10 @@ class HttpSink:
                 retry_after_s=parse_retry_after(answer.retry_after),
             )
 
+    async def holding(self, entity: str, keys: Sequence[str]) -> set[str]:
+        held = await self.state.versions(self.integration, entity, keys=keys)
+        return {key for key, (_, deleted) in held.items() if not deleted}
+
     async def apply(self, ops: Sequence[EntityOp]) -> list[Result]:
         """Apply ``ops``; one result per operation, in order (see ``cdc.sync.sinks.base``)."""
         results: list[Result | None] = [None] * len(ops)
@@ -247,6 +256,9 @@ class HttpSink:
     ) -> None:
         for index in indexes:
             op = ops[index]
+            if op.echo_token and echo_held(op.echo_token, state.version):
+                results[index] = Outcome.ECHO
+                continue
             if state.version is not None and op.version <= state.version:
                 results[index] = Outcome.OLDER if op.version < state.version else Outcome.DUPLICATE
                 continue
@@ -280,6 +292,7 @@ class HttpSink:
         if self._secret is not None:
             digest = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
             headers["X-Signature"] = f"sha256={digest}"
+        tracing.inject_op(op, headers)  # traceparent of the change's trace, when traced
         what = f"{method} {op.entity} {op.key!r}"
         try:
             answer = await self._request(method, url, body=body or None, headers=headers)

@@ -51,6 +51,7 @@ from pydantic import SecretStr
 
 from cdc.config import KafkaSinkConfig
 from cdc.core.errors import ConfigError, SinkRejected, SinkUnavailable
+from cdc.kafka.client_log import with_logger
 from cdc.state.store import StateStore, VersionGuard
 from cdc.sync.sinks.base import Outcome, Result
 from mappers.entity import EntityDelete, EntityOp, EntityUpsert, Version
@@ -165,6 +166,12 @@ class KafkaEntitySink:
         if not self._topic_ready:
             await asyncio.to_thread(self._ensure_topic)
             self._topic_ready = True
+
+    async def holding(self, entity: str, keys: Sequence[str]) -> set[str]:
+        if self._state is None:
+            return {key for key in keys if key in self._known}
+        held = await self._state.versions(self.integration, entity, keys=keys)
+        return {key for key, (_, deleted) in held.items() if not deleted}
 
     async def probe(self) -> None:
         producer = self._ensure_producer()
@@ -295,7 +302,7 @@ class KafkaEntitySink:
             self._producer = None
         self._fatal = None
         if self._producer is None:
-            settings = {**self._settings, "error_cb": self._on_error}
+            settings = with_logger({**self._settings, "error_cb": self._on_error})
             try:
                 self._producer = Producer(settings)
             except KafkaException as exc:
@@ -312,11 +319,13 @@ class KafkaEntitySink:
     def _ensure_topic(self) -> None:
         """Create the compacted topic if missing (runs in a worker thread)."""
         admin = AdminClient(
-            {
-                k: v
-                for k, v in self._settings.items()
-                if k == "bootstrap.servers" or k.startswith(_ADMIN_PREFIXES)
-            }
+            with_logger(
+                {
+                    k: v
+                    for k, v in self._settings.items()
+                    if k == "bootstrap.servers" or k.startswith(_ADMIN_PREFIXES)
+                }
+            )
         )
         try:
             meta = admin.list_topics(timeout=_ADMIN_TIMEOUT_S)

@@ -214,6 +214,25 @@ class PostgresSink:
         except psycopg.Error as exc:
             raise await self._unavailable(exc) from None
 
+    async def holding(self, entity: str, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        conn = await self._connection()
+        if not self._columns:
+            return set()  # no table yet: nothing held
+        try:
+            cur = await conn.execute(
+                sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(
+                    sql.Identifier(KEY_COLUMN), self._table, sql.Identifier(KEY_COLUMN)
+                ),
+                (list(keys),),
+            )
+            return {str(row[0]) for row in await cur.fetchall()}
+        except psycopg.errors.UndefinedTable:
+            return set()
+        except psycopg.Error as exc:
+            raise await self._unavailable(exc) from None
+
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
