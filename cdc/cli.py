@@ -248,6 +248,49 @@ def snapshot(
     sys.exit(run_snapshot_command(config, tables, wait=not no_wait, quiet=quiet))
 
 
+@cli.command()
+@_config_option
+@click.argument("name")
+@click.option("--repair", is_flag=True, help="Re-send what differs through the pipeline.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--keys",
+    multiple=True,
+    metavar="K",
+    help="Only these source primary keys (repeatable, or several separated by spaces;"
+    " a composite key's columns separated by commas).",
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="With --repair: seconds to wait for capture to re-read the keys (0: do not wait).",
+)
+def reconcile(
+    config_path: str | None,
+    name: str,
+    *,
+    repair: bool,
+    as_json: bool,
+    keys: tuple[str, ...],
+    wait_s: float,
+) -> None:
+    """Compare integration NAME's target with its mapped source (exit 3 when they differ)."""
+    from cdc.config import load_config  # noqa: PLC0415
+    from cdc.ops.reconcile.runner import run_reconcile_command  # noqa: PLC0415
+
+    config = load_config(config_path)
+    _setup_logging(config.logging.level, config.logging.format)
+    wanted = tuple(k for text in keys for k in text.split())
+    sys.exit(
+        run_reconcile_command(
+            config, name, keys=wanted, repair=repair, as_json=as_json, wait_s=wait_s
+        )
+    )
+
+
 @cli.group()
 def dlq() -> None:
     """An integration's dead letters: list them, replay them through the current mapper."""
@@ -389,10 +432,16 @@ def _run_roles(config: Config, *, capture: Capture | None = None, sync: Sync | N
                 stop.set()
 
         runs: list[Awaitable[None]] = []
+        scheduler = None
+        if sync is not None:
+            from cdc.ops.reconcile.schedule import ReconcileScheduler  # noqa: PLC0415
+
+            scheduler = ReconcileScheduler(config, sync.names)
+            runs.append(scheduler.run(stop))
         if config.admin.enabled:
             from cdc.ops.admin_api import AdminApi  # noqa: PLC0415
 
-            api = AdminApi(config, capture=capture, sync=sync)
+            api = AdminApi(config, capture=capture, sync=sync, reconcile=scheduler)
             api.bind()
             runs.append(api.serve(stop))
         if capture is not None:

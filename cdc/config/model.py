@@ -96,6 +96,7 @@ __all__ = [
     "LoggingConfig",
     "PostgresSinkConfig",
     "ProcessConfig",
+    "ReconcileConfig",
     "RegistryConfig",
     "RetryConfig",
     "SinkConfig",
@@ -388,6 +389,50 @@ MapperSpec = Annotated[
 ]
 
 
+_EVERY = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ReconcileConfig(Section):
+    """``cdcsync reconcile`` for one integration, and its schedule inside ``run``/``sync``.
+
+    ``every`` (``30m``, ``6h``, ``1d``) or ``cron`` (a five-field cron expression, UTC)
+    schedules a run; neither: only on demand. ``rows_per_s`` bounds how fast source rows are
+    read; ``settle_s`` is how long a key that differs is given to catch up (changes still
+    on their way) before it is reported; ``max_repair_keys`` is the most keys of one table
+    repaired as a keyed snapshot (more: the whole table is snapshotted again).
+    """
+
+    every: str | None = None
+    cron: str | None = None
+    rows_per_s: float = Field(default=5000.0, gt=0)
+    settle_s: float = Field(default=2.0, ge=0)
+    max_repair_keys: int = Field(default=10_000, ge=1)
+    repair: bool = False
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> ReconcileConfig:
+        if self.every is not None and self.cron is not None:
+            raise ValueError("give either every or cron, not both")
+        if self.every is not None and _EVERY.fullmatch(self.every.strip()) is None:
+            raise ValueError(f"every: {self.every!r} is not a duration such as 30m, 6h or 1d")
+        if self.cron is not None:
+            from croniter import croniter  # noqa: PLC0415
+
+            if not croniter.is_valid(self.cron):
+                raise ValueError(f"cron: {self.cron!r} is not a cron expression")
+        return self
+
+    @property
+    def every_s(self) -> float | None:
+        """``every`` in seconds (None when not set)."""
+        if self.every is None:
+            return None
+        match = _EVERY.fullmatch(self.every.strip())
+        assert match is not None
+        return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
 class IntegrationConfig(Section):
     """One external system: which topics feed it, how events map, where entities go.
 
@@ -409,6 +454,12 @@ class IntegrationConfig(Section):
     health_check_interval_s: float = Field(default=15.0, ge=0)
     # External systems writing back (``cdc.config.inbound``); None: outbound only.
     inbound: InboundConfig | None = None
+    # ``cdcsync reconcile``: schedule and limits; ``verify_url`` ({key}, {entity}) reads an
+    # entity back from an HTTP target, whose answer (its ``verify_fields_at`` member, if
+    # set) is compared field by field.
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
+    verify_url: UrlTemplate | None = None
+    verify_fields_at: str | None = None
 
 
 class StateConfig(Section):

@@ -7,7 +7,8 @@ Endpoints (JSON unless noted):
   capture streams from its slot, sync's workers run, Kafka and the registry answered their
   latest probe (run every ``admin.probe_interval_s``).
 - ``GET /metrics``: Prometheus text format (``cdc.ops.metrics``).
-- ``GET /status``: counters, positions, circuit and pause state, health-check history.
+- ``GET /status``: counters, positions, circuit and pause state, health-check history, the
+  last scheduled reconcile run of each integration.
 - ``POST /integrations/{name}/pause`` and ``/resume``: stop or restart consuming one
   integration; the others go on.
 - ``POST|PUT|DELETE /inbound/{integration}/{entity}/{external_id}``: external changes
@@ -60,6 +61,7 @@ from cdc.ops.metrics import RuntimeCollector
 
 if TYPE_CHECKING:
     from cdc.capture.runtime import Capture
+    from cdc.ops.reconcile.schedule import ReconcileScheduler
     from cdc.sync.runtime import Sync
 
 log = logging.getLogger("cdcsync.admin")
@@ -136,14 +138,20 @@ class AdminApi:
     """The API's routes over the roles running in this process."""
 
     def __init__(
-        self, config: Config, *, capture: Capture | None = None, sync: Sync | None = None
+        self,
+        config: Config,
+        *,
+        capture: Capture | None = None,
+        sync: Sync | None = None,
+        reconcile: ReconcileScheduler | None = None,
     ) -> None:
         self.config = config
         self.capture = capture
         self.sync = sync
+        self.reconcile = reconcile
         self.probes = DependencyProbes(config)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(RuntimeCollector(capture=capture, sync=sync))
+        self.registry.register(RuntimeCollector(capture=capture, sync=sync, reconcile=reconcile))
         token = config.admin.token
         self._token = None if token is None else token.get_secret_value().encode()
         self.port = 0
@@ -224,6 +232,7 @@ class AdminApi:
             "capture": None if self.capture is None else _capture_status(self.capture),
             "integrations": {} if self.sync is None else _integrations_status(self.sync),
             "inbound": {} if self.inbound is None else self.inbound.status(),
+            "reconcile": {} if self.reconcile is None else self.reconcile.status(),
             "dependencies": {
                 name: [asdict(r) for r in history] for name, history in self.probes.history.items()
             },

@@ -30,6 +30,7 @@ from cdc.core.histogram import LatencyHistogram
 
 if TYPE_CHECKING:
     from cdc.capture.runtime import Capture
+    from cdc.ops.reconcile.schedule import ReconcileScheduler
     from cdc.sync.runtime import Sync
 
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -38,9 +39,16 @@ CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 class RuntimeCollector(Collector):
     """Metric families of the capture and sync roles running in this process."""
 
-    def __init__(self, *, capture: Capture | None, sync: Sync | None) -> None:
+    def __init__(
+        self,
+        *,
+        capture: Capture | None,
+        sync: Sync | None,
+        reconcile: ReconcileScheduler | None = None,
+    ) -> None:
         self.capture = capture
         self.sync = sync
+        self.reconcile = reconcile
         self.started = time.time()
 
     def collect(self) -> Iterator[Metric]:
@@ -53,6 +61,8 @@ class RuntimeCollector(Collector):
             yield from _capture_metrics(self.capture)
         if self.sync is not None:
             yield from _sync_metrics(self.sync)
+        if self.reconcile is not None:
+            yield from _reconcile_metrics(self.reconcile)
 
 
 def _capture_metrics(capture: Capture) -> Iterator[Metric]:
@@ -177,3 +187,35 @@ def _sync_metrics(sync: Sync) -> Iterator[Metric]:
 
 
 __all__ = ["CIRCUIT_VALUES", "LatencyHistogram", "RuntimeCollector"]
+
+
+RECONCILE_RESULTS = ("equal", "drift", "failed")
+
+
+def _reconcile_metrics(scheduler: ReconcileScheduler) -> Iterator[Metric]:
+    """The last scheduled reconcile run of each integration with a schedule."""
+    labels = ["integration"]
+    drift = GaugeMetricFamily(
+        "cdcsync_reconcile_drift_rows",
+        "Keys that differed (missing, extra, different) in the last reconcile run.",
+        labels=labels,
+    )
+    last_run = GaugeMetricFamily(
+        "cdcsync_reconcile_last_run_timestamp_seconds",
+        "When the last reconcile run ended (Unix time).",
+        labels=labels,
+    )
+    result = GaugeMetricFamily(
+        "cdcsync_reconcile_last_result",
+        "1 for the last reconcile run's result (equal, drift or failed), 0 for the others.",
+        labels=["integration", "result"],
+    )
+    for name, report in scheduler.last.items():
+        drift.add_metric([name], report.drift_rows)
+        ended = report.ended_at or report.started_at
+        last_run.add_metric([name], ended.timestamp())
+        for value in RECONCILE_RESULTS:
+            result.add_metric([name, value], 1.0 if report.result == value else 0.0)
+    yield drift
+    yield last_run
+    yield result

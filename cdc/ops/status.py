@@ -6,7 +6,8 @@ JSON-ready dict (the admin API reuses it):
 - per integration: each partition's committed offset of the live consumer group, the
   partition's end offset (read by a consumer of its own, see ``cdc.kafka.replay_plan.end_offset``)
   and the lag (``end - committed``, clamped at 0; a group that never committed lags by
-  everything retained), and the state store's dead-letter counts;
+  everything retained), the state store's dead-letter counts and its last reconcile run
+  (``last_reconcile``: result, counts, error);
 - for capture: the slot's ``confirmed_flush_lsn``, ``restart_lsn``, whether it is active,
   lag in bytes (``pg_current_wal_lsn() - confirmed_flush_lsn``), WAL retained by the slot
   (``pg_current_wal_lsn() - restart_lsn``) and, while a walsender streams it, the lag in
@@ -60,13 +61,20 @@ WHERE s.slot_name = %s
 
 async def collect_status(config: Config) -> dict[str, Any]:
     """The non-live status; see the module docstring."""
-    lag, (dead, snapshots), capture = await asyncio.gather(
-        asyncio.to_thread(_consumer_lag, config), _state_figures(config), _slot(config)
+    lag, (dead, snapshots), capture, reconciled = await asyncio.gather(
+        asyncio.to_thread(_consumer_lag, config),
+        _state_figures(config),
+        _slot(config),
+        _last_reconciles(config),
     )
     capture["snapshots"] = snapshots
     integrations: dict[str, Any] = {}
     for name in config.integrations:
-        integrations[name] = {**lag[name], "dead_letters": dead.get(name)}
+        integrations[name] = {
+            **lag[name],
+            "dead_letters": dead.get(name),
+            "last_reconcile": reconciled.get(name),
+        }
     return {"capture": capture, "integrations": integrations}
 
 
@@ -173,6 +181,37 @@ async def _state_figures(
     return dead, snapshots
 
 
+async def _last_reconciles(config: Config) -> dict[str, dict[str, Any]]:
+    """The last reconcile run of each integration (the state store's history)."""
+    try:
+        state = await StateStore.open(state_dsn(config), schema=config.state.schema_)
+    except CdcsyncError as exc:
+        return {name: {"error": first_line(exc)} for name in config.integrations}
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for name in config.integrations:
+            runs = await state.reconcile_runs(name, limit=1)
+            if runs:
+                run = runs[0]
+                out[name] = {
+                    "result": run.result,
+                    "started_at": run.started_at.isoformat(),
+                    "ended_at": None if run.ended_at is None else run.ended_at.isoformat(),
+                    "rows_checked": run.rows_checked,
+                    "missing": run.missing,
+                    "extra": run.extra,
+                    "different": run.different,
+                    "repaired": run.repaired,
+                    "error": run.error,
+                    "scheduled": run.scheduled,
+                }
+    except CdcsyncError as exc:
+        return {name: {"error": first_line(exc)} for name in config.integrations}
+    finally:
+        await state.close()
+    return out
+
+
 async def _slot(config: Config) -> dict[str, Any]:
     source = config.source
     entry: dict[str, Any] = {"slot": source.slot, "exists": None, "error": None}
@@ -251,6 +290,9 @@ def print_status(status: dict[str, Any]) -> None:
         )
         if entry.get("error"):
             console.print(f"  {entry['error']}")
+        recon = entry.get("last_reconcile")
+        if recon:
+            console.print(f"  last reconcile: {_reconcile_line(recon)}", highlight=False)
         table = Table(show_header=True)
         for column in ("topic", "partition", "committed", "end", "lag"):
             table.add_column(column)
@@ -272,6 +314,17 @@ def print_status(status: dict[str, Any]) -> None:
         console.print(
             f"live capture: {_live_capture(live['capture'])}", highlight=False, soft_wrap=True
         )
+
+
+def _reconcile_line(run: dict[str, Any]) -> str:
+    if "result" not in run:
+        return str(run.get("error"))
+    line = (
+        f"{run['result']} at {run['ended_at'] or run['started_at']}: {run['rows_checked']:,} rows,"
+        f" {run['missing']} missing, {run['extra']} extra, {run['different']} different,"
+        f" {run['repaired']} repaired"
+    )
+    return line if not run.get("error") else f"{line} ({run['error']})"
 
 
 def _live_integration(counters: dict[str, Any]) -> str:

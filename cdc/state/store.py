@@ -19,6 +19,8 @@ publication):
 - ``inbound_changes``: per (integration, Idempotency-Key), what became of an inbound change
   (``applied``, ``lost`` to a newer write, ...), the transaction that applied it and its
   echo token; written by ``cdc.inbound.apply``, read by snapshots (``inbound_writers``).
+- ``reconcile_runs``: one row per ``cdcsync reconcile`` run (or scheduled run): start, end,
+  rows checked, missing, extra, different, repaired, mapper failures, result and error.
 
 Invariants:
 
@@ -65,6 +67,7 @@ from mappers.entity import Origin, Version
 __all__ = [
     "MIGRATIONS",
     "DeadLetter",
+    "ReconcileRun",
     "SnapshotProgress",
     "StateStore",
     "StateUnavailable",
@@ -173,6 +176,25 @@ MIGRATIONS: Final[tuple[LiteralString, ...]] = (
     CREATE INDEX inbound_changes_by_xid ON {schema}.inbound_changes (xid)
         WHERE xid IS NOT NULL;
     """,
+    # Reconcile runs (cdc.ops.reconcile): the history of each integration's checks.
+    """
+    CREATE TABLE {schema}.reconcile_runs (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        integration text NOT NULL,
+        started_at timestamptz NOT NULL,
+        ended_at timestamptz,
+        rows_checked bigint NOT NULL DEFAULT 0,
+        missing bigint NOT NULL DEFAULT 0,
+        extra bigint NOT NULL DEFAULT 0,
+        different bigint NOT NULL DEFAULT 0,
+        repaired bigint NOT NULL DEFAULT 0,
+        mapper_failures bigint NOT NULL DEFAULT 0,
+        result text NOT NULL,
+        error text,
+        scheduled boolean NOT NULL DEFAULT false
+    );
+    CREATE INDEX reconcile_runs_by_integration ON {schema}.reconcile_runs (integration, id);
+    """,
 )
 
 _POOL_MAX: Final = 8
@@ -201,6 +223,25 @@ class DeadLetter:
     created_at: datetime
     replayed_at: datetime | None
     replay_attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileRun:
+    """One row of ``reconcile_runs``."""
+
+    id: int
+    integration: str
+    started_at: datetime
+    ended_at: datetime | None
+    rows_checked: int
+    missing: int
+    extra: int
+    different: int
+    repaired: int
+    mapper_failures: int
+    result: str
+    error: str | None
+    scheduled: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +430,71 @@ class StateStore:
             (integration, entity, list(set(keys))),
         )
         return {str(k): str(v) for k, v in rows}
+
+    # ----------------------------------------------------------------- reconcile
+
+    async def record_reconcile_run(
+        self,
+        integration: str,
+        *,
+        started_at: datetime,
+        ended_at: datetime | None,
+        counts: dict[str, int],
+        result: str,
+        error: str | None,
+        scheduled: bool,
+    ) -> int:
+        """Append one reconcile run to the history; returns its id. ``counts``:
+        rows_checked, missing, extra, different, repaired, mapper_failures."""
+        names = ("rows_checked", "missing", "extra", "different", "repaired", "mapper_failures")
+        rows = await self._fetch(
+            self._q(
+                "INSERT INTO {schema}.reconcile_runs (integration, started_at, ended_at,"
+                " rows_checked, missing, extra, different, repaired, mapper_failures, result,"
+                " error, scheduled) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " RETURNING id"
+            ),
+            (
+                integration,
+                started_at,
+                ended_at,
+                *(counts.get(c, 0) for c in names),
+                result,
+                None if error is None else storable(error),
+                scheduled,
+            ),
+        )
+        return int(rows[0][0])
+
+    async def reconcile_runs(
+        self, integration: str | None = None, *, limit: int = 20
+    ) -> list[ReconcileRun]:
+        """The newest runs first (of ``integration``, or of all)."""
+        rows = await self._fetch(
+            self._q(
+                "SELECT id, integration, started_at, ended_at, rows_checked, missing, extra,"
+                " different, repaired, mapper_failures, result, error, scheduled"
+                " FROM {schema}.reconcile_runs WHERE %s::text IS NULL OR integration = %s"
+                " ORDER BY id DESC LIMIT %s"
+            ),
+            (integration, integration, limit),
+        )
+        return [ReconcileRun(*row) for row in rows]
+
+    async def live_keys(
+        self, integration: str, *, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[str, str]]:
+        """``(entity, key)`` of live (not deleted) versions, in order, after ``after``."""
+        entity, key = after if after is not None else ("", "")
+        rows = await self._fetch(
+            self._q(
+                "SELECT entity, key FROM {schema}.versions WHERE integration = %s"
+                " AND NOT deleted AND (%s::boolean OR (entity, key) > (%s, %s))"
+                " ORDER BY entity, key LIMIT %s"
+            ),
+            (integration, after is None, entity, key, limit),
+        )
+        return [(str(e), str(k)) for e, k in rows]
 
     # ----------------------------------------------------------------- versions
 

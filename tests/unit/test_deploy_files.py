@@ -28,6 +28,7 @@ from cdc.capture.runtime import Capture
 from cdc.cli import cli
 from cdc.config import AdminConfig, Config, load_config
 from cdc.ops.metrics import RuntimeCollector
+from cdc.ops.reconcile.schedule import ReconcileScheduler
 from cdc.sync.runtime import Sync
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -39,6 +40,7 @@ METRICS = {
     "cdcsync_dead_lettered_total",
     "cdcsync_circuit_state",
     "cdcsync_slot_retained_wal_bytes",
+    "cdcsync_reconcile_drift_rows",
 }
 
 
@@ -314,7 +316,10 @@ def exposed_metrics() -> set[str]:
     capture = Capture(config)
     capture.stats.heartbeat_lag_ms = 1.0
     capture.stats.retained_wal_bytes = 0
-    collector = RuntimeCollector(capture=capture, sync=Sync(config))
+    sync = Sync(config)
+    collector = RuntimeCollector(
+        capture=capture, sync=sync, reconcile=ReconcileScheduler(config, sync.names)
+    )
     return {
         family.name + ("_total" if family.type == "counter" else "")
         for family in collector.collect()
@@ -338,7 +343,11 @@ def test_alert_rules_use_the_metrics_cdcsync_exposes() -> None:
         assert names <= METRICS, f"{rule['alert']}: unknown metric {names - METRICS}"
         used |= names
         if "integration" in str(rule["annotations"]):
-            assert names & {"cdcsync_dead_lettered_total", "cdcsync_circuit_state"}
+            assert names & {
+                "cdcsync_dead_lettered_total",
+                "cdcsync_circuit_state",
+                "cdcsync_reconcile_drift_rows",
+            }
     assert used == METRICS
     circuit_open = [r for r in rules if "cdcsync_circuit_state == 2" in r["expr"]]
     assert circuit_open, "no alert on an open circuit (state 2)"
