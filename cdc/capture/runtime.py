@@ -36,6 +36,20 @@ __all__ = ["Capture"]
 log = logging.getLogger("cdcsync.capture")
 
 
+def type_options(config: Config) -> TypeOptions:
+    """How capture encodes values, from the ``source`` settings (Debezium's modes)."""
+    src = config.source
+    return TypeOptions(
+        decimal_handling=DecimalHandling(src.decimal_handling_mode),
+        interval_handling=IntervalHandling(src.interval_handling_mode),
+        binary_handling=BinaryHandling(src.binary_handling_mode),
+        time_precision=TimePrecision(src.time_precision_mode),
+        hstore_handling=HstoreHandling(src.hstore_handling_mode),
+        unavailable_value=src.unavailable_value_placeholder,
+        temporal_logical_types=src.temporal_logical_types,
+    )
+
+
 class Capture:
     """Runs capture for one slot until stopped."""
 
@@ -49,16 +63,7 @@ class Capture:
         self.config = config
         self.stats = CaptureStats(latencies_us=[] if record_latency else None)
         self.on_batch = on_batch
-        src = config.source
-        self.type_options = TypeOptions(
-            decimal_handling=DecimalHandling(src.decimal_handling_mode),
-            interval_handling=IntervalHandling(src.interval_handling_mode),
-            binary_handling=BinaryHandling(src.binary_handling_mode),
-            time_precision=TimePrecision(src.time_precision_mode),
-            hstore_handling=HstoreHandling(src.hstore_handling_mode),
-            unavailable_value=src.unavailable_value_placeholder,
-            temporal_logical_types=src.temporal_logical_types,
-        )
+        self.type_options = type_options(config)
 
     async def batch_done(self) -> None:
         """The session finished a batch: run the ``on_batch`` hook, if any."""

@@ -125,12 +125,15 @@ class IntegrationStats:
             self.duplicate += 1
 
 
-class _Context:
-    """``MapContext`` over an identity-map cache filled from the state store."""
+class IdentityContext:
+    """``MapContext`` over an identity-map cache filled from the state store: an id not
+    in ``known`` is ``RelationPending`` (the caller looks it up, or waits for it)."""
 
-    def __init__(self, integration: str) -> None:
+    def __init__(
+        self, integration: str, known: dict[tuple[str, str, str], str] | None = None
+    ) -> None:
         self._integration = integration
-        self.known: dict[tuple[str, str, str], str] = {}
+        self.known: dict[tuple[str, str, str], str] = {} if known is None else known
 
     @property
     def integration(self) -> str:
@@ -183,7 +186,7 @@ class Applier:
         self.stats = stats or IntegrationStats()
         self.backoff = Backoff(self.integration.retry)
         self.breaker = CircuitBreaker(self.integration.circuit)
-        self.context = _Context(name)
+        self.context = IdentityContext(name)
         self.dead_letter_topic = (
             self.integration.dead_letter_topic or f"{config.kafka.topic_prefix}.dlq.{name}"
         )
@@ -727,4 +730,4 @@ def _header(msg: Message, name: str) -> bytes | None:
     return None
 
 
-__all__ = ["Applier", "HealthCheck", "IntegrationStats", "SyncWorker"]
+__all__ = ["Applier", "HealthCheck", "IdentityContext", "IntegrationStats", "SyncWorker"]

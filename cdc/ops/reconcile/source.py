@@ -29,42 +29,21 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from cdc.capture import source_setup
 from cdc.capture.encoding.envelope import COLUMN_FACTS_SQL, RelationEncoder, column_facts_from_rows
-from cdc.capture.encoding.type_mapping import (
-    BinaryHandling,
-    DecimalHandling,
-    HstoreHandling,
-    IntervalHandling,
-    PgType,
-    TimePrecision,
-    TypeOptions,
-    needs_catalog,
-)
+from cdc.capture.encoding.type_mapping import PgType, needs_catalog
 from cdc.capture.pgoutput import TupleValues
+from cdc.capture.runtime import type_options
 from cdc.capture.snapshot.plan import Key, key_of
 from cdc.capture.snapshot.runner import TableShape, load_shape, split_xmin
 from cdc.capture.source_setup import TableName
 from cdc.config import Config
 from cdc.core.errors import ConfigError, RelationPending, SourceUnavailable, first_line
 from cdc.state.store import StateStore
+from cdc.sync.worker import IdentityContext
 from mappers.entity import EntityOp, Mapper, Origin, TableEvent
 
-__all__ = ["MappedRow", "RateLimit", "SourceTable", "map_rows", "type_options"]
+__all__ = ["MappedRow", "RateLimit", "SourceTable", "map_rows"]
 
 _MAX_RELATION_ROUNDS = 3
-
-
-def type_options(config: Config) -> TypeOptions:
-    """The capture's type options, from ``source`` (as ``cdc.capture.runtime`` builds them)."""
-    src = config.source
-    return TypeOptions(
-        decimal_handling=DecimalHandling(src.decimal_handling_mode),
-        interval_handling=IntervalHandling(src.interval_handling_mode),
-        binary_handling=BinaryHandling(src.binary_handling_mode),
-        time_precision=TimePrecision(src.time_precision_mode),
-        hstore_handling=HstoreHandling(src.hstore_handling_mode),
-        unavailable_value=src.unavailable_value_placeholder,
-        temporal_logical_types=src.temporal_logical_types,
-    )
 
 
 class RateLimit:
@@ -226,24 +205,6 @@ class MappedRow:
     error: str | None = None
 
 
-class _Context:
-    """``MapContext`` over identity-map entries fetched from the state store."""
-
-    def __init__(self, integration: str, known: dict[tuple[str, str, str], str]) -> None:
-        self._integration = integration
-        self.known = known
-
-    @property
-    def integration(self) -> str:
-        return self._integration
-
-    def external_id(self, integration: str, entity: str, key: object) -> str:
-        found = self.known.get((integration, entity, str(key)))
-        if found is None:
-            raise RelationPending(integration=integration, entity=entity, key=str(key))
-        return found
-
-
 async def map_rows(
     table: SourceTable,
     rows: Sequence[TupleValues],
@@ -254,7 +215,7 @@ async def map_rows(
     known: dict[tuple[str, str, str], str],
 ) -> list[MappedRow]:
     """Map ``rows``; related ids come from the identity map (``known`` caches them)."""
-    ctx = _Context(integration, known)
+    ctx = IdentityContext(integration, known)
     out: list[MappedRow] = []
     pending: list[tuple[MappedRow, TableEvent, RelationPending]] = []
     for row in rows:
@@ -285,7 +246,7 @@ async def map_rows(
 def _map_one(
     mapper: Mapper,
     event: TableEvent,
-    ctx: _Context,
+    ctx: IdentityContext,
     mapped: MappedRow,
     pending: list[tuple[MappedRow, TableEvent, RelationPending]],
 ) -> None:
