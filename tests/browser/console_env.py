@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.integration.harness import spawn_cdcsync
+from tests.integration.harness import spawn_cdcsync, wait_while_running
 from tests.integration.sync_harness import CRM_SECRET, SyncEnv
 
 TOKEN = "console-admin-token"
@@ -84,16 +83,7 @@ class ConsoleRun:
         return response.json()
 
     def wait_until(self, what: str, predicate: Callable[[], bool], timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"cdcsync run exited:\n{self.log()[-4000:]}"
-            try:
-                if predicate():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting until {what}\n{self.log()[-4000:]}")
+        wait_while_running(self.proc, self.log, what, predicate, timeout=timeout)
 
     def wait_ready(self) -> None:
         self.wait_until(

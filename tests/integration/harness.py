@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -42,6 +43,27 @@ def spawn_cdcsync(
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
+
+
+def wait_while_running(
+    proc: subprocess.Popen[bytes],
+    log: Callable[[], str],
+    what: str,
+    predicate: Callable[[], bool],
+    *,
+    timeout: float = 60,
+) -> None:
+    """Poll ``predicate`` (an HTTP error counts as not yet) until true, while ``proc`` runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"cdcsync run exited:\n{log()[-4000:]}"
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting until {what}\n{log()[-4000:]}")
 
 
 def read_log(path: Path) -> str:

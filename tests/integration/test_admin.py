@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import spawn_cdcsync
+from tests.integration.harness import spawn_cdcsync, wait_while_running
 from tests.integration.sync_harness import CRM_SECRET, SyncEnv, run_workload
 
 TOKEN = "admin-token-for-tests"
@@ -81,16 +81,7 @@ class Running:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_until(self, what: str, predicate: Callable[[], bool], timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"cdcsync run exited:\n{self.log()[-4000:]}"
-            try:
-                if predicate():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting until {what}\n{self.log()[-4000:]}")
+        wait_while_running(self.proc, self.log, what, predicate, timeout=timeout)
 
     def wait_ready(self) -> None:
         self.wait_until("ready", lambda: self.get("/ready").status_code == 200)
