@@ -324,11 +324,14 @@ class Applier:
             return
         ops = [op for entry in entries for op in entry.ops]
         attempt = 0
+        reread_asked = False  # once per batch, not again on each retry of an outage
         while True:
             await self._wait_for_circuit(stop)
             try:
                 async with self._sink_lock:
-                    await self._reread_blind_creates(entries, ops)
+                    if not reread_asked:
+                        await self._reread_blind_creates(entries, ops)
+                        reread_asked = True
                     with tracing.applying(
                         ((e.trace, e.ops) for e in entries), {"cdc.integration": self.name}
                     ):
