@@ -19,7 +19,7 @@ Invariants:
   stream and in the chunk reads since both sessions run with TimeZone UTC).
 - A chunk row is published only if no transaction that changed its key is ordered
   before the high watermark and after (or invisible to) the chunk's read: the buffer
-  drops every key the stream shows in that window (``ChangeHistory.conflicts``).
+  drops every key the stream shows in that window (``ChangeHistory.conflicting``).
 """
 
 from __future__ import annotations
@@ -264,13 +264,10 @@ class ChangeHistory:
         while items and (len(items) > self._cap or items[0].at < at - self._keep_s):
             items.popleft()
 
-    def conflicts(self, *, after_seq: int, snapshot: PgSnapshot) -> set[Key]:
-        """Keys changed after the low watermark (``seq > after_seq``), or by a transaction
-        the chunk's snapshot did not see."""
-        return set(self.conflicting(after_seq=after_seq, snapshot=snapshot))
-
     def conflicting(self, *, after_seq: int, snapshot: PgSnapshot) -> dict[Key, bool]:
-        """``conflicts``, each with whether one of its changes left a TOAST value out."""
+        """Keys changed after the low watermark (``seq > after_seq``), or by a transaction
+        the chunk's snapshot did not see; each with whether one of its changes left a TOAST
+        value out."""
         out: dict[Key, bool] = {}
         for s in self._items:
             if s.seq > after_seq or not snapshot.visible(s.xid):
