@@ -512,10 +512,15 @@ class CaptureSession:
         )
         key_bytes = None
         if table.key is not None:
-            if key is None:
-                key = enc.key_for(change)
-            if key is not None:
-                key_bytes = serializer.serialize(table.key, key)
+            if key is None and table.key_header is not None:
+                row = change.after if change.after is not None else change.before
+                if row is not None:
+                    key_bytes = table.key_header + table.writer.key_bytes(row)
+            else:
+                if key is None:
+                    key = enc.key_for(change)
+                if key is not None:
+                    key_bytes = serializer.serialize(table.key, key)
         progress = self._progress()
         callback = self.delivery_callback(progress)
         eos = self.eos

@@ -565,6 +565,20 @@ def test_any_timestamptz_with_any_offset_decodes_to_the_same_instant(
     assert dt.datetime.fromisoformat(decoded) == instant
 
 
+@given(
+    st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31)),
+    st.one_of(st.none(), st.integers(min_value=0, max_value=6)),
+)
+def test_a_utc_timestamptz_is_written_as_the_general_conversion_writes_it(
+    value: dt.datetime, digits: int | None
+) -> None:
+    # Capture's session prints timestamptz in UTC: the shortcut for "+00" texts must
+    # agree with the conversion through epoch microseconds for every precision.
+    text = pg_timestamp_text(value) + "+00"
+    expected = format_utc_timestamp(parse_timestamptz(text), fraction_digits=digits)
+    assert timestamptz_to_utc_iso(text, fraction_digits=digits) == expected
+
+
 def test_interval_is_microseconds_with_debeziums_average_month() -> None:
     column = codec(INTERVAL)
     assert schema_of(column)["connect.name"] == "io.debezium.time.MicroDuration"

@@ -464,6 +464,21 @@ class RelationEncoder:
     def has_key(self) -> bool:
         return self.key_schema is not None
 
+    @property
+    def fields(self) -> tuple[_Field, ...]:
+        """The value row's fields, in schema order."""
+        return self._fields
+
+    @property
+    def key_fields(self) -> tuple[_Field, ...]:
+        """The key record's fields, in schema order."""
+        return self._key_fields
+
+    @staticmethod
+    def has_default(field: _Field) -> bool:
+        """Whether ``field`` has a constant default (what a key-only image carries)."""
+        return field.default is not _NO_DEFAULT
+
     def key_record(self, values: TupleValues) -> dict[str, Any]:
         """The key record from a tuple (new row, or the old key/row of a delete)."""
         out: dict[str, Any] = {}

@@ -29,25 +29,15 @@ from cdc.capture.encoding.envelope import (
     TxContext,
     sequence_text,
 )
+from cdc.capture.encoding.row_writer import RowWriter, long_bytes
 from cdc.capture.pgoutput import TupleValues
+from cdc.core.errors import DecodeError
 from schema_registry.serde import RecordEncodeError
+
+__all__ = ["EnvelopeWriter", "long_bytes", "string_bytes"]
 
 _NULL: Final = b"\x00"
 _BRANCH1: Final = b"\x02"  # union branch index 1, zigzag-encoded
-_SMALL: Final = tuple(bytes([(n << 1) & 0xFF]) for n in range(64))
-
-
-def long_bytes(n: int) -> bytes:
-    """Avro ``long``: zigzag, then base-128 varint."""
-    if 0 <= n < 64:
-        return _SMALL[n]
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 def string_bytes(s: str) -> bytes:
@@ -64,6 +54,7 @@ class EnvelopeWriter:
         self._encoder = encoder
         self._header = header
         self._row = parse_schema(encoder.value_row_schema)
+        self._fast = RowWriter.build(encoder)
         self._buf = io.BytesIO()
         rel = encoder.relation
         self._head = (
@@ -85,6 +76,17 @@ class EnvelopeWriter:
         self._now_ms = -1
         self._now = b""
 
+    @property
+    def generated(self) -> bool:
+        """Whether rows are written by the relation's generated writer (else fastavro)."""
+        return self._fast is not None
+
+    def _misfit(self, exc: Exception) -> RecordEncodeError:
+        rel = self._encoder.relation
+        return RecordEncodeError(
+            f"a row of {rel.namespace}.{rel.name} does not fit its schema: {exc}"
+        )
+
     def _row_bytes(self, record: dict[str, Any]) -> bytes:
         buf = self._buf
         buf.seek(0)
@@ -92,11 +94,48 @@ class EnvelopeWriter:
         try:
             schemaless_writer(buf, self._row, record)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
-            rel = self._encoder.relation
-            raise RecordEncodeError(
-                f"a row of {rel.namespace}.{rel.name} does not fit its schema: {exc}"
-            ) from exc
+            raise self._misfit(exc) from exc
         return buf.getvalue()
+
+    def _rows(self, change: Change, unavailable: list[str]) -> tuple[bytes, bytes]:
+        """The ``before`` and ``after`` union values of ``change``, as bytes."""
+        fast = self._fast
+        if fast is None:
+            before, after = self._encoder.rows(change, unavailable)
+            return (
+                _NULL if before is None else _BRANCH1 + self._row_bytes(before),
+                _NULL if after is None else _BRANCH1 + self._row_bytes(after),
+            )
+        row = fast.row
+        prior = change.before
+        try:
+            before = (
+                _NULL if prior is None else _BRANCH1 + row(prior, None, None, change.before_is_key)
+            )
+            if change.after is None:
+                return before, _NULL
+            old = None if prior is None or change.before_is_key else prior
+            return before, _BRANCH1 + row(change.after, old, unavailable, False)
+        except DecodeError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise self._misfit(exc) from exc
+
+    @property
+    def writes_keys(self) -> bool:
+        """Whether ``key_bytes`` writes keys (a generated key writer exists)."""
+        return self._fast is not None and self._fast.key is not None
+
+    def key_bytes(self, values: TupleValues) -> bytes:
+        """The key record of ``values`` as Avro bytes (unframed); needs ``writes_keys``."""
+        fast = self._fast
+        assert fast is not None and fast.key is not None
+        try:
+            return fast.key(values)
+        except DecodeError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise self._misfit(exc) from exc
 
     def _set_tx(self, change: Change) -> None:
         tx = change.tx
@@ -163,13 +202,14 @@ class EnvelopeWriter:
         self._set_tx(probe)
         self._now_ms = -1
         now = self._now_bytes(now_ms)
-        head = self._header + _NULL + _BRANCH1
+        head = self._header + _NULL
         middle = b"".join(self._source_and_tx(int(lsn), 0, 0)[: -2 if self._tx_block else None])
         op_now = string_bytes(OP_READ) + now + (_NULL if self._additive else b"")
-        row_bytes, row_record = self._row_bytes, enc.row_record
         for n, row in enumerate(rows, 1):
             unavailable: list[str] = []
-            after = row_bytes(row_record(row, unavailable=unavailable))
+            after = self._rows(
+                Change(OP_READ, probe.relation_oid, lsn, n, tx, None, row), unavailable
+            )[1]
             if unavailable:
                 raise RecordEncodeError("a snapshot row cannot hold unchanged TOAST values")
             seq = long_bytes(n) * 2 if self._tx_block else b""
@@ -177,25 +217,14 @@ class EnvelopeWriter:
 
     def write(self, change: Change, *, table_seq: int, now_ms: int) -> bytes:
         """The framed value of ``change``; equal to encoding ``encoder.envelope(...)``."""
-        enc = self._encoder
         if change.tx is not self._tx:
             self._set_tx(change)
         if now_ms != self._now_ms:
             self._now_ms = now_ms
             self._now = self._now_bytes(now_ms)
         unavailable: list[str] = []
-        before, after = enc.rows(change, unavailable)
-        parts = [self._header]
-        if before is None:
-            parts.append(_NULL)
-        else:
-            parts.append(_BRANCH1)
-            parts.append(self._row_bytes(before))
-        if after is None:
-            parts.append(_NULL)
-        else:
-            parts.append(_BRANCH1)
-            parts.append(self._row_bytes(after))
+        before, after = self._rows(change, unavailable)
+        parts = [self._header, before, after]
         op = self._ops.get(change.op)
         if op is None:
             op = self._ops[change.op] = string_bytes(change.op)

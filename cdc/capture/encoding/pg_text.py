@@ -191,8 +191,14 @@ def timestamptz_to_utc_iso(text: str, *, fraction_digits: int | None = None) -> 
         # Already UTC (capture's session runs in UTC): only the separators change.
         # PostgreSQL prints no trailing zeros in the fraction and no year 0.
         body = text[:-3]
-        if fraction_digits is None and (len(body) == 19 or body[19] == "."):
-            return body[:10] + "T" + body[11:] + "Z"
+        fraction = body[20:]
+        if len(body) == 19 or (body[19] == "." and len(fraction) <= 6 and fraction.isdigit()):
+            if fraction_digits is None:
+                return body[:10] + "T" + body[11:] + "Z"
+            if fraction_digits <= 0:
+                return body[:10] + "T" + body[11:19] + "Z"
+            digits = fraction.ljust(6, "0")[:fraction_digits]
+            return body[:10] + "T" + body[11:19] + "." + digits + "Z"
     if _is_plain_timestamp(text):
         try:
             moment = _dt.datetime.fromisoformat(text)
