@@ -142,7 +142,7 @@ class TypeInfo:
     xid: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per change, and frozen costs 2x
 class Insert:
     """A new row ('I')."""
 
@@ -151,7 +151,7 @@ class Insert:
     xid: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per change, and frozen costs 2x
 class Update:
     """A changed row ('U').
 
@@ -167,7 +167,7 @@ class Update:
     xid: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per change, and frozen costs 2x
 class Delete:
     """A removed row ('D'); ``old`` as in ``Update`` ('K' or 'O')."""
 

@@ -46,7 +46,7 @@ CONFIRM_INTERVAL_S: Final = 0.05
 """The least time between two status updates that only move the flush position."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per change, and frozen costs 2x
 class XLogData:
     """One WAL payload: ``wal_start`` is the LSN of the change; ``data`` a pgoutput message."""
 
@@ -195,17 +195,31 @@ class ReplicationStream:
         frames: list[XLogData] = []
         pgconn = self._pgconn
         deadline = time.monotonic() + timeout
+        unpack_header, header_size, new_lsn = (
+            _XLOGDATA_HEADER.unpack_from,
+            _XLOGDATA_HEADER.size,
+            int.__new__,
+        )
         while len(frames) < max_frames:
             try:
                 nbytes, buf = pgconn.get_copy_data(1)
             except psycopg.Error as exc:
                 raise SourceUnavailable(f"replication stream failed: {first_line(exc)}") from exc
             if nbytes > 0:
+                if buf[0] == 0x77 and nbytes >= header_size:  # 'w': XLogData, the hot path
+                    _, start, end, ts = unpack_header(buf)
+                    frames.append(
+                        XLogData(
+                            new_lsn(Lsn, start),  # 64-bit unsigned: always a valid Lsn
+                            new_lsn(Lsn, end),
+                            ts + PG_EPOCH_OFFSET_US,
+                            buf[header_size:],
+                        )
+                    )
+                    continue
                 msg = parse_copy_data(buf)
                 if isinstance(msg, XLogData):
                     frames.append(msg)
-                    self._received = max(self._received, msg.wal_end)
-                    self._server_wal_end = max(self._server_wal_end, msg.wal_end)
                 else:
                     self._server_wal_end = max(self._server_wal_end, msg.wal_end)
                     if msg.reply_requested:
@@ -228,6 +242,10 @@ class ReplicationStream:
                 pgconn.consume_input()
             except psycopg.Error as exc:
                 raise SourceUnavailable(f"replication connection lost: {first_line(exc)}") from exc
+        if frames:
+            last = frames[-1].wal_end  # wal_end only grows along the stream
+            self._received = max(self._received, last)
+            self._server_wal_end = max(self._server_wal_end, last)
         self.maybe_send_status()
         return frames
 

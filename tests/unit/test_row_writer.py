@@ -290,3 +290,16 @@ def test_a_timestamp_with_an_offset_is_written_as_its_utc_instant() -> None:
     text = "2026-12-06 06:55:00+05:30"
     expected = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z").encode()
     assert writer.key((text,)) == bytes([len(expected) * 2]) + expected
+
+
+def test_a_decimal_longer_than_pythons_default_precision_is_written_exactly() -> None:
+    oid, typmod, _ = COLUMN_TYPES["numeric(40,10)"]
+    relation = Relation(1, "public", "t", "d", (Column(True, "v", oid, typmod),))
+    encoder = RelationEncoder(
+        relation, prefix="app", database="db", types={}, options=TypeOptions()
+    )
+    writer = RowWriter.build(encoder)
+    assert writer is not None and writer.key is not None
+    text = "-999999999999999999999999999999.0000000001"  # 40 digits; Decimal's context has 28
+    assert writer.row((text,), None, [], False) == _reference_row(encoder, (text,), unavailable=[])
+    assert writer.key((text,)) == _reference_key(encoder, (text,))

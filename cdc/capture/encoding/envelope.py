@@ -147,7 +147,7 @@ def column_facts_from_rows(rows: list[tuple[Any, ...]]) -> dict[str, ColumnFacts
     }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per change, and frozen costs 2x
 class Change:
     """One row change (or a truncate) inside a committed transaction."""
 

@@ -42,10 +42,20 @@ _NULL_TYPE: Final = "null"
 
 
 def long_bytes(n: int) -> bytes:
-    """Avro ``int``/``long``: zigzag, then base-128 varint."""
+    """Avro ``int``/``long``: zigzag, then base-128 varint (unrolled up to four bytes)."""
     if 0 <= n < 64:
         return _SMALL[n]
     z = (n << 1) ^ (n >> 63)
+    if z < 0x4000:
+        if z < 0x80:
+            return _SMALL[z >> 1] if not z & 1 else bytes((z,))
+        return bytes(((z & 0x7F) | 0x80, z >> 7))
+    if z < 0x10000000:
+        if z < 0x200000:
+            return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
+        return bytes(
+            ((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, ((z >> 14) & 0x7F) | 0x80, z >> 21)
+        )
     if z >> 64:
         raise ValueError(f"{n} does not fit an Avro long")
     out = bytearray()
@@ -88,7 +98,7 @@ def _decimal_writer(precision: int, scale: int) -> Callable[[Any], bytes]:
             raise ValueError("The decimal precision is bigger than allowed by schema")
         if not isinstance(exp, int) or exp + scale < 0:
             raise ValueError("Scale provided in schema does not match the decimal")
-        numerator, denominator = abs(value).as_integer_ratio()
+        numerator, denominator = value.copy_abs().as_integer_ratio()  # abs() would round
         unscaled: int = numerator * 10**scale // denominator
         size = (unscaled.bit_length() + 8) // 8
         data = (-unscaled if sign else unscaled).to_bytes(size, "big", signed=True)
