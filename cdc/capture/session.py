@@ -42,6 +42,7 @@ from cdc.capture import source_setup as source
 from cdc.capture.checkpoint import Checkpoint, TxProgress
 from cdc.capture.encoding.envelope import (
     COLUMN_FACTS_SQL,
+    OP_CREATE,
     OP_DELETE,
     OP_TRUNCATE,
     OP_UPDATE,
@@ -281,7 +282,9 @@ class CaptureSession:
                 decode = self.decoder.decode
                 for frame in frames:
                     msg = decode(frame.data)
-                    if isinstance(msg, Relation):
+                    if isinstance(msg, (Insert, Update, Delete)) and self.stream_xid is None:
+                        self.on_change(msg, frame.wal_start)  # the hot path
+                    elif isinstance(msg, Relation):
                         if self.stream_xid is not None:
                             self.spool.append(self.stream_xid, frame.wal_start, msg)
                         else:
@@ -451,7 +454,7 @@ class CaptureSession:
             )
         seq = self._next(msg.relation_oid)
         if isinstance(msg, Insert):
-            self.emit(table, Change.from_insert(msg, lsn=lsn, seq=seq, tx=tx))
+            self.emit(table, Change(OP_CREATE, msg.relation_oid, lsn, seq, tx, None, msg.new))
             return
         if isinstance(msg, Delete):
             self.emit(table, Change.from_delete(msg, lsn=lsn, seq=seq, tx=tx))
@@ -521,8 +524,12 @@ class CaptureSession:
                     key = enc.key_for(change)
                 if key is not None:
                     key_bytes = serializer.serialize(table.key, key)
-        progress = self._progress()
-        callback = self.delivery_callback(progress)
+        progress = self.progress
+        if progress is None:
+            progress = self._progress()
+        callback = progress.callback
+        if callback is None:
+            callback = self.delivery_callback(progress)
         eos = self.eos
         headers = self.headers
         if eos is not None:
@@ -540,7 +547,7 @@ class CaptureSession:
                 headers=headers,
                 on_delivery=callback,
             )
-        Checkpoint.sent(progress)
+        progress.pending += 1  # Checkpoint.sent, inline on the hot path
         publisher.produce(enc.topic, key_bytes, value_bytes, callback, headers=headers)
         self.stats.events += 1
         if self.tx_frame is not None:

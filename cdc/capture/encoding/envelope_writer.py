@@ -70,6 +70,7 @@ class EnvelopeWriter:
         self._tx_mid = b""
         self._tx_tail = b""
         self._tx_id = ""
+        self._sequence_head = ""
         self._last_commit: int | None = None
         self._additive = encoder.additive_fields
         self._tx_block = encoder.transaction_block
@@ -144,10 +145,12 @@ class EnvelopeWriter:
         last = tx.last_commit_lsn
         self._last_commit = None if last is None else int(last)
         ts_us = tx.commit_ts_us
-        self._tx_head = self._head + long_bytes(ts_us // 1000) + self._after_ts
+        # ts_ms, snapshot, db; then the union branch of source.sequence
+        self._tx_head = self._head + long_bytes(ts_us // 1000) + self._after_ts + _BRANCH1
+        self._sequence_head = sequence_text(self._last_commit, 0)[:-3]  # '[..,"' before the LSN
         # ts_us, ts_ns, schema, table, txId
         self._tx_mid = _BRANCH1 + long_bytes(ts_us) + _BRANCH1 + long_bytes(ts_us * 1000)
-        self._tx_mid += self._table + _BRANCH1 + long_bytes(tx.xid)
+        self._tx_mid += self._table + _BRANCH1 + long_bytes(tx.xid) + _BRANCH1  # ..., lsn branch
         # xmin: null; origin, origin_lsn; then commit_lsn (additive)
         self._tx_tail = _NULL
         self._tx_tail += _NULL if tx.origin is None else _BRANCH1 + string_bytes(tx.origin)
@@ -168,21 +171,25 @@ class EnvelopeWriter:
 
     def _source_and_tx(self, lsn: int, total_order: int, table_seq: int) -> tuple[bytes, ...]:
         """``source`` and ``transaction`` for an event at ``lsn``."""
+        lsn_text = str(lsn)
+        # source.sequence ["<last commit>","<lsn>"]: ASCII, so its length in bytes is len().
+        sequence = self._sequence_head + lsn_text + '"]'
         source = (
             self._tx_head,
-            _BRANCH1,
-            string_bytes(sequence_text(self._last_commit, lsn)),
+            long_bytes(len(sequence)),
+            sequence.encode(),
             self._tx_mid,
-            _BRANCH1,
             long_bytes(lsn),
             self._tx_tail,
         )
         if not self._tx_block:
             return (*source, _NULL)
+        tx_id = self._tx_id + lsn_text
         return (
             *source,
             _BRANCH1,
-            string_bytes(self._tx_id + str(lsn)),
+            long_bytes(len(tx_id)),
+            tx_id.encode(),
             long_bytes(total_order),
             long_bytes(table_seq),
         )
