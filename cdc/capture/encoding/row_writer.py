@@ -19,6 +19,10 @@ Invariants:
 - A relation with a field whose Avro type is not a primitive (records, arrays, maps,
   enums, fixed) or carries a logical type other than ``decimal`` gets no generated writer
   (``RowWriter.build`` returns None) and keeps the fastavro path: nothing is guessed.
+- Values are parsed by the codecs' bare parsers (``decode.__wrapped__``), text columns
+  are copied as they are and fixed-scale decimals are read from their digits; if anything
+  in a row raises, the row is written again by a twin compiled with the checked
+  decoders, so errors are exactly the codecs' own.
 - Generated code only ever holds constants and the codecs' own decode functions; no
   identifier or value from the database is spliced into the source.
 """
@@ -31,6 +35,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from cdc.capture.encoding.envelope import RelationEncoder
+from cdc.capture.encoding.type_mapping import keep_text
 from cdc.capture.pgoutput import UNCHANGED, TupleValues
 from cdc.core.errors import DecodeError
 
@@ -107,6 +112,48 @@ def _decimal_writer(precision: int, scale: int) -> Callable[[Any], bytes]:
     return write
 
 
+def _decimal_text_writer(precision: int, scale: int) -> Callable[[str], bytes | None]:
+    """A decimal's bytes straight from PostgreSQL's text of it, or None when the text is
+    not plain digits with exactly ``scale`` fraction digits (``NaN``, ``$1.00``, too many
+    digits): then the codec decodes it and ``_decimal_writer`` writes it.
+
+    Equal to ``_decimal_writer`` on ``Decimal(text)``: with ``scale`` fraction digits the
+    Decimal's coefficient is the text's digits and its exponent ``-scale``.
+    """
+    limit = 10**precision
+
+    def write(text: str) -> bytes | None:
+        point = text.find(".")
+        if point < 0:
+            if scale:
+                return None
+            digits = text
+        elif len(text) - point - 1 != scale:
+            return None
+        else:
+            digits = text[:point] + text[point + 1 :]
+        body = digits[1:] if digits[:1] == "-" else digits
+        if not (body.isascii() and body.isdigit()):
+            return None
+        unscaled = int(digits)
+        magnitude = -unscaled if unscaled < 0 else unscaled
+        if magnitude >= limit:
+            return None  # the decoder's path refuses it with fastavro's words
+        size = (magnitude.bit_length() + 8) // 8
+        return long_bytes(size) + unscaled.to_bytes(size, "big", signed=True)
+
+    return write
+
+
+def _decimal_params(avro_type: Any) -> tuple[int, int] | None:
+    """(precision, scale) of a ``bytes``/``decimal`` type, else None."""
+    if not isinstance(avro_type, dict) or avro_type.get("type") != "bytes":
+        return None
+    if avro_type.get("logicalType") != "decimal":
+        return None
+    return int(avro_type["precision"]), int(avro_type.get("scale", 0))
+
+
 _WRITERS: Final[dict[str, Callable[[Any], bytes]]] = {
     "boolean": _boolean,
     "int": long_bytes,
@@ -131,9 +178,8 @@ def _value_writer(avro_type: Any) -> Callable[[Any], bytes] | None:
     if base not in _PRIMITIVES:
         return None
     if logical is not None:
-        if logical != "decimal" or base != "bytes":
-            return None
-        return _decimal_writer(int(avro_type["precision"]), int(avro_type.get("scale", 0)))
+        decimal = _decimal_params(avro_type)
+        return None if decimal is None else _decimal_writer(*decimal)
     return _WRITERS[base]
 
 
@@ -155,6 +201,7 @@ class _FieldPlan:
         if writer is None:
             raise _Unsupported
         self.writer = writer
+        self.decimal = _decimal_params(value_type)
 
     def encode(self, value: Any) -> bytes:
         if value is None:
@@ -197,15 +244,39 @@ class RowWriter:
 def _compile_row(
     encoder: RelationEncoder,
 ) -> Callable[[TupleValues, TupleValues | None, list[str] | None, bool], bytes]:
+    """The row writer: codecs' parsers called bare, and on any exception the same row
+    written again through the checked decoders, which raise exactly what they raise."""
+    env: dict[str, Any] = {}
+    checked = _compiled("row", _row_lines(encoder, env, bare=False), env)
+    env = {"checked": checked}
+    body = _row_lines(encoder, env, bare=True)
+    lines = [
+        body[0],
+        "    mark = 0 if unavailable is None else len(unavailable)",
+        "    try:",
+        *("    " + line for line in body[1:]),
+        "    except Exception:",
+        "        if unavailable is not None:",
+        "            del unavailable[mark:]",
+        "        return checked(values, old, unavailable, key_only)",
+    ]
+    row: Callable[[TupleValues, TupleValues | None, list[str] | None, bool], bytes]
+    row = _compiled("row", lines, env)
+    return row
+
+
+def _row_lines(encoder: RelationEncoder, env: dict[str, Any], *, bare: bool) -> list[str]:
+    """The source of a row writer; ``bare``: parsers without their DecodeError wrapper."""
     types = _field_types(encoder.value_row_schema)
     rel = encoder.relation
     ncols = len(rel.columns)
-    env: dict[str, Any] = {
-        "UNCHANGED": UNCHANGED,
-        "DecodeError": DecodeError,
-        "BAD_LENGTH": f"{rel.namespace}.{rel.name}: tuple has {{}} columns, relation has {ncols}",
-        "join": b"".join,
-    }
+    env.update(
+        UNCHANGED=UNCHANGED,
+        DecodeError=DecodeError,
+        BAD_LENGTH=f"{rel.namespace}.{rel.name}: tuple has {{}} columns, relation has {ncols}",
+        join=b"".join,
+        long_bytes=long_bytes,
+    )
     lines = [
         "def row(values, old, unavailable, key_only):",
         f"    if len(values) != {ncols}:",
@@ -217,7 +288,8 @@ def _compile_row(
         fill = plan.encode(f.filler)
         keyed = plan.encode(f.default) if encoder.has_default(f) else fill
         placeholder = plan.encode(f.placeholder)
-        env[f"d{j}"] = f.decode
+        decode = getattr(f.decode, "__wrapped__", f.decode) if bare else f.decode
+        env[f"d{j}"] = decode
         env[f"w{j}"] = plan.writer
         env[f"p{j}"] = plan.prefix
         env[f"F{j}"] = fill
@@ -230,12 +302,27 @@ def _compile_row(
             fill=fill,
             placeholder=placeholder,
         )
-        value = f"w{j}(x)" if not plan.prefix else f"p{j} + w{j}(x)"
+        prefix = f"p{j} + " if plan.prefix else ""
+        lines += [f"    v = values[{f.index}]", "    if v.__class__ is str:"]
+        if bare and decode is keep_text and plan.writer is _string:
+            # Text as it is: the Avro string is its UTF-8 bytes behind their length.
+            lines += ["        e = v.encode()", f"        b{j} = {prefix}long_bytes(len(e)) + e"]
+        elif bare and plan.decimal is not None:
+            env[f"t{j}"] = _decimal_text_writer(*plan.decimal)
+            lines += [
+                f"        e = t{j}(v)",
+                "        if e is None:",
+                f"            x = d{j}(v)",
+                f"            b{j} = F{j} if x is None else {prefix}w{j}(x)",
+                "        else:",
+                f"            b{j} = {prefix}e",
+            ]
+        else:
+            lines += [
+                f"        x = d{j}(v)",
+                f"        b{j} = F{j} if x is None else {prefix}w{j}(x)",
+            ]
         lines += [
-            f"    v = values[{f.index}]",
-            "    if v.__class__ is str:",
-            f"        x = d{j}(v)",
-            f"        b{j} = F{j} if x is None else {value}",
             "    elif v is None:",
             f"        b{j} = K{j} if key_only else F{j}",
             "    else:",
@@ -243,9 +330,7 @@ def _compile_row(
         ]
         parts.append(f"b{j}")
     lines.append(f"    return join(({', '.join(parts)}{',' if len(parts) == 1 else ''}))")
-    row: Callable[[TupleValues, TupleValues | None, list[str] | None, bool], bytes]
-    row = _compiled("row", lines, env)
-    return row
+    return lines
 
 
 def _slow_path(

@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -66,6 +67,7 @@ __all__ = [
     "TypeOptions",
     "codec_for",
     "decode_failure",
+    "keep_text",
     "needs_catalog",
     "pg_types_from_rows",
     "share_named_types",
@@ -261,6 +263,7 @@ def _guarded(
     repeat the whole value in theirs).
     """
 
+    @functools.wraps(parse)  # ``decode.__wrapped__`` is the parser (for generated writers)
     def decode(text: str) -> Any:
         try:
             return parse(text)
@@ -270,7 +273,8 @@ def _guarded(
     return decode
 
 
-def _identity(text: str) -> str:
+def keep_text(text: str) -> str:
+    """The decoder of types whose Avro value is their text form."""
     return text
 
 
@@ -309,7 +313,7 @@ def _codec(
 
 
 def _text_codec(name: str, options: TypeOptions, avro_type: AvroType = "string") -> ColumnCodec:
-    return _codec(avro_type, _identity, name, options)
+    return _codec(avro_type, keep_text, name, options)
 
 
 # numeric --------------------------------------------------------------------------------
@@ -773,7 +777,7 @@ def _array_codec(
         def decode_element(text: str) -> Any:
             return 0 if text.startswith("24:") else decode_time(text)
 
-    passthrough = decode_element is _identity and nullable_items
+    passthrough = decode_element is keep_text and nullable_items
 
     def decode(text: str) -> list[Any] | None:
         outer = tp.array_outer_length(text)
