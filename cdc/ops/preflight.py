@@ -32,7 +32,6 @@ from cdc.core.errors import (
     first_line,
 )
 from cdc.kafka.probe import probe_broker
-from cdc.sync.runtime import state_dsn
 from schema_registry.client import RegistryClient, RetryPolicy
 
 __all__ = ["BROKER_START_S", "preflight"]
@@ -49,7 +48,7 @@ async def preflight(config: Config, *, capture: bool, sync: bool) -> None:
     """Raise the error of the first server that refuses for good (see the module)."""
     dsns = [config.source.dsn.get_secret_value()] if capture else []
     if sync:
-        dsns.append(state_dsn(config))
+        dsns.append(config.state_dsn().get_secret_value())
     results = await asyncio.gather(
         *(_database(dsn) for dsn in dict.fromkeys(dsns)),
         asyncio.to_thread(probe_broker, config.kafka.client_properties(), timeout_s=BROKER_START_S),

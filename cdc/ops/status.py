@@ -38,7 +38,6 @@ from cdc.kafka.consumer import producer_only
 from cdc.kafka.replay_plan import end_offset, replay_consumer_config
 from cdc.ops.admin_api import AdminError, AdminUnreachable, admin_url, call_admin
 from cdc.state.store import StateStore
-from cdc.sync.runtime import state_dsn
 
 __all__ = ["collect_live", "collect_status", "full_status", "print_status"]
 
@@ -158,7 +157,9 @@ async def _state_figures(
     """From one state store connection: dead-letter counts per integration, and per table
     snapshotted the rows read, done or not, when last saved (or the error, in each)."""
     try:
-        state = await StateStore.open(state_dsn(config), schema=config.state.schema_)
+        state = await StateStore.open(
+            config.state_dsn().get_secret_value(), schema=config.state.schema_
+        )
     except CdcsyncError as exc:
         error = first_line(exc)
         return {name: {"error": error} for name in config.integrations}, {"error": error}
@@ -184,7 +185,9 @@ async def _state_figures(
 async def _last_reconciles(config: Config) -> dict[str, dict[str, Any]]:
     """The last reconcile run of each integration (the state store's history)."""
     try:
-        state = await StateStore.open(state_dsn(config), schema=config.state.schema_)
+        state = await StateStore.open(
+            config.state_dsn().get_secret_value(), schema=config.state.schema_
+        )
     except CdcsyncError as exc:
         return {name: {"error": first_line(exc)} for name in config.integrations}
     out: dict[str, dict[str, Any]] = {}

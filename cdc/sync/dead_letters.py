@@ -30,7 +30,7 @@ from cdc.config import Config
 from cdc.core.errors import FatalError, MappingError, RelationPending, first_line
 from cdc.kafka.replay_plan import replay_consumer_config
 from cdc.state.store import DeadLetter, StateStore
-from cdc.sync.runtime import load_mappers, select_integrations, state_dsn
+from cdc.sync.runtime import load_mappers, select_integrations
 from cdc.sync.sinks import build_sink
 from cdc.sync.worker import Applier, IntegrationStats
 from schema_registry.client import RegistryClient
@@ -66,7 +66,7 @@ class DlqReplayResult:
 
 
 async def _open_state(config: Config) -> StateStore:
-    return await StateStore.open(state_dsn(config), schema=config.state.schema_)
+    return await StateStore.open(config.state_dsn().get_secret_value(), schema=config.state.schema_)
 
 
 async def list_dead_letters(

@@ -42,7 +42,7 @@ from cdc.kafka.replay_plan import (
     replay_consumer_config,
 )
 from cdc.state.store import StateStore
-from cdc.sync.runtime import load_mappers, select_integrations, state_dsn
+from cdc.sync.runtime import load_mappers, select_integrations
 from cdc.sync.sinks import build_sink
 from cdc.sync.worker import Applier, IntegrationStats
 from schema_registry.client import RegistryClient
@@ -161,7 +161,9 @@ class Replay:
             )
             if self.on_planned is not None:
                 self.on_planned(ranges)
-            state = await StateStore.open(state_dsn(self.config), schema=self.config.state.schema_)
+            state = await StateStore.open(
+                self.config.state_dsn().get_secret_value(), schema=self.config.state.schema_
+            )
             registry = RegistryClient.from_url(
                 self.config.registry.url, auth=self.config.registry.auth()
             )

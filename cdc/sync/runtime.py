@@ -31,12 +31,6 @@ from schema_registry.serde import AvroDeserializer
 log = logging.getLogger("cdcsync.sync")
 
 
-def state_dsn(config: Config) -> str:
-    """The state store's DSN: ``state.dsn``, else the source database."""
-    dsn = config.state.dsn if config.state.dsn is not None else config.source.dsn
-    return dsn.get_secret_value()
-
-
 def select_integrations(config: Config, only: Sequence[str] | None) -> list[str]:
     """The integrations to run: ``only`` (each must exist), else all enabled ones."""
     if only:
@@ -127,7 +121,7 @@ class Sync:
         while not stop.is_set():
             try:
                 return await StateStore.open(
-                    state_dsn(self.config), schema=self.config.state.schema_
+                    self.config.state_dsn().get_secret_value(), schema=self.config.state.schema_
                 )
             except RetryableError as exc:
                 log.warning(

@@ -26,7 +26,6 @@ from cdc.core.errors import CdcsyncError, first_line
 from cdc.core.secrets import redact_dsn
 from cdc.state.store import DeadLetter, StateStore
 from cdc.sync.dead_letters import DlqReplayResult, replay_dead_letters
-from cdc.sync.runtime import state_dsn
 from schema_registry.client import RegistryClient
 from schema_registry.serde import AvroDeserializer
 
@@ -69,7 +68,9 @@ class DeadLetterDesk:
         async with self._opening:
             if self._state is None:
                 self._state = await StateStore.open(
-                    state_dsn(self.config), schema=self.config.state.schema_, timeout_s=5
+                    self.config.state_dsn().get_secret_value(),
+                    schema=self.config.state.schema_,
+                    timeout_s=5,
                 )
             return self._state
 
