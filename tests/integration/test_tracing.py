@@ -216,7 +216,8 @@ def test_one_trace_links_a_source_commit_to_the_crm_request_and_an_inbound_reque
     assert int(flags, 16) & 1
 
     def complete(spans: list[ReceivedSpan]) -> bool:
-        names = {s.name for s in spans}
+        # The CRM integration's own spans: another integration's may arrive first.
+        names = {s.name for s in spans if s.attributes.get("cdc.integration") in ("crm", None)}
         return {"capture public.customers", "apply", "map"} <= names
 
     spans = otlp.wait_trace(trace_id, complete)
