@@ -89,7 +89,11 @@ COLUMN_TYPES: dict[str, tuple[int, int, st.SearchStrategy[str]]] = {
         ints(-999, 999).map(lambda n: str(n * 100)),
     ),
     "numeric": (1700, -1, _decimal_text(3, 20)),
-    "money": (790, -1, st.sampled_from(["$0.00", "$1,234.56", "-$92,233,720,368,547,758.08"])),
+    "money": (
+        790,
+        -1,
+        st.sampled_from(["$0.00", "$1,234.56", "-$92,233,720,368,547,758.08", "12.34"]),
+    ),
     "text": (25, -1, st.text()),
     "varchar(10)": (1043, 14, st.text(max_size=10)),
     "bpchar(3)": (1042, 7, st.text(string.ascii_letters, min_size=3, max_size=3)),

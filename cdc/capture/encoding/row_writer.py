@@ -35,7 +35,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from cdc.capture.encoding.envelope import RelationEncoder
-from cdc.capture.encoding.type_mapping import keep_text
+from cdc.capture.encoding.type_mapping import keep_text, parses_decimal_text
 from cdc.capture.pgoutput import UNCHANGED, TupleValues
 from cdc.core.errors import DecodeError
 
@@ -307,7 +307,7 @@ def _row_lines(encoder: RelationEncoder, env: dict[str, Any], *, bare: bool) -> 
         if bare and decode is keep_text and plan.writer is _string:
             # Text as it is: the Avro string is its UTF-8 bytes behind their length.
             lines += ["        e = v.encode()", f"        b{j} = {prefix}long_bytes(len(e)) + e"]
-        elif bare and plan.decimal is not None:
+        elif bare and plan.decimal is not None and parses_decimal_text(f.decode):
             env[f"t{j}"] = _decimal_text_writer(*plan.decimal)
             lines += [
                 f"        e = t{j}(v)",

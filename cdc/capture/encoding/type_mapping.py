@@ -45,6 +45,7 @@ import hashlib
 import json
 import logging
 import struct
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -69,6 +70,7 @@ __all__ = [
     "decode_failure",
     "keep_text",
     "needs_catalog",
+    "parses_decimal_text",
     "pg_types_from_rows",
     "share_named_types",
 ]
@@ -356,6 +358,16 @@ def _special_numeric(text: str, name: str) -> None:
     )
 
 
+# Parsers that are exactly ``Decimal(text)`` for finite values (fixed-scale numerics).
+_DECIMAL_TEXT_PARSERS: weakref.WeakSet[Callable[[str], Any]] = weakref.WeakSet()
+
+
+def parses_decimal_text(decode: Callable[[str], Any]) -> bool:
+    """Whether ``decode`` (or the parser it guards) is ``Decimal(text)`` for finite values:
+    a generated writer may then read plain digits itself (money's text is not plain)."""
+    return getattr(decode, "__wrapped__", decode) in _DECIMAL_TEXT_PARSERS
+
+
 def _numeric_codec(typmod: int, name: str, options: TypeOptions) -> ColumnCodec:
     mode = options.decimal_handling
     if mode is DecimalHandling.DOUBLE:
@@ -394,6 +406,8 @@ def _numeric_codec(typmod: int, name: str, options: TypeOptions) -> ColumnCodec:
             _special_numeric(text, name)
             return None
         return value
+
+    _DECIMAL_TEXT_PARSERS.add(fixed_scale)
 
     return _codec(
         _decimal_schema(avro_precision, avro_scale, declare_precision=True),
