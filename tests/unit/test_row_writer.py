@@ -24,6 +24,7 @@ from cdc.capture.encoding.type_mapping import (
     BinaryHandling,
     DecimalHandling,
     IntervalHandling,
+    PgType,
     TimePrecision,
     TypeOptions,
 )
@@ -124,8 +125,23 @@ COLUMN_TYPES: dict[str, tuple[int, int, st.SearchStrategy[str]]] = {
     "bit(10)": (1560, 10, st.text("01", min_size=10, max_size=10)),
     "varbit": (1562, -1, st.text("01", max_size=20)),
     "inet": (869, -1, st.sampled_from(["10.0.0.1", "::1/128"])),
+    '"char"': (18, -1, st.sampled_from(["a", "Z"])),
+    "macaddr": (829, -1, st.sampled_from(["08:00:2b:01:02:03"])),
+    "cidr": (650, -1, st.sampled_from(["10.0.0.0/8"])),
+    "tsvector": (3614, -1, st.sampled_from(["'a' 'b':2"])),
+    "point": (600, -1, st.sampled_from(["(1,2)", "(-1.5,0)"])),
+    "mood (enum)": (70001, -1, st.sampled_from(["happy", "so so"])),
+    "positive (domain over int4)": (70002, -1, ints(1, 2**31 - 1).map(str)),
+    "money4 (domain over numeric(6,4))": (70003, -1, _decimal_text(4, 6)),
     "int4[]": (1007, -1, st.sampled_from(["{1,2,NULL}", "{}"])),
     "text[]": (1009, -1, st.sampled_from(['{a,"b c",NULL}', "{}"])),
+}
+
+# User-defined types, as TYPE_CATALOG_SQL describes them.
+CATALOG = {
+    70001: PgType(70001, "public", "mood", "e", "E", None, None, -1, ("happy", "so so")),
+    70002: PgType(70002, "public", "positive", "d", "N", None, 23, -1, ()),
+    70003: PgType(70003, "public", "money4", "d", "N", None, 1700, ((6 << 16) | 4) + 4, ()),
 }
 
 OPTIONS = {
@@ -175,7 +191,7 @@ def relations(draw: st.DrawFn) -> tuple[RelationEncoder, list[st.SearchStrategy[
         relation,
         prefix="app",
         database="db",
-        types={},
+        types=CATALOG,
         options=OPTIONS[draw(st.sampled_from(sorted(OPTIONS)))],
         columns=facts,
         additive_fields=draw(st.booleans()),
@@ -267,7 +283,10 @@ def _reference_envelope(encoder: RelationEncoder, change: Change) -> bytes:
         ("int8", True),
         ("timestamptz", True),
         ("numeric(12,2)", True),
+        ("mood (enum)", True),
+        ("positive (domain over int4)", True),
         ("numeric", False),
+        ("point", False),
         ("text[]", False),
     ],
 )
@@ -279,7 +298,7 @@ def test_only_relations_of_primitive_fields_get_a_generated_writer(
         1, "public", "t", "d", (Column(True, "id", 20, -1), Column(False, "v", oid, typmod))
     )
     encoder = RelationEncoder(
-        relation, prefix="app", database="db", types={}, options=TypeOptions()
+        relation, prefix="app", database="db", types=CATALOG, options=TypeOptions()
     )
     assert (RowWriter.build(encoder) is not None) is generated
     assert EnvelopeWriter(encoder, header=b"").generated is generated
