@@ -150,18 +150,23 @@ def _unwrap(annotation: object) -> object:
 
 def _row_values(op: EntityUpsert) -> dict[str, object]:
     """The column values of an upsert: present fields only, adapted for psycopg."""
-    exclude = set(op.unavailable) or None
-    python = op.model.model_dump(exclude=exclude)
-    json_ready = op.fields()
-    values: dict[str, object] = {}
-    for name, value in python.items():
-        if value is None or (isinstance(value, _NATIVE) and not isinstance(value, enum.Enum)):
-            values[name] = value
-        elif isinstance(value, (dict, list, tuple, set, frozenset)):
-            values[name] = Jsonb(json_ready[name])
+    python = op.model.model_dump(exclude=set(op.unavailable) or None)
+    others = {
+        name
+        for name, value in python.items()
+        if not (value is None or (isinstance(value, _NATIVE) and not isinstance(value, enum.Enum)))
+    }
+    if not others:
+        return python
+    # The JSON-mode form of those fields only (bytes that are not UTF-8 have none).
+    json_ready = op.model.model_dump(mode="json", include=others)
+    for name in others:
+        value = python[name]
+        if isinstance(value, (dict, list, tuple, set, frozenset)):
+            python[name] = Jsonb(json_ready[name])
         else:
-            values[name] = json_ready[name]
-    return values
+            python[name] = json_ready[name]
+    return python
 
 
 class _Final(enum.Enum):
