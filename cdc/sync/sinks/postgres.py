@@ -479,10 +479,11 @@ class PostgresSink:
         names = sql.SQL(", ").join(
             sql.Identifier(c) for c in (KEY_COLUMN, VERSION_COLUMN, *columns)
         )
-        async with conn.cursor() as cur:
-            async with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(_STAGE, names)) as copy:
-                for row in rows:
-                    await copy.write_row(row)
+        copying = sql.SQL("COPY {} ({}) FROM STDIN").format(_STAGE, names)
+        async with conn.cursor() as cur, cur.copy(copying) as copy:
+            for row in rows:
+                await copy.write_row(row)
+        async with conn.pipeline(), conn.cursor() as cur:  # both in one round trip
             await cur.execute(
                 sql.SQL(
                     "DELETE FROM {tomb} AS target USING {stage} AS s"
