@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel
 
 from cdc.core.errors import SinkRejected, SinkUnavailable
@@ -211,3 +212,34 @@ def test_a_reconnected_sink_makes_its_staging_table_again(pg_dsn: str) -> None:
     results = asyncio.run(main())
     assert results == [Outcome.APPLIED] * (2 * COPY_MIN_ROWS)
     assert {r[0] for r in rows(pg_dsn, "public.items", columns="name")} == {"v20"}
+
+
+def test_a_copy_batch_that_times_out_leaves_the_next_one_working(pg_dsn: str) -> None:
+    # The first COPY-sized batch makes the staging table, then its upsert waits for a lock
+    # past lock_timeout: the transaction, stage included, is rolled back on a live
+    # connection, and the next batch must make the stage again.
+    create_items_table(pg_dsn)
+    dsn = make_conninfo(pg_dsn, options="-c lock_timeout=300")
+    batch: list[EntityOp] = [
+        upsert(f"k{i:04d}", 10, Item(name=f"n{i}", qty=i), unavailable=["price", "tags"])
+        for i in range(COPY_MIN_ROWS)
+    ]
+
+    async def main() -> list[Result]:
+        sink = sink_for(dsn, "public.items", create_table=False)
+        try:
+            await sink.start()
+            with psycopg.connect(pg_dsn) as blocker:
+                blocker.execute("LOCK TABLE public.items IN SHARE MODE")  # reads pass, writes wait
+                with pytest.raises(SinkUnavailable, match="lock timeout"):
+                    await sink.apply(batch)
+            results = await sink.apply(batch)
+            assert sink._conn is not None
+            cur = await sink._conn.execute("SELECT to_regclass('pg_temp._cdc_stage')")
+            assert await cur.fetchone() != (None,)  # through COPY again, not op by op
+            return results
+        finally:
+            await sink.close()
+
+    assert asyncio.run(main()) == [Outcome.APPLIED] * COPY_MIN_ROWS
+    assert len(rows(pg_dsn, "public.items", columns="_cdc_key")) == COPY_MIN_ROWS

@@ -288,8 +288,12 @@ class PostgresSink:
             try:
                 if len(todo) >= COPY_MIN_ROWS:
                     # Large: COPY cannot be pipelined (module docstring).
-                    async with conn.transaction():
-                        done = await self._apply_batch(conn, [ops[i] for i in todo], bulk=True)
+                    try:
+                        async with conn.transaction():
+                            done = await self._apply_batch(conn, [ops[i] for i in todo], bulk=True)
+                    except BaseException:
+                        self._stage = None  # if this transaction made it, it is rolled back
+                        raise
                 else:
                     # Pipelined: BEGIN, the locks and the version read travel together, then
                     # the writes and COMMIT; two round trips per batch instead of six.
@@ -300,13 +304,11 @@ class PostgresSink:
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except psycopg.errors.UndefinedTable as exc:
-                self._stage = None  # made in the transaction that was rolled back, if at all
                 raise ConfigError(
                     f"postgres sink {self.name}: table {self._config.table} is missing"
                     f" ({first_line(exc)})"
                 ) from None
             except psycopg.Error:
-                self._stage = None
                 # Some operation is bad: redo them one by one so that only it is refused.
                 async with conn.transaction():
                     for i in todo:
