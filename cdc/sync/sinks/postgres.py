@@ -561,7 +561,7 @@ class PostgresSink:
         refreshed = False
         present_fields: dict[tuple[type[BaseModel], frozenset[str]], set[str]] = {}
         for index, op in upserts:
-            shape = (type(op.model), op.unavailable)
+            shape = (type(op.model), frozenset(op.unavailable))  # a set given as one, too
             present = present_fields.get(shape)
             if present is None:
                 present = present_fields[shape] = set(shape[0].model_fields) - set(op.unavailable)
