@@ -36,9 +36,10 @@ Invariants:
   version is strictly greater (compared in SQL on the ``bytea``), in one statement.
 - Every identifier goes through ``psycopg.sql.Identifier``; every value is a parameter.
 - ``versions`` and ``identities`` are analyzed by the store itself each time the rows it
-  wrote to one doubled (from 1,000): lookups of many keys rely on statistics to probe the
-  primary key per key, and before autovacuum's first analyze a freshly filled table was
-  read in full for every batch (3-6 ms per 20,000 rows, whatever the query's form).
+  wrote to one (directly or inside a ``guard``) doubled (from 1,000): lookups of many keys
+  rely on statistics to probe the primary key per key, and before autovacuum's first
+  analyze a freshly filled table was read in full for every batch (3-6 ms per 20,000 rows,
+  and about 200 ms per 500-key lookup in ``bench/sync.py``).
 - Connection failures raise ``StateUnavailable`` (retryable); messages never hold a password.
 """
 
@@ -593,6 +594,7 @@ class StateStore:
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise self._unavailable(exc) from None
         await self._wrote("versions", guard.moved)
+        await self._wrote("identities", guard.identities_written)
 
     # ----------------------------------------------------------------- dead letters
 
@@ -847,6 +849,7 @@ class VersionGuard:
         self.integration = integration
         self.held = held
         self.moved = 0
+        self.identities_written = 0
 
     def version(self, entity: str, key: str) -> Version | None:
         """The stored version of ``(entity, key)``, None if never applied."""
@@ -866,7 +869,8 @@ class VersionGuard:
         """``StateStore.record_identities`` inside the guard's transaction."""
         statement = self._store._identities_statement(self.integration, entity, items)
         if statement is not None:
-            await self._conn.execute(*statement)
+            cur = await self._conn.execute(*statement)
+            self.identities_written += cur.rowcount
 
 
 def _dumps(value: object) -> str:

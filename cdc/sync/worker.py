@@ -64,7 +64,7 @@ from cdc.state.store import StateStore
 from cdc.sync.reread import blind_creates, reread_signal, send_signal
 from cdc.sync.sinks.base import Outcome, Sink
 from mappers.entity import EntityOp, Mapper, Origin, TableEvent
-from schema_registry.serde import AvroDeserializer
+from schema_registry.serde import AvroDeserializer, UnknownSchemaIdError
 
 log = logging.getLogger("cdcsync.sync")
 
@@ -264,9 +264,9 @@ class Applier:
                     continue
             origin = _origin(msg)
             try:
-                envelope = await self.deserializer.deserialize(value)
+                envelope = await self._deserialize(value)
                 raw_key = msg.key()
-                key = None if raw_key is None else await self.deserializer.deserialize(raw_key)
+                key = None if raw_key is None else await self._deserialize(raw_key)
                 event = TableEvent.from_envelope(envelope, key=key, origin=origin)
             except (RetryableError, RegistryRefused):  # refused credentials: not the record's
                 raise
@@ -275,6 +275,13 @@ class Applier:
                 continue
             entries.append(_Entry(msg, event, echo_token=echo))
         return entries
+
+    async def _deserialize(self, data: bytes) -> Any:
+        """One framed record; no registry call (nor its coroutines) once its schema is known."""
+        try:
+            return self.deserializer.deserialize_cached(data)
+        except UnknownSchemaIdError:
+            return await self.deserializer.deserialize(data)
 
     async def _prefetch_relations(self, entries: list[_Entry]) -> None:
         """Look up, in one query per entity, every related id the batch's mappers ask for.
@@ -378,6 +385,7 @@ class Applier:
         latencies = self.stats.latencies_us
         histogram = self.stats.apply_latency
         it = iter(results)
+        last_applied: EntityOp | None = None
         for entry in entries:
             rejected: SinkRejected | None = None
             for op in entry.ops:
@@ -387,12 +395,14 @@ class Applier:
                     continue
                 self.stats.count(result)
                 if result is Outcome.APPLIED:
-                    self.stats.last_version = str(op.version)
+                    last_applied = op
                     histogram.observe_us(now_us - entry.event.ts_us)
                     if latencies is not None:
                         latencies.append(now_us - entry.event.ts_us)
             if rejected is not None:
                 await self.dead_letter(entry.msg, rejected, attempts=attempt + 1)
+        if last_applied is not None:  # formatted once per batch, not per operation
+            self.stats.last_version = str(last_applied.version)
 
     async def _reread_blind_creates(self, entries: list[_Entry], ops: list[EntityOp]) -> None:
         """Ask capture to read again the rows whose upsert would create an entity without

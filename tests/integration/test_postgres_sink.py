@@ -312,6 +312,20 @@ def test_a_batch_of_many_rows_keeps_every_type_and_null_exactly(pg_dsn: str) -> 
     ]
 
 
+class Blob(BaseModel):
+    data: bytes
+    meta: dict[str, int]
+
+
+def test_bytes_that_are_not_utf8_are_written_as_they_are(pg_dsn: str) -> None:
+    # Beside a field that needs its JSON form: only such fields are dumped as JSON.
+    value = Blob(data=b"\x00\x82\xff\\", meta={"n": 1})
+    assert apply_all(sink_for(pg_dsn, "public.blobs"), [[upsert("b", 10, value)]]) == [
+        Outcome.APPLIED
+    ]
+    assert rows(pg_dsn, "public.blobs", columns="data, meta") == [(value.data, {"n": 1})]
+
+
 def test_odd_identifiers_are_quoted_everywhere(pg_dsn: str) -> None:
     table = "my-schema.Order Items"
     results = apply_all(

@@ -209,14 +209,21 @@ def test_an_unreachable_database_is_reported_without_its_password(pg_dsn: str) -
     assert "s3cr3t-pw" not in str(caught.value)
 
 
-def test_key_lookups_stay_index_probes_on_a_freshly_filled_table(pg_dsn: str) -> None:
+@pytest.mark.parametrize("written", ["directly", "in_a_guard"])
+def test_key_lookups_stay_index_probes_on_a_freshly_filled_table(pg_dsn: str, written: str) -> None:
     keys = [str(n) for n in range(20_000)]
     wanted = ["5", "777", "19999", "absent"]
 
     async def body(store: StateStore) -> list[tuple[Any, Any]]:
         versions = [(key, Version.from_lsn(n + 1, 0), False) for n, key in enumerate(keys)]
-        await store.save_versions("crm", "contact", items=versions)
-        await store.record_identities("crm", "contact", items=[(k, f"crm-{k}") for k in keys])
+        identities = [(k, f"crm-{k}") for k in keys]
+        if written == "directly":
+            await store.save_versions("crm", "contact", items=versions)
+            await store.record_identities("crm", "contact", items=identities)
+        else:  # as the HTTP and Kafka sinks write them
+            async with store.guard("crm", [("contact", "0")]) as guard:
+                await guard.save_versions("contact", items=versions)
+                await guard.record_identities("contact", items=identities)
         sent: list[tuple[Any, Any]] = []
         fetch = store._fetch
 
@@ -229,7 +236,7 @@ def test_key_lookups_stay_index_probes_on_a_freshly_filled_table(pg_dsn: str) ->
         assert set(await store.external_ids("crm", "contact", keys=wanted)) == set(wanted[:3])
         return sent
 
-    sent = run(pg_dsn, body, schema="lookups")
+    sent = run(pg_dsn, body, schema=f"lookups_{written}")
     assert len(sent) == 2
     with psycopg.connect(pg_dsn) as conn:
         for query, params in sent:

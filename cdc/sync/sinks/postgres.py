@@ -13,16 +13,25 @@ Layout of the target (``config.table``, "schema.table"):
   with ``create_table`` the target table (and its schema) is created too, from the first
   upsert's pydantic model, and columns for new model fields are added as they appear.
 
-``apply(ops)`` runs in ONE pipelined transaction (two round trips: BEGIN, locks and the
-version read; then the writes and COMMIT): it takes a transaction-scoped advisory lock per key
+``apply(ops)`` runs in ONE transaction: it takes a transaction-scoped advisory lock per key
 (so concurrent writers of the same keys serialise), reads the versions held for the batch's
 keys (live row or tombstone), decides every operation's outcome in order in Python exactly
 as if the operations were applied one by one, then writes each key's final state with a few
 batched statements (row deletes, tombstone upserts and deletes, and per set of columns one
-``INSERT ... SELECT * FROM unnest(arrays) ON CONFLICT DO UPDATE``; a single row, or columns
-whose type has no array type or is one, go as ``VALUES`` rows instead). The statements keep
-their own version guards (``WHERE target._cdc_version < EXCLUDED._cdc_version``), so a row
-never moves back.
+upsert). The statements keep their own version guards (``WHERE target._cdc_version <
+EXCLUDED._cdc_version``), so a row never moves back. How the upserts travel depends on size:
+
+- a batch of fewer than ``COPY_MIN_ROWS`` operations is pipelined (two round trips: BEGIN,
+  locks and the version read; then the writes and COMMIT), its rows sent per set of columns
+  as one ``INSERT ... SELECT * FROM unnest(arrays) ON CONFLICT DO UPDATE`` (a single row, or
+  columns whose type has no array type or is one, go as ``VALUES`` rows instead);
+- in a larger batch (a backlog), a set of columns with at least ``COPY_MIN_ROWS`` rows is
+  written with ``COPY`` into the connection's staging table (``pg_temp._cdc_stage``,
+  ``ON COMMIT DELETE ROWS``, made from the target's columns, without its constraints, and
+  made again when the target gains columns), then one ``INSERT ... SELECT FROM`` the stage
+  with the same guard, and one guarded delete of those keys' older tombstones. COPY cannot
+  be pipelined: these batches take a few more round trips and far less CPU per row. Values
+  travel in PostgreSQL's text form and are read by the column's type.
 
 - Upsert: applied only if its version is newer than both the live row's and the tombstone's;
   it sets only the fields present (fields in ``unavailable`` keep the row's value), and it
@@ -70,7 +79,14 @@ from cdc.core.secrets import redact_dsn
 from cdc.sync.sinks.base import Outcome, Result
 from mappers.entity import EntityDelete, EntityOp, EntityUpsert, Version
 
-__all__ = ["KEY_COLUMN", "TOMBSTONE_SUFFIX", "VERSION_COLUMN", "PostgresSink", "sql_type"]
+__all__ = [
+    "COPY_MIN_ROWS",
+    "KEY_COLUMN",
+    "TOMBSTONE_SUFFIX",
+    "VERSION_COLUMN",
+    "PostgresSink",
+    "sql_type",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +95,9 @@ VERSION_COLUMN: Final = "_cdc_version"
 TOMBSTONE_SUFFIX: Final = "__tombstones"
 _RESERVED: Final = frozenset({KEY_COLUMN, VERSION_COLUMN})
 _CONNECT_TIMEOUT_S: Final = 5
+COPY_MIN_ROWS: Final = 200
+"""Rows of one set of columns from which a batch's upserts go through COPY (module docstring)."""
+_STAGE: Final = sql.Identifier("pg_temp", "_cdc_stage")
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -150,18 +169,23 @@ def _unwrap(annotation: object) -> object:
 
 def _row_values(op: EntityUpsert) -> dict[str, object]:
     """The column values of an upsert: present fields only, adapted for psycopg."""
-    exclude = set(op.unavailable) or None
-    python = op.model.model_dump(exclude=exclude)
-    json_ready = op.fields()
-    values: dict[str, object] = {}
-    for name, value in python.items():
-        if value is None or (isinstance(value, _NATIVE) and not isinstance(value, enum.Enum)):
-            values[name] = value
-        elif isinstance(value, (dict, list, tuple, set, frozenset)):
-            values[name] = Jsonb(json_ready[name])
+    python = op.model.model_dump(exclude=set(op.unavailable) or None)
+    others = {
+        name
+        for name, value in python.items()
+        if not (value is None or (isinstance(value, _NATIVE) and not isinstance(value, enum.Enum)))
+    }
+    if not others:
+        return python
+    # The JSON-mode form of those fields only (bytes that are not UTF-8 have none).
+    json_ready = op.model.model_dump(mode="json", include=others)
+    for name in others:
+        value = python[name]
+        if isinstance(value, (dict, list, tuple, set, frozenset)):
+            python[name] = Jsonb(json_ready[name])
         else:
-            values[name] = json_ready[name]
-    return values
+            python[name] = json_ready[name]
+    return python
 
 
 class _Final(enum.Enum):
@@ -197,6 +221,8 @@ class PostgresSink:
         self._columns: set[str] | None = None  # the target's columns, None until known
         # Per column, the SQL of its array type when rows can be sent as arrays (unnest).
         self._array_types: dict[str, str] = {}
+        # The columns of this connection's staging table for COPY, None until it is made.
+        self._stage: frozenset[str] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.name!r}, table={self._config.table!r})"
@@ -260,10 +286,19 @@ class PostgresSink:
                 results[index] = rejection
             todo = [i for i, r in enumerate(results) if r is None]
             try:
-                # Pipelined: BEGIN, the locks and the version read travel together, then
-                # the writes and COMMIT; two round trips per batch instead of six.
-                async with conn.pipeline(), conn.transaction():
-                    done = await self._apply_batch(conn, [ops[i] for i in todo])
+                if len(todo) >= COPY_MIN_ROWS:
+                    # Large: COPY cannot be pipelined (module docstring).
+                    try:
+                        async with conn.transaction():
+                            done = await self._apply_batch(conn, [ops[i] for i in todo], bulk=True)
+                    except BaseException:
+                        self._stage = None  # if this transaction made it, it is rolled back
+                        raise
+                else:
+                    # Pipelined: BEGIN, the locks and the version read travel together, then
+                    # the writes and COMMIT; two round trips per batch instead of six.
+                    async with conn.pipeline(), conn.transaction():
+                        done = await self._apply_batch(conn, [ops[i] for i in todo])
                 for i, outcome in zip(todo, done, strict=True):
                     results[i] = outcome
             except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -295,18 +330,41 @@ class PostgresSink:
                 f" refused: {first_line(exc)}"
             )
 
-    async def _apply_batch(self, conn: Connection, ops: Sequence[EntityOp]) -> list[Result]:
-        """Decide and write ``ops`` inside the caller's transaction (see module docstring)."""
+    async def _apply_batch(
+        self, conn: Connection, ops: Sequence[EntityOp], *, bulk: bool = False
+    ) -> list[Result]:
+        """Decide and write ``ops`` inside the caller's transaction (see module docstring).
+
+        ``bulk``: the connection is not in pipeline mode, so large sets of rows may go
+        through COPY; the locks and the version read are pipelined here.
+        """
         if not ops:
             return []
         keys = sorted({op.key for op in ops})
+        plans = {key: _KeyPlan(held=None) for key in keys}
+        if bulk:
+            async with conn.pipeline():
+                held_rows = await self._lock_and_read(conn, keys)
+        else:
+            held_rows = await self._lock_and_read(conn, keys)
+        for key, raw in held_rows:
+            held = Version.from_bytes(raw)
+            plan = plans[key]
+            if plan.held is None or held > plan.held:
+                plan.held = held
+
+        results: list[Result] = [self._decide(plans[op.key], op) for op in ops]
+        await self._write(conn, plans, bulk=bulk)
+        return results
+
+    async def _lock_and_read(self, conn: Connection, keys: list[str]) -> list[tuple[Any, ...]]:
+        """Lock ``keys`` (in hash order) and read the versions held for them."""
         await conn.execute(
             "SELECT count(pg_advisory_xact_lock(h)) FROM"
             " (SELECT DISTINCT hashtextextended(k, %s) AS h FROM unnest(%s::text[]) AS k"
             "  ORDER BY h) AS locks",
             (self._lock_seed, keys),
         )
-        plans = {key: _KeyPlan(held=None) for key in keys}
         # With create_table, deletes may come before the first upsert created the table.
         held_in = [self._tombstones] if self._columns is None else [self._table, self._tombstones]
         cursor = await conn.execute(
@@ -320,15 +378,7 @@ class PostgresSink:
             ),
             {"keys": keys},
         )
-        for key, raw in await cursor.fetchall():
-            held = Version.from_bytes(raw)
-            plan = plans[key]
-            if plan.held is None or held > plan.held:
-                plan.held = held
-
-        results: list[Result] = [self._decide(plans[op.key], op) for op in ops]
-        await self._write(conn, plans)
-        return results
+        return await cursor.fetchall()
 
     @staticmethod
     def _decide(plan: _KeyPlan, op: EntityOp) -> Outcome:
@@ -352,7 +402,9 @@ class PostgresSink:
             plan.upsert_version = op.version
         return Outcome.APPLIED
 
-    async def _write(self, conn: Connection, plans: dict[str, _KeyPlan]) -> None:
+    async def _write(
+        self, conn: Connection, plans: dict[str, _KeyPlan], *, bulk: bool = False
+    ) -> None:
         key_col = sql.Identifier(KEY_COLUMN)
         version_col = sql.Identifier(VERSION_COLUMN)
         guarded_delete = sql.SQL(
@@ -379,18 +431,27 @@ class PostgresSink:
         live = {k: p for k, p in plans.items() if p.final is _Final.LIVE}
         if not live:
             return
-        await conn.execute(
-            guarded_delete.format(table=self._tombstones, key=key_col, version=version_col),
-            _unzip([(k, p.upsert_version) for k, p in live.items()]),
-        )
         groups: dict[tuple[str, ...], list[tuple[object, ...]]] = {}
         for key, plan in live.items():
             assert plan.upsert_version is not None
             columns = tuple(sorted(plan.fields))
             row = (key, plan.upsert_version.to_bytes(), *(plan.fields[c] for c in columns))
             groups.setdefault(columns, []).append(row)
+        copied = {c: r for c, r in groups.items() if bulk and len(r) >= COPY_MIN_ROWS}
+        for staged, (columns, rows) in enumerate(copied.items()):
+            await self._copy_upsert(conn, columns, rows, again=staged > 0)
+        rest = [
+            (k, p.upsert_version) for k, p in live.items() if tuple(sorted(p.fields)) not in copied
+        ]
+        if rest:
+            await conn.execute(
+                guarded_delete.format(table=self._tombstones, key=key_col, version=version_col),
+                _unzip(rest),
+            )
         async with conn.cursor() as cur:
             for columns, rows in groups.items():
+                if columns in copied:
+                    continue
                 arrays = [self._array_types.get(c) for c in columns]
                 if len(rows) > 1 and all(arrays):
                     # One statement for the group: a column of values per parameter.
@@ -402,17 +463,66 @@ class PostgresSink:
                 else:
                     await cur.executemany(self._upsert_statement(columns), rows)
 
+    async def _copy_upsert(
+        self,
+        conn: Connection,
+        columns: tuple[str, ...],
+        rows: list[tuple[object, ...]],
+        *,
+        again: bool,
+    ) -> None:
+        """``rows`` (key, version bytes, then ``columns``) through the staging table: COPY,
+        then the guarded tombstone delete and upsert from it. ``again``: the stage holds an
+        earlier set of columns' rows in this transaction, removed first."""
+        if self._stage is None or not self._stage.issuperset(columns):
+            await self._create_stage(conn)
+        elif again:
+            await conn.execute(sql.SQL("DELETE FROM {}").format(_STAGE))
+        names = sql.SQL(", ").join(
+            sql.Identifier(c) for c in (KEY_COLUMN, VERSION_COLUMN, *columns)
+        )
+        copying = sql.SQL("COPY {} ({}) FROM STDIN").format(_STAGE, names)
+        async with conn.cursor() as cur, cur.copy(copying) as copy:
+            for row in rows:
+                await copy.write_row(row)
+        async with conn.pipeline(), conn.cursor() as cur:  # both in one round trip
+            await cur.execute(
+                sql.SQL(
+                    "DELETE FROM {tomb} AS target USING {stage} AS s"
+                    " WHERE target.{key} = s.{key} AND target.{version} < s.{version}"
+                ).format(
+                    tomb=self._tombstones,
+                    stage=_STAGE,
+                    key=sql.Identifier(KEY_COLUMN),
+                    version=sql.Identifier(VERSION_COLUMN),
+                )
+            )
+            await cur.execute(self._upsert_statement(columns, stage=True))
+
+    async def _create_stage(self, conn: Connection) -> None:
+        """(Re)make this connection's staging table from the target's current columns."""
+        self._stage = None
+        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_STAGE))
+        await conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT * FROM {} WITH NO DATA"
+            ).format(_STAGE, self._table)
+        )
+        self._stage = frozenset(self._columns or ())
+
     def _upsert_statement(
-        self, columns: tuple[str, ...], *, unnest: list[str] | None = None
+        self, columns: tuple[str, ...], *, unnest: list[str] | None = None, stage: bool = False
     ) -> sql.Composed:
         """The guarded upsert of one row (``VALUES``), or of many (``unnest`` of arrays of
-        the given types)."""
+        the given types), or of the staging table's rows (``stage``)."""
         names = [sql.Identifier(c) for c in (KEY_COLUMN, VERSION_COLUMN, *columns)]
         updates = [
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
             for c in (VERSION_COLUMN, *columns)
         ]
-        if unnest is None:
+        if stage:
+            rows = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(names), _STAGE)
+        elif unnest is None:
             rows = sql.SQL("VALUES ({})").format(sql.SQL(", ").join(sql.Placeholder() * len(names)))
         else:
             rows = sql.SQL("SELECT * FROM unnest({})").format(
@@ -449,8 +559,12 @@ class PostgresSink:
         assert self._columns is not None
         rejected: dict[int, SinkRejected] = {}
         refreshed = False
+        present_fields: dict[tuple[type[BaseModel], frozenset[str]], set[str]] = {}
         for index, op in upserts:
-            present = set(type(op.model).model_fields) - set(op.unavailable)
+            shape = (type(op.model), frozenset(op.unavailable))  # a set given as one, too
+            present = present_fields.get(shape)
+            if present is None:
+                present = present_fields[shape] = set(shape[0].model_fields) - set(op.unavailable)
             reserved = sorted(present & _RESERVED)
             if reserved:
                 rejected[index] = SinkRejected(
@@ -604,6 +718,7 @@ class PostgresSink:
             await conn.close()
             raise
         self._conn = conn
+        self._stage = None  # temporary tables live and die with their connection
         return conn
 
     async def _unavailable(self, exc: psycopg.Error) -> SinkUnavailable:
