@@ -31,6 +31,21 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from cdc.capture.exactly_once import Position, positions_between, positions_topic
 
 
+def slot_streaming(conn: psycopg.Connection[Any], slot: str) -> bool:
+    """Whether a walsender streams from ``slot`` and the slot is consistent.
+
+    ``active`` alone is already true while the slot is being created, until its consistent
+    point (PostgreSQL waits there for the transactions running at creation): a change
+    committed meanwhile is not decoded, so a test must not write before this is true.
+    """
+    row = conn.execute(
+        "SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots"
+        " WHERE slot_name = %s",
+        (slot,),
+    ).fetchone()
+    return row is not None and bool(row[0])
+
+
 def spawn_cdcsync(
     command: str, config: Path, log: Path, *, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -148,11 +163,8 @@ class CaptureEnv:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with psycopg.connect(self.pg_dsn) as conn:
-                row = conn.execute(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
-                ).fetchone()
-            if row is not None and row[0]:
-                return
+                if slot_streaming(conn, self.slot):
+                    return
             for proc in self.procs:
                 if proc.poll() is not None and proc.returncode not in (0, -9):
                     raise AssertionError(f"capture exited {proc.returncode}:\n{self.log_text()}")

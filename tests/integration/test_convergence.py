@@ -51,7 +51,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from tests.fix_pg import drop_database
-from tests.integration.harness import spawn_cdcsync, terminate
+from tests.integration.harness import slot_streaming, spawn_cdcsync, terminate
 from tests.naive_target import NaiveTarget
 
 SCHEDULES = int(os.environ.get("LWW_SCHEDULES", "6"))
@@ -82,13 +82,10 @@ class Env:
         self.run = spawn_cdcsync("run", self.config_path, self.workdir / "run.log")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            slot = f"lww_{self.prefix.replace('.', '_').replace('-', '_')}"
             with psycopg.connect(self.dsn) as conn:
-                row = conn.execute(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = %s",
-                    (f"lww_{self.prefix.replace('.', '_').replace('-', '_')}",),
-                ).fetchone()
-            if row is not None and row[0]:
-                return
+                if slot_streaming(conn, slot):
+                    return
             assert self.run.poll() is None, self.log()
             time.sleep(0.1)
         raise AssertionError(f"cdcsync run did not start streaming:\n{self.log()}")

@@ -48,7 +48,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from tests.integration.harness import CaptureEnv
+from tests.integration.harness import CaptureEnv, slot_streaming
 from tests.java.jvm import compile_probes, libs_dir, run_probe
 
 TABLES = [
@@ -262,11 +262,8 @@ def wait_for_slot(dsn: str, slot: str, proc: subprocess.Popen[bytes], log: Path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with psycopg.connect(dsn) as conn:
-            row = conn.execute(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-            ).fetchone()
-        if row is not None and row[0]:
-            return
+            if slot_streaming(conn, slot):
+                return
         if proc.poll() is not None:
             raise AssertionError(f"Debezium exited {proc.returncode}:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)

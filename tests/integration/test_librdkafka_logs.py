@@ -26,6 +26,7 @@ import yaml
 
 from cdc.demo.throwaway import LocalBroker
 from cdc.kafka.client_log import BURST
+from tests.integration.harness import slot_streaming
 
 OUTAGE_S = 8.0
 
@@ -70,11 +71,8 @@ def test_a_broker_outage_logs_librdkafka_as_json_records_a_bounded_number_of_tim
         while True:
             assert proc.poll() is None, stderr.read_text()
             with psycopg.connect(pg_dsn) as conn:
-                row = conn.execute(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-                ).fetchone()
-            if row is not None and row[0]:
-                break
+                if slot_streaming(conn, slot):
+                    break
             assert time.monotonic() < deadline, stderr.read_text()
             time.sleep(0.2)
         with psycopg.connect(pg_dsn, autocommit=True) as conn:

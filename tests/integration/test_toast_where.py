@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.integration.harness import spawn_cdcsync, terminate
+from tests.integration.harness import slot_streaming, spawn_cdcsync, terminate
 
 TARGET = "public.active_docs"
 
@@ -76,12 +76,7 @@ def test_a_row_that_starts_matching_where_gets_its_unchanged_toast_value_in_the_
     try:
         deadline = time.monotonic() + 60
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            while (
-                conn.execute(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-                ).fetchone()
-                is None
-            ):
+            while not slot_streaming(conn, slot):
                 assert proc.poll() is None and time.monotonic() < deadline, (
                     tmp_path / "run.log"
                 ).read_text()
