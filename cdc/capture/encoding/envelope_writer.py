@@ -29,20 +29,16 @@ from cdc.capture.encoding.envelope import (
     TxContext,
     sequence_text,
 )
-from cdc.capture.encoding.row_writer import RowWriter, long_bytes
+from cdc.capture.encoding.row_writer import RowWriter, long_bytes, string_bytes
 from cdc.capture.pgoutput import TupleValues
-from cdc.core.errors import DecodeError
 from schema_registry.serde import RecordEncodeError
 
 __all__ = ["EnvelopeWriter", "long_bytes", "string_bytes"]
 
 _NULL: Final = b"\x00"
 _BRANCH1: Final = b"\x02"  # union branch index 1, zigzag-encoded
-
-
-def string_bytes(s: str) -> bytes:
-    data = s.encode()
-    return long_bytes(len(data)) + data
+# What a value that does not fit its schema raises in fastavro and in the generated writers.
+_MISFITS: Final = (TypeError, ValueError, KeyError, AttributeError, OverflowError)
 
 
 class EnvelopeWriter:
@@ -94,33 +90,43 @@ class EnvelopeWriter:
         buf.truncate()
         try:
             schemaless_writer(buf, self._row, record)
-        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        except _MISFITS as exc:
             raise self._misfit(exc) from exc
         return buf.getvalue()
 
-    def _rows(self, change: Change, unavailable: list[str]) -> tuple[bytes, bytes]:
-        """The ``before`` and ``after`` union values of ``change``, as bytes."""
+    def _row_value(
+        self,
+        values: TupleValues,
+        *,
+        old: TupleValues | None = None,
+        unavailable: list[str] | None,
+        key_only: bool = False,
+    ) -> bytes:
+        """One row record's bytes (``encoder.row_record``'s, written)."""
         fast = self._fast
         if fast is None:
-            before, after = self._encoder.rows(change, unavailable)
-            return (
-                _NULL if before is None else _BRANCH1 + self._row_bytes(before),
-                _NULL if after is None else _BRANCH1 + self._row_bytes(after),
+            record = self._encoder.row_record(
+                values, unavailable=unavailable, old=old, key_only=key_only
             )
-        row = fast.row
-        prior = change.before
+            return self._row_bytes(record)
         try:
-            before = (
-                _NULL if prior is None else _BRANCH1 + row(prior, None, None, change.before_is_key)
-            )
-            if change.after is None:
-                return before, _NULL
-            old = None if prior is None or change.before_is_key else prior
-            return before, _BRANCH1 + row(change.after, old, unavailable, False)
-        except DecodeError:
-            raise
-        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            return fast.row(values, old, unavailable, key_only)
+        except _MISFITS as exc:
             raise self._misfit(exc) from exc
+
+    def _rows(self, change: Change, unavailable: list[str]) -> tuple[bytes, bytes]:
+        """The ``before`` and ``after`` union values of ``change``, as bytes (as
+        ``encoder.rows`` builds them)."""
+        prior = change.before
+        before = _NULL
+        if prior is not None:
+            before = _BRANCH1 + self._row_value(
+                prior, unavailable=None, key_only=change.before_is_key
+            )
+        if change.after is None:
+            return before, _NULL
+        old = None if prior is None or change.before_is_key else prior
+        return before, _BRANCH1 + self._row_value(change.after, old=old, unavailable=unavailable)
 
     @property
     def writes_keys(self) -> bool:
@@ -133,9 +139,7 @@ class EnvelopeWriter:
         assert fast is not None and fast.key is not None
         try:
             return fast.key(values)
-        except DecodeError:
-            raise
-        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        except _MISFITS as exc:
             raise self._misfit(exc) from exc
 
     def _set_tx(self, change: Change) -> None:
@@ -209,14 +213,12 @@ class EnvelopeWriter:
         self._set_tx(probe)
         self._now_ms = -1
         now = self._now_bytes(now_ms)
-        head = self._header + _NULL
+        head = self._header + _NULL + _BRANCH1
         middle = b"".join(self._source_and_tx(int(lsn), 0, 0)[: -2 if self._tx_block else None])
         op_now = string_bytes(OP_READ) + now + (_NULL if self._additive else b"")
         for n, row in enumerate(rows, 1):
             unavailable: list[str] = []
-            after = self._rows(
-                Change(OP_READ, probe.relation_oid, lsn, n, tx, None, row), unavailable
-            )[1]
+            after = self._row_value(row, unavailable=unavailable)
             if unavailable:
                 raise RecordEncodeError("a snapshot row cannot hold unchanged TOAST values")
             seq = long_bytes(n) * 2 if self._tx_block else b""

@@ -39,7 +39,7 @@ from cdc.capture.encoding.type_mapping import keep_text, parses_decimal_text
 from cdc.capture.pgoutput import UNCHANGED, TupleValues
 from cdc.core.errors import DecodeError
 
-__all__ = ["RowWriter", "long_bytes"]
+__all__ = ["RowWriter", "long_bytes", "string_bytes"]
 
 _SMALL: Final = tuple(bytes([(n << 1) & 0xFF]) for n in range(64))
 _PRIMITIVES: Final = frozenset({"boolean", "int", "long", "float", "double", "string", "bytes"})
@@ -71,7 +71,8 @@ def long_bytes(n: int) -> bytes:
     return bytes(out)
 
 
-def _string(value: str) -> bytes:
+def string_bytes(value: str) -> bytes:
+    """Avro ``string``: the UTF-8 bytes behind their length."""
     data = value.encode()
     return long_bytes(len(data)) + data
 
@@ -86,6 +87,13 @@ def _boolean(value: bool) -> bytes:
 
 _pack_double = struct.Struct("<d").pack
 _pack_float = struct.Struct("<f").pack
+
+
+def _unscaled_bytes(unscaled: int, magnitude: int) -> bytes:
+    """A decimal's unscaled value as Avro ``bytes``, sized from its magnitude as fastavro
+    sizes it (so -128 takes two bytes)."""
+    size = (magnitude.bit_length() + 8) // 8
+    return long_bytes(size) + unscaled.to_bytes(size, "big", signed=True)
 
 
 def _decimal_writer(precision: int, scale: int) -> Callable[[Any], bytes]:
@@ -104,10 +112,8 @@ def _decimal_writer(precision: int, scale: int) -> Callable[[Any], bytes]:
         if not isinstance(exp, int) or exp + scale < 0:
             raise ValueError("Scale provided in schema does not match the decimal")
         numerator, denominator = value.copy_abs().as_integer_ratio()  # abs() would round
-        unscaled: int = numerator * 10**scale // denominator
-        size = (unscaled.bit_length() + 8) // 8
-        data = (-unscaled if sign else unscaled).to_bytes(size, "big", signed=True)
-        return long_bytes(size) + data
+        magnitude: int = numerator * 10**scale // denominator
+        return _unscaled_bytes(-magnitude if sign else magnitude, magnitude)
 
     return write
 
@@ -139,8 +145,7 @@ def _decimal_text_writer(precision: int, scale: int) -> Callable[[str], bytes | 
         magnitude = -unscaled if unscaled < 0 else unscaled
         if magnitude >= limit:
             return None  # the decoder's path refuses it with fastavro's words
-        size = (magnitude.bit_length() + 8) // 8
-        return long_bytes(size) + unscaled.to_bytes(size, "big", signed=True)
+        return _unscaled_bytes(unscaled, magnitude)
 
     return write
 
@@ -160,7 +165,7 @@ _WRITERS: Final[dict[str, Callable[[Any], bytes]]] = {
     "long": long_bytes,
     "float": _pack_float,
     "double": _pack_double,
-    "string": _string,
+    "string": string_bytes,
     "bytes": _bytes,
 }
 
@@ -304,7 +309,7 @@ def _row_lines(encoder: RelationEncoder, env: dict[str, Any], *, bare: bool) -> 
         )
         prefix = f"p{j} + " if plan.prefix else ""
         lines += [f"    v = values[{f.index}]", "    if v.__class__ is str:"]
-        if bare and decode is keep_text and plan.writer is _string:
+        if bare and decode is keep_text and plan.writer is string_bytes:
             # Text as it is: the Avro string is its UTF-8 bytes behind their length.
             lines += ["        e = v.encode()", f"        b{j} = {prefix}long_bytes(len(e)) + e"]
         elif bare and plan.decimal is not None and parses_decimal_text(f.decode):
