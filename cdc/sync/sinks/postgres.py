@@ -432,17 +432,16 @@ class PostgresSink:
         if not live:
             return
         groups: dict[tuple[str, ...], list[tuple[object, ...]]] = {}
+        shapes: dict[str, tuple[str, ...]] = {}  # each key's set of columns
         for key, plan in live.items():
             assert plan.upsert_version is not None
-            columns = tuple(sorted(plan.fields))
+            columns = shapes[key] = tuple(sorted(plan.fields))
             row = (key, plan.upsert_version.to_bytes(), *(plan.fields[c] for c in columns))
             groups.setdefault(columns, []).append(row)
         copied = {c: r for c, r in groups.items() if bulk and len(r) >= COPY_MIN_ROWS}
         for staged, (columns, rows) in enumerate(copied.items()):
             await self._copy_upsert(conn, columns, rows, again=staged > 0)
-        rest = [
-            (k, p.upsert_version) for k, p in live.items() if tuple(sorted(p.fields)) not in copied
-        ]
+        rest = [(k, p.upsert_version) for k, p in live.items() if shapes[k] not in copied]
         if rest:
             await conn.execute(
                 guarded_delete.format(table=self._tombstones, key=key_col, version=version_col),
