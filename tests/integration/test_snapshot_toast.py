@@ -113,10 +113,12 @@ def assert_topic_equals_table(env: CaptureEnv) -> list[Event]:
 def test_rows_whose_snapshot_read_was_dropped_for_a_toast_placeholder_are_read_again(
     env: CaptureEnv,
 ) -> None:
-    env.start(snapshot="initial", snapshot_chunk_size=10)
-    env.wait_for_slot()
+    # The writer is busy before capture starts: the snapshot's first chunk begins as soon
+    # as the slot is consistent, so a writer started after that could miss every chunk.
     writer = HotWriter(env.pg_dsn)
     writer.start()
+    env.start(snapshot="initial", snapshot_chunk_size=10)
+    env.wait_for_slot()
     deadline = time.monotonic() + 120
     with psycopg.connect(env.pg_dsn, autocommit=True) as conn:
         while True:
