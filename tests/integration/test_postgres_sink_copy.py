@@ -58,11 +58,12 @@ class AllTypes(BaseModel):
     pair: tuple[int, str] | None
     part: Part | None
     colour: Colour | None
+    span: dt.timedelta | None
 
 
 def all_types(n: int) -> AllTypes:
     """Row ``n``: every value awkward somewhere (quotes, tabs, backslashes, NUL bytes,
-    unicode, extremes); field ``n % 15`` is null."""
+    unicode, extremes, negative spans); field ``n % 16`` is null."""
     values: dict[str, Any] = {
         "count": -(2**62) + n if n % 2 else 2**62 - n,
         "label": f"tab\there, newline\n, back\\slash, quote \"'{n} é ✓" if n % 3 else "",
@@ -79,6 +80,9 @@ def all_types(n: int) -> AllTypes:
         "pair": (n, f"p{n}"),
         "part": Part(code=f"c\\{n}", weight=n / 3),
         "colour": Colour.RED if n % 2 else Colour.BLUE,
+        "span": dt.timedelta(days=n - 100, seconds=n * 37, microseconds=n)
+        if n % 5
+        else -dt.timedelta(microseconds=n),
     }
     values[list(values)[n % len(values)]] = None
     return AllTypes(**values)
@@ -126,6 +130,122 @@ def test_every_column_type_and_null_reads_back_equal_through_copy_and_through_st
     assert models(pg_dsn, "public.by_copy") == values
     assert models(pg_dsn, "public.by_statements") == values
     assert rows(pg_dsn, "public.by_copy") == rows(pg_dsn, "public.by_statements")
+
+
+def test_a_table_of_other_column_types_ends_as_the_statements_leave_it(pg_dsn: str) -> None:
+    # A table made by the user, with column types other than the ones cdcsync would pick
+    # (all text, a numeric with a scale, timestamp without time zone, json): PostgreSQL's own
+    # casts of the statements' typed parameters are the reference the COPY path must match.
+    columns = {
+        "count": "numeric(30,2)",
+        "amount": "numeric(40,20)",
+        "ratio": "real",
+        "seen_at": "timestamp",
+        "day": "text",
+        "at": "text",
+        "ident": "text",
+        "attrs": "json",
+        "sizes": "text",
+        "pair": "jsonb",
+        "part": "text",
+        "colour": "text",
+        "span": "text",
+        "label": "varchar(200)",
+        "active": "text",
+        "blob": "bytea",
+    }
+    assert set(columns) == set(AllTypes.model_fields)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for table in ("user_statements", "user_copy"):
+            conn.execute(
+                psycopg.sql.SQL(
+                    "CREATE TABLE {} (_cdc_key text PRIMARY KEY, _cdc_version bytea NOT NULL, {})"
+                ).format(
+                    psycopg.sql.Identifier(table),
+                    psycopg.sql.SQL(", ").join(
+                        psycopg.sql.SQL("{} " + kind).format(psycopg.sql.Identifier(name))
+                        for name, kind in columns.items()
+                    ),
+                )
+            )
+    values = [all_types(n) for n in range(COPY_MIN_ROWS + 1)]
+    ops: list[EntityOp] = [upsert(f"k{n:04d}", 10 + n, v) for n, v in enumerate(values)]
+    small, _ = run_sink(
+        sink_for(pg_dsn, "public.user_statements", create_table=False),
+        [ops[i : i + 9] for i in range(0, len(ops), 9)],
+    )
+    copied, _ = run_sink(sink_for(pg_dsn, "public.user_copy", create_table=False), [ops])
+    assert small == copied == [Outcome.APPLIED] * len(ops)
+    assert as_text(pg_dsn, "user_copy") == as_text(pg_dsn, "user_statements")
+
+
+class Loose(BaseModel):
+    """Fields whose user-chosen columns still read COPY's text as the statements' casts."""
+
+    small: int
+    wide: int
+    digits: int
+    when: str
+    price: Decimal
+    span: dt.timedelta
+
+
+def test_pairings_that_copy_reads_alike_go_through_copy_and_match_the_statements(
+    pg_dsn: str,
+) -> None:
+    kinds = {
+        "small": "integer",
+        "wide": "numeric(30,2)",
+        "digits": "text",
+        "when": "date",
+        "price": "numeric(40,20)",
+        "span": "interval",
+    }
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for table in ("loose_statements", "loose_copy"):
+            conn.execute(
+                psycopg.sql.SQL(
+                    "CREATE TABLE {} (_cdc_key text PRIMARY KEY, _cdc_version bytea NOT NULL, {})"
+                ).format(
+                    psycopg.sql.Identifier(table),
+                    psycopg.sql.SQL(", ").join(
+                        psycopg.sql.SQL("{} " + kind).format(psycopg.sql.Identifier(name))
+                        for name, kind in kinds.items()
+                    ),
+                )
+            )
+    ops: list[EntityOp] = [
+        upsert(
+            f"k{n:04d}",
+            10 + n,
+            Loose(
+                small=n - 100,
+                wide=-(2**63) + n,
+                digits=n * 10**30,
+                when=f"2024-02-{n % 28 + 1:02d}",
+                price=Decimal(f"{n}.123456789012345678901234"),
+                span=dt.timedelta(days=-n, microseconds=n),
+            ),
+        )
+        for n in range(COPY_MIN_ROWS + 1)
+    ]
+    small, staged_small = run_sink(
+        sink_for(pg_dsn, "public.loose_statements", create_table=False),
+        [ops[i : i + 9] for i in range(0, len(ops), 9)],
+    )
+    copied, staged = run_sink(sink_for(pg_dsn, "public.loose_copy", create_table=False), [ops])
+    assert (staged_small, staged) == (False, True)
+    assert small == copied == [Outcome.APPLIED] * len(ops)
+    assert as_text(pg_dsn, "loose_copy") == as_text(pg_dsn, "loose_statements")
+
+
+def as_text(dsn: str, table: str) -> list[str]:
+    """Each row of ``public.table`` in PostgreSQL's text form, by key."""
+    with psycopg.connect(dsn) as conn:
+        query = psycopg.sql.SQL("SELECT t::text FROM {} AS t ORDER BY _cdc_key").format(
+            psycopg.sql.Identifier("public", table)
+        )
+        return [row[0] for row in conn.execute(query)]
 
 
 def test_older_and_equal_versions_in_a_copy_sized_batch_are_not_applied(pg_dsn: str) -> None:

@@ -31,7 +31,10 @@ EXCLUDED._cdc_version``), so a row never moves back. How the upserts travel depe
   made again when the target gains columns), then one ``INSERT ... SELECT FROM`` the stage
   with the same guard, and one guarded delete of those keys' older tombstones. COPY cannot
   be pipelined: these batches take a few more round trips and far less CPU per row. Values
-  travel in PostgreSQL's text form and are read by the column's type.
+  travel in PostgreSQL's text form and are read by the column's type, so a set of columns
+  goes through COPY only if every value would land exactly as a statement's typed parameter
+  lands after PostgreSQL's cast (a user's table may pair, say, a float with a numeric
+  column or a timestamp with a text one: those rows go by statements).
 
 - Upsert: applied only if its version is newer than both the live row's and the tombstone's;
   it sets only the fields present (fields in ``unavailable`` keep the row's value), and it
@@ -41,8 +44,9 @@ EXCLUDED._cdc_version``), so a row never moves back. How the upserts travel depe
 
 Values: the model's Python values (``model_dump()`` without ``mode="json"``) are sent as
 query parameters so psycopg adapts them (int, str, Decimal, float, bool, datetime, date,
-time, bytes, UUID); dicts and lists are sent as ``jsonb`` (their JSON-mode form); anything
-else goes in its JSON-mode form and PostgreSQL casts it to the column's type.
+time, timedelta, bytes, UUID); dicts and lists are sent as ``jsonb`` (their JSON-mode
+form); anything else goes in its JSON-mode form and PostgreSQL casts it to the column's
+type.
 
 Errors: a lost connection, a server shutdown or any other ``OperationalError`` raises
 ``SinkUnavailable`` for the call (the connection is dropped and re-opened on the next
@@ -121,8 +125,8 @@ def sql_type(annotation: object) -> str:
     """The column type for a pydantic field annotation (``Optional``/``Annotated`` unwrapped).
 
     int -> bigint, str -> text, Decimal -> numeric, float -> double precision, bool ->
-    boolean, datetime -> timestamptz, date -> date, time -> time, bytes -> bytea, UUID ->
-    uuid, dict/list/tuple/set/nested models -> jsonb, anything else -> text.
+    boolean, datetime -> timestamptz, date -> date, time -> time, timedelta -> interval,
+    bytes -> bytea, UUID -> uuid, dict/list/tuple/set/nested models -> jsonb, anything else -> text.
     """
     annotation = _unwrap(annotation)
     origin = typing.get_origin(annotation)
@@ -141,6 +145,7 @@ def sql_type(annotation: object) -> str:
         (dt.datetime, "timestamptz"),
         (dt.date, "date"),
         (dt.time, "time"),
+        (dt.timedelta, "interval"),
         (bytes, "bytea"),
         (uuid.UUID, "uuid"),
         (dict, "jsonb"),
@@ -165,6 +170,46 @@ def _unwrap(annotation: object) -> object:
             annotation = args[0]
         else:
             return annotation
+
+
+# COPY sends a value as psycopg's text for it, read by the column's input function; a
+# statement sends it as a typed parameter that PostgreSQL then casts to the column's type.
+# Both end equal for str (an untyped parameter), for int into a number or text column, and
+# for the other values below only into a column of exactly their own type. A set of rows
+# with any other pairing is written by statements (``_copies_like_statements``).
+_NUMBER_OR_TEXT: Final = frozenset(
+    {"smallint", "integer", "bigint", "numeric", "text", "character varying", "character"}
+)
+_COPY_EXACT: Final[dict[object, frozenset[str]]] = {
+    int: _NUMBER_OR_TEXT,
+    bool: frozenset({"boolean"}),
+    float: frozenset({"double precision"}),
+    decimal.Decimal: frozenset({"numeric"}),
+    (dt.datetime, True): frozenset({"timestamp with time zone"}),
+    (dt.datetime, False): frozenset({"timestamp without time zone"}),
+    dt.date: frozenset({"date"}),
+    (dt.time, True): frozenset({"time with time zone"}),
+    (dt.time, False): frozenset({"time without time zone"}),
+    dt.timedelta: frozenset({"interval"}),
+    bytes: frozenset({"bytea"}),
+    uuid.UUID: frozenset({"uuid"}),
+    Jsonb: frozenset({"jsonb"}),
+}
+
+
+def _copies_like_statements(values: Sequence[object], column_type: str) -> bool:
+    """Whether COPY writes ``values`` into a column of ``column_type`` (its
+    ``format_type``) exactly as the statements would (see ``_COPY_EXACT``)."""
+    for kind in set(map(type, values)):
+        if kind is str or kind is type(None):
+            continue
+        if kind is dt.datetime or kind is dt.time:
+            kinds: set[object] = {(kind, v.tzinfo is not None) for v in values if type(v) is kind}
+        else:
+            kinds = {kind}
+        if any(column_type not in _COPY_EXACT.get(k, ()) for k in kinds):
+            return False
+    return True
 
 
 def _row_values(op: EntityUpsert) -> dict[str, object]:
@@ -221,6 +266,8 @@ class PostgresSink:
         self._columns: set[str] | None = None  # the target's columns, None until known
         # Per column, the SQL of its array type when rows can be sent as arrays (unnest).
         self._array_types: dict[str, str] = {}
+        # Per column, its type without modifiers (``format_type(atttypid, NULL)``).
+        self._column_types: dict[str, str] = {}
         # The columns of this connection's staging table for COPY, None until it is made.
         self._stage: frozenset[str] | None = None
 
@@ -438,7 +485,11 @@ class PostgresSink:
             columns = shapes[key] = tuple(sorted(plan.fields))
             row = (key, plan.upsert_version.to_bytes(), *(plan.fields[c] for c in columns))
             groups.setdefault(columns, []).append(row)
-        copied = {c: r for c, r in groups.items() if bulk and len(r) >= COPY_MIN_ROWS}
+        copied = {
+            columns: rows
+            for columns, rows in groups.items()
+            if bulk and len(rows) >= COPY_MIN_ROWS and self._copyable(columns, rows)
+        }
         for staged, (columns, rows) in enumerate(copied.items()):
             await self._copy_upsert(conn, columns, rows, again=staged > 0)
         rest = [(k, p.upsert_version) for k, p in live.items() if shapes[k] not in copied]
@@ -461,6 +512,16 @@ class PostgresSink:
                     )
                 else:
                     await cur.executemany(self._upsert_statement(columns), rows)
+
+    def _copyable(self, columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> bool:
+        """Whether COPY writes these rows exactly as the statements would, column by column."""
+        types = self._column_types
+        values = zip(*rows, strict=True)
+        next(values), next(values)  # the key and the version: text and bytea
+        return all(
+            _copies_like_statements(column, types.get(name, ""))
+            for name, column in zip(columns, values, strict=True)
+        )
 
     async def _copy_upsert(
         self,
@@ -594,7 +655,7 @@ class PostgresSink:
         """
         cursor = await conn.execute(
             "SELECT a.attname, format_type(t.typarray, NULL),"
-            "  t.typarray <> 0 AND t.typcategory <> 'A'"
+            "  t.typarray <> 0 AND t.typcategory <> 'A', format_type(a.atttypid, NULL)"
             " FROM pg_catalog.pg_attribute a"
             " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
             " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
@@ -603,7 +664,8 @@ class PostgresSink:
             (self._schema, self._table_name),
         )
         rows = await cursor.fetchall()
-        self._array_types = {name: array for name, array, usable in rows if usable}
+        self._array_types = {name: array for name, array, usable, _ in rows if usable}
+        self._column_types = {name: kind for name, _, _, kind in rows}
         return {row[0] for row in rows} or None
 
     async def _prepare(self, conn: Connection) -> None:
