@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
+from cdc.demo.throwaway import free_port
 from tests.integration.harness import spawn_cdcsync, wait_while_running
 from tests.integration.sync_harness import CRM_SECRET, SyncEnv
 
@@ -37,12 +37,6 @@ def chromium_path() -> str | None:
         if found:
             return found
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ConsoleRun:

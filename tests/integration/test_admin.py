@@ -20,16 +20,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from cdc.demo.throwaway import free_port
 from tests.integration.harness import spawn_cdcsync, wait_while_running
 from tests.integration.sync_harness import CRM_SECRET, SyncEnv, run_workload
 
 TOKEN = "admin-token-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Running:

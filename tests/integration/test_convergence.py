@@ -17,8 +17,12 @@ ahead or behind (as an inbound write from a skewed clock would); two overlapping
 transactions committed in the reverse order of their start; a re-insert in a transaction
 that began before another one deleted the key; ``cdcsync replay INTEGRATION
 --from-beginning`` running beside live sync; ``kill -9`` of the process and a restart
-(re-delivering what was not committed). After each schedule, once every replay ended,
-every target must equal the mapping of the source's final state (``SELECT`` of the table).
+(re-delivering what was not committed); a bulk step, one transaction over 600 keys
+written while the ``pg`` integration is paused, so that it arrives as a backlog whose
+batches the PostgreSQL sink writes through COPY (the ``copied`` figure printed at the end
+counts those rows on the sink's last connection). After each schedule, once every replay
+ended, every target must equal the mapping of the source's final state (``SELECT`` of the
+table).
 
 Size: ``LWW_SCHEDULES`` schedules (default 6 in CI, about 2 minutes on 2 cores; each has
 up to 12 steps, and at most one kill). A longer run::
@@ -38,10 +42,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import yaml
@@ -50,12 +56,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from cdc.demo.throwaway import free_port
 from tests.fix_pg import drop_database
 from tests.integration.harness import slot_streaming, spawn_cdcsync, terminate
 from tests.naive_target import NaiveTarget
 
 SCHEDULES = int(os.environ.get("LWW_SCHEDULES", "6"))
 KEYS = range(1, 7)
+BULK_KEYS = range(100, 1300)  # a bulk step's keys: enough for the PostgreSQL sink's COPY path
+BULK_ROWS = 600
 TABLE = "public.lww_items"
 TARGET_TABLE = "public.lww_target_items"
 INTEGRATIONS = ("pg", "http", "kafka")
@@ -70,9 +79,12 @@ class Env:
     workdir: Path
     target: NaiveTarget
     config_path: Path
+    admin_port: int
     run: subprocess.Popen[bytes] | None = None
     replays: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    figures: dict[str, int] = field(default_factory=lambda: {"schedules": 0, "steps": 0})
+    figures: dict[str, int] = field(
+        default_factory=lambda: {"schedules": 0, "steps": 0, "bulk": 0, "copied": 0}
+    )
 
     @property
     def kafka_topic(self) -> str:
@@ -82,13 +94,52 @@ class Env:
         self.run = spawn_cdcsync("run", self.config_path, self.workdir / "run.log")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            slot = f"lww_{self.prefix.replace('.', '_').replace('-', '_')}"
             with psycopg.connect(self.dsn) as conn:
-                if slot_streaming(conn, slot):
+                if slot_streaming(conn, self.slot):
                     return
             assert self.run.poll() is None, self.log()
             time.sleep(0.1)
         raise AssertionError(f"cdcsync run did not start streaming:\n{self.log()}")
+
+    @contextmanager
+    def paused(self, integration: str) -> Iterator[None]:
+        """``integration`` consumes nothing inside the block (the admin API's pause), so
+        what the block writes reaches it afterwards as one backlog."""
+        self._control(integration, "pause")
+        try:
+            yield
+        finally:
+            self._control(integration, "resume")
+
+    def _control(self, integration: str, action: str) -> None:
+        url = f"http://127.0.0.1:{self.admin_port}/integrations/{integration}/{action}"
+        deadline = time.monotonic() + 30
+        while True:  # the sync roles may still be starting after a restart
+            response = httpx.post(url, timeout=5)
+            if response.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert response.status_code == 200, f"{action}: {response.text}\n{self.log()}"
+
+    def wait_captured(self, conn: psycopg.Connection[Any]) -> None:
+        """Wait until capture has confirmed everything committed so far (it is in Kafka)."""
+        end = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        assert end is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s",
+                (end[0], self.slot),
+            ).fetchone()
+            conn.commit()
+            if row and row[0]:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"capture did not confirm {end[0]}:\n{self.log()}")
+
+    @property
+    def slot(self) -> str:
+        return f"lww_{self.prefix.replace('.', '_').replace('-', '_')}"
 
     def kill_and_restart(self) -> None:
         assert self.run is not None
@@ -141,7 +192,7 @@ def _config(env: Env) -> dict[str, Any]:
         },
         "kafka": {"bootstrap_servers": env.bootstrap, "topic_prefix": env.prefix},
         "registry": {"url": os.environ["LWW_REGISTRY_URL"]},
-        "admin": {"listen": "127.0.0.1:0"},
+        "admin": {"listen": f"127.0.0.1:{env.admin_port}"},
         "state": {"schema": f"state_{slot}"},
         "integrations": {
             "pg": {
@@ -191,7 +242,9 @@ def env(
         )
     workdir = tmp_path_factory.mktemp("lww")
     with NaiveTarget() as target:
-        built = Env(pg_dsn, kafka_bootstrap, prefix, workdir, target, workdir / "cdcsync.yaml")
+        built = Env(
+            pg_dsn, kafka_bootstrap, prefix, workdir, target, workdir / "cdcsync.yaml", free_port()
+        )
         built.config_path.write_text(yaml.safe_dump(_config(built)))
         built.start()
         try:
@@ -221,6 +274,12 @@ steps = st.one_of(
     st.tuples(st.just("late_reinsert"), keys, names),
     st.tuples(st.just("replay"), st.sampled_from(INTEGRATIONS)),
     st.tuples(st.just("pause"), st.floats(0, 0.3)),
+    st.tuples(
+        st.just("bulk"),
+        st.sampled_from(["upsert", "update", "delete"]),
+        st.integers(0, len(BULK_KEYS) - BULK_ROWS),
+        names,
+    ),
 )
 
 
@@ -306,6 +365,35 @@ def _run_step(env: Env, step: tuple[Any, ...], n: int) -> None:
                 (key, name, n),
             )
             late.commit()
+    elif kind == "bulk":
+        # One transaction over BULK_ROWS keys: consumed (and replayed) in batches large
+        # enough for the PostgreSQL sink to write them through COPY.
+        _, op, offset, name = step
+        low = BULK_KEYS[offset]
+        high = low + BULK_ROWS - 1
+        with env.paused("pg"), psycopg.connect(env.dsn) as conn:
+            if op == "upsert":
+                conn.execute(
+                    f"INSERT INTO {TABLE} (id, name, n)"
+                    " SELECT g, %s || g, %s FROM generate_series(%s::int, %s::int) g"
+                    " ON CONFLICT (id) DO UPDATE SET name = excluded.name, n = excluded.n,"
+                    " updated_at = now()",
+                    (name, n, low, high),
+                )
+            elif op == "update":
+                conn.execute(
+                    f"UPDATE {TABLE} SET name = %s || id, n = n + 1, updated_at = now()"
+                    " WHERE id BETWEEN %s AND %s",
+                    (name, low, high),
+                )
+            else:
+                conn.execute(
+                    f"DELETE FROM {TABLE} WHERE id BETWEEN %s AND %s AND id %% 3 <> 0",
+                    (low, high),
+                )
+            conn.commit()
+            env.wait_captured(conn)
+        env.figures["bulk"] += 1
     elif kind == "replay":
         env.replay(step[1])
     elif kind == "pause":
@@ -375,6 +463,17 @@ def _targets(env: Env) -> dict[str, dict[str, dict[str, Any]]]:
     }
 
 
+def _staged_rows(env: Env) -> int:
+    """Rows the PostgreSQL sink has written through COPY on its current connection (the
+    staging table's insert count; it starts again when the sink reconnects)."""
+    with psycopg.connect(env.dsn) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_all_tables"
+            " WHERE relname = '_cdc_stage'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _quiesce(env: Env) -> None:
     for proc in env.replays:
         assert proc.wait(120) == 0, (env.workdir / "replay.log").read_text(errors="replace")
@@ -384,6 +483,7 @@ def _quiesce(env: Env) -> None:
     while True:
         found = _targets(env)
         if all(found[name] == expected for name in INTEGRATIONS):
+            env.figures["copied"] = max(env.figures["copied"], _staged_rows(env))
             return
         if time.monotonic() > deadline:
             for name in INTEGRATIONS:

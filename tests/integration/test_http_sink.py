@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -17,6 +16,7 @@ from pydantic import BaseModel
 from cdc.config import HttpSinkConfig
 from cdc.core.errors import SinkRejected, SinkUnavailable
 from cdc.demo.crm import CrmServer
+from cdc.demo.throwaway import free_port
 from cdc.state.store import StateStore
 from cdc.sync.sinks.base import Outcome, Result
 from cdc.sync.sinks.http import HttpSink, HttpUnavailable, parse_retry_after
@@ -269,12 +269,6 @@ def test_probe_follows_the_health_url(pg_dsn: str, crm: CrmServer) -> None:
         await sink.probe()
 
     with_sink(pg_dsn, sink_config(crm.url), body)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_an_unreachable_target_raises_sink_unavailable_without_credentials(pg_dsn: str) -> None:
