@@ -155,19 +155,7 @@ def test_a_table_of_other_column_types_ends_as_the_statements_leave_it(pg_dsn: s
         "blob": "bytea",
     }
     assert set(columns) == set(AllTypes.model_fields)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        for table in ("user_statements", "user_copy"):
-            conn.execute(
-                psycopg.sql.SQL(
-                    "CREATE TABLE {} (_cdc_key text PRIMARY KEY, _cdc_version bytea NOT NULL, {})"
-                ).format(
-                    psycopg.sql.Identifier(table),
-                    psycopg.sql.SQL(", ").join(
-                        psycopg.sql.SQL("{} " + kind).format(psycopg.sql.Identifier(name))
-                        for name, kind in columns.items()
-                    ),
-                )
-            )
+    create_user_tables(pg_dsn, ["user_statements", "user_copy"], columns)
     values = [all_types(n) for n in range(COPY_MIN_ROWS + 1)]
     ops: list[EntityOp] = [upsert(f"k{n:04d}", 10 + n, v) for n, v in enumerate(values)]
     small, _ = run_sink(
@@ -201,19 +189,7 @@ def test_pairings_that_copy_reads_alike_go_through_copy_and_match_the_statements
         "price": "numeric(40,20)",
         "span": "interval",
     }
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        for table in ("loose_statements", "loose_copy"):
-            conn.execute(
-                psycopg.sql.SQL(
-                    "CREATE TABLE {} (_cdc_key text PRIMARY KEY, _cdc_version bytea NOT NULL, {})"
-                ).format(
-                    psycopg.sql.Identifier(table),
-                    psycopg.sql.SQL(", ").join(
-                        psycopg.sql.SQL("{} " + kind).format(psycopg.sql.Identifier(name))
-                        for name, kind in kinds.items()
-                    ),
-                )
-            )
+    create_user_tables(pg_dsn, ["loose_statements", "loose_copy"], kinds)
     ops: list[EntityOp] = [
         upsert(
             f"k{n:04d}",
@@ -237,6 +213,24 @@ def test_pairings_that_copy_reads_alike_go_through_copy_and_match_the_statements
     assert (staged_small, staged) == (False, True)
     assert small == copied == [Outcome.APPLIED] * len(ops)
     assert as_text(pg_dsn, "loose_copy") == as_text(pg_dsn, "loose_statements")
+
+
+def create_user_tables(dsn: str, tables: list[str], columns: dict[str, str]) -> None:
+    """Target tables as a user would make them: the sink's two columns, then ``columns``
+    (name: SQL type)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in tables:
+            conn.execute(
+                psycopg.sql.SQL(
+                    "CREATE TABLE {} (_cdc_key text PRIMARY KEY, _cdc_version bytea NOT NULL, {})"
+                ).format(
+                    psycopg.sql.Identifier(table),
+                    psycopg.sql.SQL(", ").join(
+                        psycopg.sql.SQL("{} " + kind).format(psycopg.sql.Identifier(name))
+                        for name, kind in columns.items()
+                    ),
+                )
+            )
 
 
 def as_text(dsn: str, table: str) -> list[str]:
