@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+import cdc.core.httpx_cli  # noqa: F401  (first: before anything imports httpx)
 from cdc import __version__
 from cdc.core.errors import CdcsyncError, ConfigError
 from cdc.core.gcfreeze import freeze_when_ready
