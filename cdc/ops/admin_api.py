@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import logging
 import socket
@@ -57,6 +56,7 @@ from cdc.inbound.endpoint import InboundEndpoint
 from cdc.kafka.client_log import with_logger
 from cdc.kafka.publisher import producer_config
 from cdc.ops.console import Console
+from cdc.ops.console.session import too_many_wrong_tokens
 from cdc.ops.metrics import RuntimeCollector
 
 if TYPE_CHECKING:
@@ -177,14 +177,16 @@ class AdminApi:
 
     # ------------------------------------------------------------------ auth
 
-    def _authorized(self, request: Request) -> bool:
-        if self._token is None:
-            return True
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), self._token)
-
-    @staticmethod
-    def _unauthorized() -> Response:
+    def _refusal(self, request: Request) -> Response | None:
+        """None if the request may go on, else its answer: 401 without the right bearer
+        token, 429 while its address is past the guessing limit (``Sessions``: the console
+        and this API count wrong tokens together)."""
+        sessions = self.console.sessions
+        if self._token is None or sessions.bearer(request):
+            return None
+        wait = sessions.retry_after(request)
+        if wait is not None:
+            return too_many_wrong_tokens(wait)
         return JSONResponse(
             {"error": "missing or wrong bearer token"},
             status_code=401,
@@ -217,13 +219,13 @@ class AdminApi:
                 yield f"{name}: unreachable ({latest.detail})"
 
     async def metrics(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return self._unauthorized()
+        if (refused := self._refusal(request)) is not None:
+            return refused
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def status(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return self._unauthorized()
+        if (refused := self._refusal(request)) is not None:
+            return refused
         return JSONResponse(self.status_document())
 
     def status_document(self) -> dict[str, Any]:
@@ -245,8 +247,8 @@ class AdminApi:
         return self._control(request, pause=False)
 
     def _control(self, request: Request, *, pause: bool) -> Response:
-        if not self._authorized(request):
-            return self._unauthorized()
+        if (refused := self._refusal(request)) is not None:
+            return refused
         name = request.path_params["name"]
         if self.sync is None or name not in self.sync.workers:
             running = [] if self.sync is None else sorted(self.sync.workers)

@@ -21,6 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.demo.throwaway import free_port
+from cdc.ops.console.session import MAX_WRONG_TOKENS
 from tests.integration.harness import spawn_cdcsync, wait_while_running
 from tests.integration.sync_harness import CRM_SECRET, SyncEnv, run_workload
 
@@ -375,3 +376,22 @@ def test_a_busy_admin_port_stops_the_command_with_a_clear_error(
         )
     assert result.returncode == 2
     assert f"admin.listen: cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_past_the_wrong_token_limit_even_the_right_token_gets_429(env: SyncEnv) -> None:
+    running = Running(env)
+    running.wait_ready()
+    assert running.get("/status").status_code == 200
+    for _ in range(MAX_WRONG_TOKENS - 1):
+        assert running.get("/status", token="not-the-token").status_code == 401
+    # The wrong token that reaches the limit is answered 429 already.
+    assert running.get("/status", token="not-the-token").status_code == 429
+    refused = running.get("/status")  # the right token, from the same address
+    assert refused.status_code == 429, refused.text
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    login = httpx.post(
+        running.url + "/console/login", data={"token": TOKEN, "next": "/console/"}, timeout=5
+    )
+    assert login.status_code == 429
+    assert "Too many wrong tokens from this address" in login.text
+    assert running.get("/health").status_code == 200

@@ -42,7 +42,7 @@ from cdc.core.errors import first_line
 from cdc.ops.console import formatting
 from cdc.ops.console.dead_letters import DeadLetterDesk, ReplayBusy
 from cdc.ops.console.sampler import HISTORY_S, SYNC_COUNTERS, SYNC_GAUGES, Sampler
-from cdc.ops.console.session import CSRF_FIELD, Sessions
+from cdc.ops.console.session import CSRF_FIELD, Sessions, too_many_wrong_tokens
 
 if TYPE_CHECKING:
     import asyncio
@@ -146,6 +146,11 @@ class Console:
 
     # ------------------------------------------------------------------ access
 
+    def _throttled(self, request: Request) -> Response | None:
+        """429 while the request's address is past the guessing limit, else None."""
+        wait = self.sessions.retry_after(request)
+        return None if wait is None else too_many_wrong_tokens(wait)
+
     def _page(self, handler: Handler) -> Handler:
         """A full page: a browser without a session goes to the login form."""
 
@@ -171,7 +176,8 @@ class Console:
         async def guarded(request: Request) -> Response:
             if not self.sessions.authorized(request):
                 return _secure(
-                    JSONResponse(
+                    self._throttled(request)
+                    or JSONResponse(
                         {"error": "log in to the console first"},
                         status_code=401,
                         headers={"HX-Redirect": "/console/login", "WWW-Authenticate": "Bearer"},
@@ -189,7 +195,8 @@ class Console:
         async def guarded(request: Request) -> Response:
             if not self.sessions.authorized(request):
                 return _secure(
-                    JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+                    self._throttled(request)
+                    or JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
                 )
             form = await _form(request)
             if form is None or not self.sessions.csrf_ok(request, form.get(CSRF_FIELD)):
@@ -216,16 +223,17 @@ class Console:
         if (
             form is None
             or not self.sessions.origin_ok(request)
-            or not self.sessions.token_matches(form.get("token", ""))
+            or not self.sessions.token_matches(request, form.get("token", ""))
         ):
-            return _secure(
-                self._render(
-                    "login.html",
-                    request,
-                    next=target,
-                    error="That is not the admin token of this process.",
-                )
-            )
+            wait = self.sessions.retry_after(request)
+            error = "That is not the admin token of this process."
+            if wait is not None:
+                error = f"Too many wrong tokens from this address: try again in {wait} s."
+            page = self._render("login.html", request, next=target, error=error)
+            if wait is not None:
+                page.status_code = 429
+                page.headers["Retry-After"] = str(wait)
+            return _secure(page)
         response = RedirectResponse(_local_target(form.get("next")), 303)
         self.sessions.set_cookie(response, request, self.sessions.new_session())
         return _secure(response)

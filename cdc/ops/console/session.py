@@ -18,36 +18,99 @@ field ``csrf``) and into the page for htmx (the header ``X-CSRF-Token``). A requ
 authorized by the bearer header needs none (a browser never adds that header by itself).
 A POST whose ``Origin`` header names another origin is refused in any case.
 
+Guessing is slowed per client address: after ``MAX_WRONG_TOKENS`` wrong tokens within
+``WRONG_TOKEN_WINDOW_S`` (on the login form or in a bearer header, console or admin API
+alike), that address gets no token compared until the oldest of them is that old; the
+answer, from the wrong token that reaches the limit on, is 429 with ``Retry-After``. A
+valid session cookie still works meanwhile (it is not a guess of the token). Behind a
+proxy every client shares the proxy's address, so a guesser there locks the others out
+for that long too.
+
 Invariants: every comparison of a secret is constant-time; no cookie, log line or page
-carries the admin token; a forged, expired or foreign cookie is no session.
+carries the admin token; a forged, expired or foreign cookie is no session; an address
+past the limit has no token compared at all, right or wrong.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
-__all__ = ["COOKIE", "CSRF_FIELD", "CSRF_HEADER", "SESSION_TTL_S", "Sessions"]
+__all__ = [
+    "COOKIE",
+    "CSRF_FIELD",
+    "CSRF_HEADER",
+    "MAX_WRONG_TOKENS",
+    "SESSION_TTL_S",
+    "WRONG_TOKEN_WINDOW_S",
+    "Sessions",
+    "WrongTokens",
+    "too_many_wrong_tokens",
+]
 
 COOKIE = "cdcsync_console"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 SESSION_TTL_S = 12 * 3600
+MAX_WRONG_TOKENS = 10
+WRONG_TOKEN_WINDOW_S = 60.0
+_MAX_ADDRESSES = 4096  # addresses remembered at once; the longest quiet is forgotten first
+
+
+class WrongTokens:
+    """Wrong tokens per client address over the last ``window_s`` seconds."""
+
+    def __init__(
+        self,
+        *,
+        limit: int = MAX_WRONG_TOKENS,
+        window_s: float = WRONG_TOKEN_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def add(self, address: str) -> None:
+        times = self._seen.pop(address, None) or deque(maxlen=self.limit)
+        times.append(self._clock())
+        self._seen[address] = times  # now the most recent
+        while len(self._seen) > _MAX_ADDRESSES:
+            self._seen.popitem(last=False)
+
+    def wait_s(self, address: str) -> float | None:
+        """Seconds until ``address`` may try a token again, or None if it may now."""
+        times = self._seen.get(address)
+        if times is None or len(times) < self.limit:
+            return None
+        left = times[0] + self.window_s - self._clock()
+        return left if left > 0 else None
 
 
 class Sessions:
     """Session cookies and CSRF tokens of one process; ``token`` is ``admin.token``."""
 
-    def __init__(self, token: bytes | None, *, ttl_s: float = SESSION_TTL_S) -> None:
+    def __init__(
+        self,
+        token: bytes | None,
+        *,
+        ttl_s: float = SESSION_TTL_S,
+        wrong_tokens: WrongTokens | None = None,
+    ) -> None:
         self._token = token
         self._key = secrets.token_bytes(32)
         self.ttl_s = ttl_s
+        self.wrong_tokens = wrong_tokens or WrongTokens()
 
     @property
     def login_required(self) -> bool:
@@ -55,13 +118,25 @@ class Sessions:
 
     # ------------------------------------------------------------------ checks
 
-    def token_matches(self, given: str) -> bool:
-        return self._token is not None and hmac.compare_digest(given.encode(), self._token)
+    def token_matches(self, request: Request, given: str) -> bool:
+        """Whether ``given`` is the token, sent by an address not past the guessing limit
+        (a wrong one counts against the address)."""
+        if self._token is None or self.retry_after(request) is not None:
+            return False
+        if hmac.compare_digest(given.encode(), self._token):
+            return True
+        self.wrong_tokens.add(_address(request))
+        return False
+
+    def retry_after(self, request: Request) -> int | None:
+        """Whole seconds until the request's address may try a token again, or None."""
+        wait = self.wrong_tokens.wait_s(_address(request))
+        return None if wait is None else max(1, math.ceil(wait))
 
     def bearer(self, request: Request) -> bool:
         """Whether the request carries ``Authorization: Bearer`` with the right token."""
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and self.token_matches(given)
+        return scheme.lower() == "bearer" and self.token_matches(request, given)
 
     def session(self, request: Request) -> str | None:
         """The request's valid session cookie, or None."""
@@ -127,6 +202,19 @@ class Sessions:
 
     def _mac(self, purpose: str, body: str) -> str:
         return hmac.new(self._key, f"{purpose}:{body}".encode(), hashlib.sha256).hexdigest()
+
+
+def too_many_wrong_tokens(retry_after: int) -> Response:
+    """The answer to an address past the guessing limit (``Sessions.retry_after``)."""
+    return JSONResponse(
+        {"error": f"too many wrong tokens from this address; retry in {retry_after} s"},
+        status_code=429,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client is not None else ""
 
 
 def _same_origin(origin: str, request: Request) -> bool:
