@@ -172,15 +172,21 @@ class CaptureEnv:
         raise AssertionError(f"capture did not start streaming:\n{self.log_text()}")
 
     def kill_and_restart(
-        self, kills: int, rnd: random.Random, *, within: tuple[float, float]
+        self,
+        kills: int,
+        rnd: random.Random,
+        *,
+        within: tuple[float, float],
+        **source_overrides: Any,
     ) -> None:
-        """kill -9 the newest capture ``kills`` times, each after a random pause ``within``."""
+        """kill -9 the newest capture ``kills`` times, each after a random pause ``within``,
+        starting it again with ``source_overrides``."""
         for _ in range(kills):
             time.sleep(rnd.uniform(*within))
             proc = self.procs[-1]
             proc.kill()
             proc.wait()
-            self.start()
+            self.start(**source_overrides)
             self.wait_for_slot()
 
 

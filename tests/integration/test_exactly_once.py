@@ -155,6 +155,65 @@ def test_twenty_kills_under_load_leave_each_change_exactly_once_for_read_committ
     _assert_each_change_once(_read_committed(env, writer.result), writer.result)
 
 
+def test_under_kills_each_committed_transaction_has_one_begin_and_one_end_that_counts_it(
+    env: EosEnv,
+) -> None:
+    # provide_transaction_metadata with exactly-once: BEGIN and END travel in the Kafka
+    # transaction of the events they frame, so read_committed sees each once, right.
+    rnd = random.Random(5)
+    env.start(provide_transaction_metadata=True)
+    env.wait_for_slot()
+    writer = Writer(env.pg_dsn, pace=0.1)
+    writer.start()
+    env.kill_and_restart(6, rnd, within=(0.2, 0.8), provide_transaction_metadata=True)
+    writer.stopping.set()
+    writer.join(60)
+    assert writer.error is None and writer.result is not None
+    events = _read_committed(env, writer.result)
+    _assert_each_change_once(events, writer.result)
+    # As Debezium's, an event's transaction id is "xid:its own LSN", BEGIN's and END's
+    # "xid:the first change's LSN": they are matched by xid.
+    per_transaction: dict[int, int] = {}
+    for event in events:
+        assert event.value is not None
+        xid = event.value["source"]["txId"]
+        assert event.value["transaction"]["id"].startswith(f"{xid}:")
+        per_transaction[xid] = per_transaction.get(xid, 0) + 1
+
+    committed = {p.txn for p in env.positions()}
+    reader = EventReader(
+        env.bootstrap, env.registry_url, [f"{env.prefix}.transaction"], isolation="read_committed"
+    )
+    try:
+        frames = reader.read_until(
+            lambda ev: (
+                sum(1 for e in ev if e.value and e.value["status"] == "END") >= len(per_transaction)
+            ),
+            timeout=60,
+        )
+        time.sleep(1)
+        frames = reader.read_until(lambda ev: True, timeout=5)
+    finally:
+        reader.close()
+    begins: dict[int, int] = {}
+    ends: dict[int, list[int]] = {}
+    for frame in frames:
+        assert frame.value is not None
+        if _txn(frame) not in committed:
+            continue  # an aborted Kafka transaction that tansu still shows (module docstring)
+        xid = int(frame.value["id"].split(":")[0])
+        if frame.value["status"] == "BEGIN":
+            begins[xid] = begins.get(xid, 0) + 1
+        else:
+            ends.setdefault(xid, []).append(frame.value["event_count"])
+    assert set(per_transaction) <= set(begins), "a transaction's events without its BEGIN"
+    assert {x for x, n in begins.items() if n != 1} == set(), "a BEGIN read more than once"
+    assert set(ends) == set(begins), "a BEGIN without its END, or an END without its BEGIN"
+    counts = {xid: counted for xid, counted in ends.items() if xid in per_transaction}
+    assert counts == {xid: [n] for xid, n in per_transaction.items()}
+    assert all(counted == [0] for xid, counted in ends.items() if xid not in per_transaction)
+
+
 def test_restart_behind_kafka_skips_transactions_already_committed(env: EosEnv) -> None:
     env.start()
     env.wait_for_slot()
