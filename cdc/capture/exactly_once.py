@@ -275,7 +275,11 @@ class ExactlyOnce:
         )
         # The events first, for as long as they take (a streamed transaction can be large);
         # then only the end of the transaction is left, which a broker answers at once.
-        undelivered = self.publisher.flush(self.timeout_s)
+        try:
+            undelivered = self.publisher.flush(self.timeout_s)
+        except BrokerUnavailable:  # a fatal producer error (fenced): the next producer ends it
+            self._abandoned = True
+            raise
         if undelivered:
             self._abandoned = True
             raise BrokerUnavailable(

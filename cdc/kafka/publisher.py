@@ -50,6 +50,25 @@ DEFAULTS: Mapping[str, Any] = {
 }
 
 
+def _broken(call: str, exc: KafkaException | SystemError) -> BrokerUnavailable:
+    """A producer error raised out of ``poll``/``flush`` (a fatal one: fenced, or out of
+    sequence), as the retryable error that makes the caller start over with a new producer.
+
+    confluent-kafka raises a fatal error as ``KafkaException`` from inside ``poll`` or
+    ``flush``. Around one it was also seen to fail in its own code: calling a delivery
+    report with that exception pending (a ``SystemError`` caused by the
+    ``KafkaException``), or returning nothing without an exception (a bare
+    ``SystemError``). Either way this producer is not to be trusted further.
+    """
+    cause = exc if isinstance(exc, KafkaException) else exc.__cause__
+    if isinstance(cause, KafkaException):
+        err = cause.args[0] if cause.args else None
+        detail = err.str() if isinstance(err, KafkaError) else str(cause)
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    return BrokerUnavailable(f"kafka producer {call} failed: {detail}")
+
+
 def producer_config(bootstrap: str, properties: Mapping[str, Any]) -> dict[str, Any]:
     """librdkafka settings: our defaults, then the user's properties, then the forced ones."""
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **DEFAULTS}
@@ -107,11 +126,17 @@ class Publisher:
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery reports; returns how many were served."""
-        return int(self._producer.poll(timeout))
+        try:
+            return int(self._producer.poll(timeout))
+        except (KafkaException, SystemError) as exc:
+            raise _broken("poll", exc) from exc
 
     def flush(self, timeout: float) -> int:
         """Wait for outstanding deliveries; returns how many are still outstanding."""
-        return int(self._producer.flush(timeout))
+        try:
+            return int(self._producer.flush(timeout))
+        except (KafkaException, SystemError) as exc:
+            raise _broken("flush", exc) from exc
 
     def __len__(self) -> int:
         return len(self._producer)
