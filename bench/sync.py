@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/sync.py [--events 20000] [--runs 3] [--rate 2000]
 [--live-seconds 10] [--customers N] [--session-timeout-ms 6000]
-[--consumer-property KEY=VALUE ...] [--split]``
+[--consumer-property KEY=VALUE ...] [--split | --reconcile]``
 
 Per run, on throwaway local servers (PostgreSQL, tansu, the registry, the CRM):
 1. the sample tables get ``--customers`` customers (default: ``--events``) and
@@ -40,6 +40,10 @@ machine's cores were meanwhile, how many cores each process of the pipeline used
 (both integrations in this process) the garbage collector's longest pauses.
 With ``--split`` each integration's sync runs in a process of its own (as ``cdcsync sync
 --integration NAME`` would), reporting its latencies to this one at the end.
+With ``--reconcile`` (both integrations in this process) the live load runs a second
+time while ``reconcile`` of ``analytics`` runs over and over in the same process, at its
+configured ``rows_per_s`` (5,000 by default), as ``cdcsync run`` would run a scheduled
+one; latencies are then reported for both passes, with the rows reconciled per second.
 Medians over runs are printed; nothing is asserted.
 
 The sync consumers run with ``session.timeout.ms`` 6000 (``--session-timeout-ms``):
@@ -85,6 +89,7 @@ from cdc.config import Config, parse_config
 from cdc.core.gcfreeze import freeze_now
 from cdc.demo.crm import CrmServer
 from cdc.demo.throwaway import LocalBroker, LocalPostgres, LocalRegistry, find_pg_bin
+from cdc.ops.reconcile.runner import reconcile
 from cdc.sync.runtime import Sync
 from cdc.sync.sinks.http import HttpSink
 from mappers.examples import SAMPLE_SCHEMA_SQL, example_integrations
@@ -695,14 +700,40 @@ async def live_latency(
         with GcPauses() as pauses:
             await write_and_catch_up(dsn, args)
         print(f"  live: the sync process's {pauses}")
+        result = {name: list(w.stats.latencies_us or []) for name, w in sync.workers.items()}
+        if args.reconcile:
+            for worker in sync.workers.values():
+                if worker.stats.latencies_us is not None:
+                    worker.stats.latencies_us.clear()
+            done = asyncio.Event()
+            reconciling = asyncio.create_task(reconcile_until(sync_config(config, args), done))
+            try:
+                await write_and_catch_up(dsn, args)
+            finally:
+                done.set()
+                runs, rows, seconds = await reconciling
+            print(
+                f"  live: while reconcile of analytics ran {runs} time(s):"
+                f" {rows / seconds:,.0f} rows/s checked"
+            )
+            for name, worker in sync.workers.items():
+                result[f"{name}, reconciling"] = list(worker.stats.latencies_us or [])
     finally:
         stop.set()
         await task
         stop_process(capture)
-    result: dict[str, list[int]] = {}
-    for name, worker in sync.workers.items():
-        result[name] = list(worker.stats.latencies_us or [])
     return result
+
+
+async def reconcile_until(config: Config, done: asyncio.Event) -> tuple[int, int, float]:
+    """Reconcile ``analytics`` again and again until ``done`` (the run under way finishes);
+    (runs, rows checked, seconds)."""
+    runs, rows, started = 0, 0, time.monotonic()
+    while not done.is_set() or runs == 0:
+        report = await reconcile(config, "analytics")
+        runs += 1
+        rows += report.rows_checked
+    return runs, rows, time.monotonic() - started
 
 
 def split_worker(
@@ -874,6 +905,11 @@ def main() -> None:
         help="live: each integration's sync in a process of its own (default: both in one)",
     )
     parser.add_argument(
+        "--reconcile",
+        action="store_true",
+        help="live: a second pass with reconcile of analytics running in the sync's process",
+    )
+    parser.add_argument(
         "--session-timeout-ms",
         type=int,
         default=6000,
@@ -887,6 +923,8 @@ def main() -> None:
         help="an extra librdkafka setting for the sync (repeatable), e.g. fetch.wait.max.ms=10",
     )
     args = parser.parse_args()
+    if args.split and args.reconcile:
+        parser.error("--reconcile runs in the sync's own process: not with --split")
     if args.customers is None:
         args.customers = args.events
 
