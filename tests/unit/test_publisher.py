@@ -1,4 +1,5 @@
-"""Fatal producer errors raised out of ``poll``/``flush`` become retryable broker errors.
+"""The producer's settings, and fatal producer errors raised out of ``poll``/``flush``
+becoming retryable broker errors.
 
 The real case (a fenced transactional producer, tests/integration/test_exactly_once.py)
 depends on where the fence lands; these pin the translation itself: confluent-kafka
@@ -15,7 +16,7 @@ from typing import NoReturn
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from cdc.core.errors import BrokerUnavailable
+from cdc.core.errors import BrokerUnavailable, ConfigError
 from cdc.kafka.publisher import Publisher, producer_config
 
 
@@ -64,3 +65,15 @@ def test_a_system_error_without_a_cause_is_a_retryable_broker_error_too() -> Non
     error = SystemError("<method 'flush' of 'cimpl.Producer' objects> returned NULL")
     with pytest.raises(BrokerUnavailable, match="flush failed: SystemError: <method 'flush'"):
         publisher_raising(error).flush(1.0)
+
+
+def test_only_a_producer_without_a_transactional_id_connects_to_every_broker_at_once() -> None:
+    assert producer_config("b:9", {})["enable.sparse.connections"] is False
+    assert "enable.sparse.connections" not in producer_config("b:9", {"transactional.id": "t"})
+    assert producer_config("b:9", {"enable.sparse.connections": True})["enable.sparse.connections"]
+
+
+def test_idempotence_and_acks_all_cannot_be_turned_off() -> None:
+    with pytest.raises(ConfigError, match=r"kafka.properties.enable.idempotence"):
+        producer_config("b:9", {"enable.idempotence": False})
+    assert producer_config("b:9", {"acks": "all"})["acks"] == "all"
