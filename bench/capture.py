@@ -1,7 +1,7 @@
 """Capture benchmark: cdcsync capture against pg_recvlogical on the same backlog.
 
 Run: ``.venv/bin/python bench/capture.py [--changes 200000] [--runs 3]
-[--exactly-once both|off|on] [--tracing 1,100]``
+[--exactly-once both|off|on] [--tracing 1,100] [--restarts 4]``
 
 Per run, on throwaway local servers (PostgreSQL, tansu, the registry):
 1. two slots are created on one publication, then a backlog of ``--changes``
@@ -21,6 +21,9 @@ Per run, on throwaway local servers (PostgreSQL, tansu, the registry):
    percentage P with ``tracing.enabled`` (each on a slot of its own), spans
    exported over OTLP/HTTP to a receiver in the bench process that discards
    them, for the cost of tracing next to the exactly-once-off run.
+With ``--restarts N`` capture is then started again N times on slot B and its existing
+topics, each time with one committed row to carry: the time from the process start to
+that row's confirmation is the first event after a restart.
 Then, live: a writer commits single-row transactions at ``--rate`` rows/s
 (synchronous_commit on) and capture records commit-to-Kafka-ack latency.
 Medians over runs are printed; nothing is asserted.
@@ -229,6 +232,19 @@ def write_live(dsn: str, rate: int, seconds: float) -> None:
                 time.sleep(delay)
 
 
+def restart_first_events(config_path: Path, dsn: str, restarts: int) -> list[float]:
+    """Start capture again ``restarts`` times on its slot and topics, one committed row to
+    carry each time; seconds from the process start to that row's confirmation."""
+    seconds = []
+    for n in range(restarts):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO bench (id, n) VALUES (%s, 0)", (-1 - n,))
+            row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+        assert row is not None
+        seconds.append(run_cdcsync(config_path, dsn, int(row[0]))["elapsed"])
+    return seconds
+
+
 async def live_latency(config_path: Path, dsn: str, rate: int, seconds: float) -> list[int]:
     config = load_config(config_path)
     capture = Capture(config, record_latency=True)
@@ -269,6 +285,12 @@ def main() -> None:
         help="also drain with tracing on, once per sampling percentage (e.g. 1,100)",
     )
     parser.add_argument(
+        "--restarts",
+        type=int,
+        default=0,
+        help="after each exactly-once-off drain, start capture again N times (first event)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="record the capture process with py-spy; collapsed stacks to PROFILE.runN",
@@ -279,6 +301,7 @@ def main() -> None:
     results: list[dict[str, float]] = []
     eos_results: list[dict[str, float]] = []
     latencies: list[int] = []
+    restarted: list[float] = []
     percents = [float(p) for p in args.tracing.split(",") if p.strip()]
     traced: dict[float, list[dict[str, float]]] = {p: [] for p in percents}
     otlp = otlp_sink() if percents else ""
@@ -326,6 +349,10 @@ def main() -> None:
                     f", cdcsync {args.changes / ours['elapsed']:,.0f} changes/s, "
                     f"RSS {ours['rss'] / 2**20:.1f} MiB, first event {ours['first']:.2f}s"
                 )
+                if args.restarts:
+                    again = restart_first_events(config_path, dsn, args.restarts)
+                    restarted += again
+                    line += ", after a restart " + " ".join(f"{t:.2f}s" for t in again)
             if "on" in modes:
                 eos_config = {
                     **config,
@@ -394,6 +421,11 @@ def main() -> None:
         "(target <= 10)"
     )
     print(f"start-up to first event    {med(r['first'] for r in results):.2f} s (target < 0.3)")
+    if restarted:
+        print(
+            f"first event after restart  {med(restarted):.2f} s"
+            f" (median of {len(restarted)} restarts on existing topics)"
+        )
     if traced:
         # Start-up excluded: CPU and time from the first confirmed transaction to the end.
         def steady(runs: list[dict[str, float]]) -> tuple[float, float]:
